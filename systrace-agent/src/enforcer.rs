@@ -1,0 +1,136 @@
+//! Loads the embedded BPF programs, fills their maps from compiled policies, and
+//! hands out the event ring buffer. Dropping the [`Enforcer`] detaches everything.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::Lsm,
+    Btf, Ebpf, EbpfLoader,
+};
+use systrace_agent::{offsets::Offset, policy::Compiled};
+use systrace_common::{names, Counter, FileKey, FileRule, PolicyInfo};
+
+/// The programs and the hooks they attach to, in attach order.
+const PROGRAMS: [(&str, &str); 1] = [("file_open", "file_open")];
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
+
+/// A policy as it sits in the maps.
+struct Installed {
+    slot: u32,
+    cgroup_id: u64,
+    keys: Vec<FileKey>,
+}
+
+pub struct Enforcer {
+    bpf: Ebpf,
+    installed: HashMap<String, Installed>,
+    next_slot: u32,
+}
+
+/// Why loading failed, with the kernel's errno when there was one.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub errno: Option<i32>,
+    pub error: anyhow::Error,
+    pub verifier_log: Option<String>,
+}
+
+impl Enforcer {
+    /// Loads and attaches every program. Nothing is confined until a policy is installed.
+    pub fn load(offsets: &[Offset]) -> Result<Self, LoadFailure> {
+        let fail = |error: anyhow::Error, verifier_log: Option<String>| LoadFailure {
+            errno: error.chain().find_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error()),
+            error,
+            verifier_log,
+        };
+        let values: Vec<(&'static str, u64)> = offsets.iter().map(|o| (o.global, o.bytes)).collect();
+        let mut loader = EbpfLoader::new();
+        for (global, bytes) in &values {
+            loader.override_global(global, bytes, true);
+        }
+        let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
+        let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
+        for (name, hook) in PROGRAMS {
+            let program: &mut Lsm = bpf
+                .program_mut(name)
+                .ok_or_else(|| fail(anyhow!("program {name} missing from the object"), None))?
+                .try_into()
+                .map_err(|e| fail(anyhow!("{name}: {e}"), None))?;
+            if let Err(e) = program.load(hook, &btf) {
+                let log = match &e {
+                    aya::programs::ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
+                    _ => None,
+                };
+                return Err(fail(anyhow!(e).context(format!("loading LSM program {name}")), log));
+            }
+            program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name} to {hook}")), None))?;
+        }
+        Ok(Enforcer { bpf, installed: HashMap::new(), next_slot: 1 })
+    }
+
+    fn map<'a, K: aya::Pod, V: aya::Pod>(&'a mut self, name: &str) -> Result<BpfHashMap<&'a mut MapData, K, V>> {
+        let map = self.bpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    /// Installs (or replaces) a policy. The rules go in under a fresh slot first and
+    /// the cgroup is pointed at that slot last, in one map update: an operation sees
+    /// either the old policy or the new one, never a half-written one. Returns the slot.
+    pub fn install(&mut self, policy: &Compiled) -> Result<u32> {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let mut keys = Vec::with_capacity(policy.rules.len());
+        let written = (|| -> Result<()> {
+            self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, policy.info, 0)?;
+            let mut rules = self.map::<FileKey, FileRule>(names::FILE_RULES)?;
+            for (&(dev, ino), rule) in &policy.rules {
+                let key = FileKey { policy: slot, _pad: 0, dev, ino };
+                rules.insert(key, *rule, 0).with_context(|| format!("file rule for inode {ino}"))?;
+                keys.push(key);
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            self.remove_slot(slot, &keys);
+            return Err(e.context(format!("writing policy {}", policy.name)));
+        }
+        self.map::<u64, u32>(names::CGROUP_POLICY)?
+            .insert(policy.cgroup_id, slot, 0)
+            .with_context(|| format!("binding policy {} to its cgroup", policy.name))?;
+        let previous = self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys });
+        if let Some(old) = previous {
+            if old.cgroup_id != policy.cgroup_id {
+                let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
+            }
+            self.remove_slot(old.slot, &old.keys);
+        }
+        Ok(slot)
+    }
+
+    fn remove_slot(&mut self, slot: u32, keys: &[FileKey]) {
+        if let Ok(mut rules) = self.map::<FileKey, FileRule>(names::FILE_RULES) {
+            for key in keys {
+                let _ = rules.remove(key);
+            }
+        }
+        if let Ok(mut policies) = self.map::<u32, PolicyInfo>(names::POLICIES) {
+            let _ = policies.remove(&slot);
+        }
+    }
+
+    /// Takes the event ring buffer; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.bpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("map {} missing", names::EVENTS))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// A counter summed over all CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        let map = self.bpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing", names::COUNTERS))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(array.get(&(counter as u32), 0)?.iter().sum())
+    }
+}

@@ -1,0 +1,241 @@
+//! Ring-buffer records to JSON lines.
+//!
+//! The kernel writes [`systrace_common::Event`] records; this module checks their
+//! size, decodes them without trusting their alignment, and renders the JSON object
+//! the agent prints, one per line.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use serde::Serialize;
+use systrace_common::{event_flags, Event, Hook, Verdict, COMM_LEN};
+
+use crate::policy::{access_names, format_kernel_dev};
+
+/// Reads an event from ring-buffer bytes. `None` when the size is not an Event's.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the length is checked above, Event is plain old data for which every
+    // bit pattern is valid, and read_unaligned makes no alignment assumption.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) })
+}
+
+/// What the agent knows about each loaded policy slot, to name things in events.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyNames {
+    pub by_slot: HashMap<u32, SlotInfo>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SlotInfo {
+    pub name: String,
+    /// (dev, ino) -> path, for files the policy names (the kernel may not give a path).
+    pub paths: HashMap<(u64, u64), PathBuf>,
+}
+
+/// Converts `bpf_ktime_get_boot_ns()` readings to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime - boottime, in ns, measured once at start-up.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let read = |clock| {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: ts is a valid out-pointer.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let boot = read(libc::CLOCK_BOOTTIME);
+        let real = read(libc::CLOCK_REALTIME);
+        Clock { offset_ns: real - boot }
+    }
+
+    #[cfg(test)]
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Clock { offset_ns }
+    }
+
+    pub fn unix_ns(&self, boot_ns: u64) -> i128 {
+        boot_ns as i128 + self.offset_ns
+    }
+}
+
+/// The JSON form of an event.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EventJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    pub hook: &'static str,
+    pub verdict: &'static str,
+    pub policy: String,
+    pub policy_id: u32,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub dev: String,
+    pub ino: u64,
+    pub path: Option<String>,
+    pub requested: Vec<&'static str>,
+}
+
+pub fn verdict_name(v: u8) -> &'static str {
+    match Verdict::from_u8(v) {
+        Some(Verdict::Allowed) => "allowed",
+        Some(Verdict::Denied) => "denied",
+        Some(Verdict::Audited) => "audit",
+        Some(Verdict::AuditRule) => "audit-rule",
+        None => "unknown",
+    }
+}
+
+pub fn hook_name(h: u16) -> &'static str {
+    match Hook::from_u16(h) {
+        Some(Hook::FileOpen) => "file_open",
+        None => "unknown",
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
+    let slot = names.by_slot.get(&event.policy);
+    let kernel_path = if event.flags & event_flags::NO_PATH == 0 { Some(c_string(&event.path)) } else { None };
+    // The kernel's path when it gave one; otherwise the path a rule names this inode by.
+    let path = kernel_path.filter(|p| !p.is_empty()).or_else(|| {
+        slot.and_then(|s| s.paths.get(&(event.dev, event.ino))).map(|p| p.display().to_string())
+    });
+    EventJson {
+        kind: "event",
+        time: rfc3339(clock.unix_ns(event.boot_ns)),
+        hook: hook_name(event.hook),
+        verdict: verdict_name(event.verdict),
+        policy: slot.map(|s| s.name.clone()).unwrap_or_default(),
+        policy_id: event.policy,
+        cgroup_id: event.cgroup_id,
+        pid: event.pid,
+        tgid: event.tgid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: c_string(&event.comm[..COMM_LEN]),
+        dev: format_kernel_dev(event.dev),
+        ino: event.ino,
+        path,
+        requested: access_names(event.requested),
+    }
+}
+
+/// Formats Unix nanoseconds as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        let mut e: Event = unsafe { std::mem::zeroed() };
+        e.boot_ns = 5_000_000_123;
+        e.cgroup_id = 77;
+        e.dev = (254 << 20) | 1;
+        e.ino = 1234;
+        e.pid = 10;
+        e.tgid = 9;
+        e.uid = 1000;
+        e.policy = 3;
+        e.requested = systrace_common::access::WRITE;
+        e.hook = Hook::FileOpen as u16;
+        e.verdict = Verdict::Denied as u8;
+        e.comm[..3].copy_from_slice(b"cat");
+        e.path[..11].copy_from_slice(b"/etc/shadow");
+        e
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        let p = e as *const Event as *const u8;
+        unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<Event>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_and_renders_an_event() {
+        let e = sample();
+        let decoded = decode(&bytes(&e)).unwrap();
+        let mut names = PolicyNames::default();
+        names.by_slot.insert(3, SlotInfo { name: "demo".into(), paths: HashMap::new() });
+        let j = to_json(&decoded, &Clock::with_offset(1_700_000_000_000_000_000), &names);
+        assert_eq!(j.time, "2023-11-14T22:13:25.000000123Z");
+        assert_eq!(j.verdict, "denied");
+        assert_eq!(j.hook, "file_open");
+        assert_eq!(j.policy, "demo");
+        assert_eq!(j.comm, "cat");
+        assert_eq!(j.dev, "254:1");
+        assert_eq!(j.path.as_deref(), Some("/etc/shadow"));
+        assert_eq!(j.requested, vec!["write"]);
+        let line = serde_json::to_string(&j).unwrap();
+        assert!(line.contains("\"type\":\"event\""));
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert!(decode(&[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn path_falls_back_to_the_rule_path() {
+        let mut e = sample();
+        e.flags = event_flags::NO_PATH;
+        let mut names = PolicyNames::default();
+        names.by_slot.insert(
+            3,
+            SlotInfo { name: "demo".into(), paths: HashMap::from([((e.dev, e.ino), PathBuf::from("/srv/x"))]) },
+        );
+        let j = to_json(&e, &Clock::with_offset(0), &names);
+        assert_eq!(j.path.as_deref(), Some("/srv/x"));
+        names.by_slot.clear();
+        assert_eq!(to_json(&e, &Clock::with_offset(0), &names).path, None);
+    }
+
+    #[test]
+    fn calendar_edges() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400 * 1_000_000_000), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+}

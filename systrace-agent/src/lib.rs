@@ -1,0 +1,7 @@
+//! systrace's agent, the parts with no kernel in them: the policy model, the kernel
+//! struct offsets read from BTF, and the event format. The loader and the CLI in
+//! `main.rs` are thin layers on top.
+
+pub mod events;
+pub mod offsets;
+pub mod policy;

@@ -1,0 +1,38 @@
+//! The maps shared with the agent. Names and value types come from `systrace_common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use systrace_common::{FileKey, FileRule, PolicyInfo, COUNTER_SLOTS};
+
+/// Upper bounds; the agent refuses policies that would not fit.
+pub const MAX_CGROUPS: u32 = 4096;
+pub const MAX_POLICIES: u32 = 4096;
+pub const MAX_FILE_RULES: u32 = 262_144;
+/// 8 MiB: about 24,000 events before the agent must drain.
+pub const EVENTS_BYTES: u32 = 8 << 20;
+
+#[map(name = "CGROUP_POLICY")]
+pub static CGROUP_POLICY: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+
+#[map(name = "POLICIES")]
+pub static POLICIES: HashMap<u32, PolicyInfo> = HashMap::with_max_entries(MAX_POLICIES, 0);
+
+/// BPF_F_NO_PREALLOC: 100,000-rule policies should not cost memory for slots never used.
+#[map(name = "FILE_RULES")]
+pub static FILE_RULES: HashMap<FileKey, FileRule> = HashMap::with_max_entries(MAX_FILE_RULES, 1);
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+pub fn count(counter: systrace_common::Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot, and LSM programs do not nest on one CPU for one slot in a way
+        // that matters for a statistic: a plain increment is enough.
+        unsafe { *slot += 1 };
+    }
+}
