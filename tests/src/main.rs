@@ -1,1 +1,25 @@
-fn main(){}
+//! `systrace-vmtest`: the end-to-end suite, run inside a QEMU VM by `cargo xtask test`.
+//!
+//! `systrace-vmtest suite AGENT` runs every case against the real agent binary and
+//! prints `TEST name ok|FAILED: why` lines and a closing `VMTEST passed=N failed=M`.
+//! `systrace-vmtest op ...` is the workload: it joins a cgroup, performs one
+//! operation, and prints what happened as JSON. Running the workload as its own
+//! process is what puts it, and only it, in the confined cgroup.
+
+mod agent;
+mod op;
+mod suite;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("op") => op::main(&args[1..]),
+        Some("suite") => suite::main(&args[1..]),
+        _ => {
+            eprintln!("usage: systrace-vmtest suite AGENT | op [--cgroup DIR] open PATH r|w|a");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,275 @@
-fn main(){}
+//! `cargo xtask`: every build, run and test step of systrace.
+//!
+//! - `cargo xtask demo`: installs what is missing, builds, boots the Debian 6.12
+//!   kernel in QEMU, and shows the agent confining a workload.
+//! - `cargo xtask test`: host unit tests, then the VM suite on Debian 6.1 and 6.12.
+//! - `cargo xtask setup` / `build`: the first steps of the above, on their own.
+
+mod setup;
+mod vm;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the Debian packages, rust-src and bpf-linker this project needs.
+    Setup,
+    /// Build the agent (with its embedded eBPF object) and the VM test binary, release.
+    Build,
+    /// Host unit tests, then the end-to-end suite in a VM on each kernel.
+    Test {
+        /// Only this kernel (6.1 or 6.12); default: both.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Skip the host unit tests.
+        #[arg(long)]
+        vm_only: bool,
+    },
+    /// Show the agent confining a workload, in a VM.
+    Demo {
+        /// Kernel to boot (6.1 or 6.12).
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+    },
+}
+
+pub fn say(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Downloads (kernels, package lists) that survive `cargo clean` and fresh clones.
+pub fn cache_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    Ok(base.join("systrace"))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::all(),
+        Cmd::Build => setup::all().and_then(|()| build().map(|_| ())),
+        Cmd::Test { kernel, vm_only } => test(kernel.as_deref(), vm_only),
+        Cmd::Demo { kernel } => demo(&kernel),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Binaries {
+    agent: PathBuf,
+    vmtest: PathBuf,
+}
+
+fn build() -> Result<Binaries> {
+    say("building systrace-agent (and its eBPF programs, with nightly and bpf-linker) and systrace-vmtest");
+    run(Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["build", "--release", "-p", "systrace-agent", "-p", "systrace-tests"]))?;
+    let release = workspace_root().join("target/release");
+    Ok(Binaries { agent: release.join("systrace-agent"), vmtest: release.join("systrace-vmtest") })
+}
+
+/// Counts from one test run.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+/// Runs the host unit tests, echoing cargo's output and adding up its result lines.
+fn host_tests() -> Result<Tally> {
+    say("running host unit tests");
+    let mut child = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["test", "--release", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| -> usize {
+                rest.split(';')
+                    .find_map(|p| p.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            tally.passed += num(" passed");
+            tally.failed += num(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && tally.failed == 0 {
+        // A build failure runs no test; count it as one failure so it cannot pass.
+        tally.failed += 1;
+    }
+    Ok(tally)
+}
+
+fn test_payload(bins: &Binaries) -> vm::Payload {
+    vm::Payload {
+        files: vec![
+            (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
+            (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
+        ],
+        script: "systrace-vmtest suite /usr/bin/systrace-agent".into(),
+    }
+}
+
+/// Boots one kernel with the suite and tallies its TEST lines.
+fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)> {
+    let kernel = setup::kernel(spec)?;
+    let initrd = vm::initramfs("test", &test_payload(bins))?;
+    let mut tally = Tally::default();
+    let mut summary = None;
+    let started = Instant::now();
+    let finished = vm::boot(&kernel, &initrd, Duration::from_secs(900), |line| {
+        println!("[{}] {line}", spec.label);
+        if line.starts_with("TEST ") {
+            if line.ends_with(" ok") {
+                tally.passed += 1;
+            } else {
+                tally.failed += 1;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("VMTEST ") {
+            summary = Some(rest.to_string());
+        }
+    })?;
+    if !finished || summary.is_none() {
+        say(&format!("kernel {}: the VM stopped before the suite finished", kernel.release));
+        tally.failed += 1;
+    }
+    say(&format!("kernel {} ran in {:.0?}", kernel.release, started.elapsed()));
+    Ok((format!("kernel {} ({})", kernel.release, spec.debian), tally))
+}
+
+fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
+    let specs = match only {
+        Some(label) => vec![setup::kernel_spec(label)?],
+        None => setup::KERNELS.to_vec(),
+    };
+    setup::all()?;
+    let mut lines: Vec<(String, Tally)> = Vec::new();
+    if !vm_only {
+        lines.push(("host unit tests".into(), host_tests()?));
+    }
+    let bins = build()?;
+    for spec in specs {
+        lines.push(vm_suite(spec, &bins)?);
+    }
+    println!();
+    let mut total = Tally::default();
+    for (name, t) in &lines {
+        println!("{name}: {} passed, {} failed", t.passed, t.failed);
+        total.passed += t.passed;
+        total.failed += t.failed;
+    }
+    println!("{} passed, {} failed", total.passed, total.failed);
+    if total.failed > 0 {
+        bail!("{} failed", total.failed);
+    }
+    Ok(())
+}
+
+const DEMO_SCRIPT: &str = r#"
+mkdir -p /srv/demo /sys/fs/cgroup/systrace-demo
+echo '<h1>hello from a confined web server</h1>' > /srv/demo/index.html
+echo 'the root password is hunter2' > /srv/demo/secret.txt
+: > /srv/demo/access.log
+echo "demo: systrace-agent run /etc/systrace/demo.toml (JSON lines below are its output)"
+systrace-agent run /etc/systrace/demo.toml > /tmp/agent.out &
+tail -f /tmp/agent.out &
+for i in $(seq 1 300); do grep -q '"enforcing"' /tmp/agent.out && break; sleep 0.1; done
+# Runs $1 in a shell that first moves itself into the confined cgroup.
+try() {
+  if sh -c 'echo $$ > /sys/fs/cgroup/systrace-demo/cgroup.procs && eval "$1"' demo "$1" > /tmp/out 2>&1; then
+    echo "demo: allowed | $1"
+  else
+    echo "demo: DENIED  | $1 -> $(cat /tmp/out)"
+  fi
+  sleep 0.3
+}
+echo "demo: --- inside cgroup systrace-demo ---"
+try 'cat /srv/demo/index.html'
+try 'echo "GET /" >> /srv/demo/access.log'
+try 'cat /srv/demo/secret.txt'
+try 'echo defaced > /srv/demo/index.html'
+try 'cat /srv/demo/access.log'
+echo "demo: --- outside the cgroup, the same reads are untouched ---"
+if cat /srv/demo/secret.txt > /dev/null; then echo "demo: allowed | cat /srv/demo/secret.txt (unconfined)"; fi
+echo "demo: stopping the agent (Ctrl-C)"
+killall -INT systrace-agent
+for i in $(seq 1 100); do pidof systrace-agent > /dev/null || break; sleep 0.1; done
+sleep 0.5
+"#;
+
+fn demo(kernel: &str) -> Result<()> {
+    let spec = setup::kernel_spec(kernel)?;
+    setup::all()?;
+    let bins = build()?;
+    let kernel = setup::kernel(spec)?;
+    let payload = vm::Payload {
+        files: vec![
+            (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
+            (workspace_root().join("policies/demo.toml"), "/etc/systrace/demo.toml".into()),
+        ],
+        script: DEMO_SCRIPT.into(),
+    };
+    let initrd = vm::initramfs("demo", &payload)?;
+    let mut denied = 0;
+    let mut events = 0;
+    let finished = vm::boot(&kernel, &initrd, Duration::from_secs(600), |line| {
+        if line.contains("demo: DENIED") {
+            denied += 1;
+        }
+        if line.contains("\"type\":\"event\"") {
+            events += 1;
+        }
+        println!("{line}");
+    })?;
+    if !finished {
+        bail!("the demo VM did not finish");
+    }
+    say(&format!("demo done: {denied} operations denied, {events} violation events streamed"));
+    if denied == 0 || events == 0 {
+        bail!("the demo showed no enforcement");
+    }
+    Ok(())
+}

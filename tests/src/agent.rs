@@ -1,0 +1,98 @@
+//! Runs the real agent binary and reads its JSON lines.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{channel, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+
+pub struct Agent {
+    child: Child,
+    lines: Receiver<Value>,
+    /// Every line read so far, for waits that look back.
+    pub seen: Vec<Value>,
+}
+
+impl Agent {
+    /// Starts `agent run POLICIES...` and waits until it says it is enforcing.
+    pub fn start(agent: &Path, policies: &[&Path]) -> Result<Agent> {
+        let mut child = Command::new(agent)
+            .arg("run")
+            .args(policies)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("agent printed a line that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        let mut agent = Agent { child, lines, seen: Vec::new() };
+        agent.wait_for(Duration::from_secs(60), |v| v["type"] == "status" && v["state"] == "enforcing")?;
+        Ok(agent)
+    }
+
+    /// Waits for a line matching `pred`, looking at lines already seen first.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return Ok(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return Ok(v);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!("no matching agent line within {timeout:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.try_wait()?;
+                    bail!("agent output ended (exit status {status:?}) before a matching line")
+                }
+            }
+        }
+    }
+
+    /// Reads what is already waiting, without blocking.
+    pub fn drain(&mut self) {
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v);
+        }
+    }
+
+    /// Ctrl-C, as a user would; returns the exit code and the final stats line.
+    pub fn stop(mut self) -> Result<(i32, Value)> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let stats = self.wait_for(Duration::from_secs(30), |v| v["type"] == "stats")?;
+        let status = self.child.wait()?;
+        let code = status.code().ok_or_else(|| anyhow!("agent killed by a signal: {status:?}"))?;
+        Ok((code, stats))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

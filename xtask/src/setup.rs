@@ -1,0 +1,238 @@
+//! Installs what a fresh machine lacks: Debian packages, nightly's rust-src,
+//! bpf-linker built against nightly's own LLVM, and the two Debian kernels.
+//! Each step checks first and says what it does when it has to do it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cache_dir, run, say};
+
+const PACKAGES: [(&str, &str); 4] = [
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("cpio", "/usr/bin/cpio"),
+    ("debian-archive-keyring", "/usr/share/keyrings/debian-archive-keyring.gpg"),
+];
+
+pub fn all() -> Result<()> {
+    packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> =
+        PACKAGES.iter().filter(|(_, file)| !Path::new(file).exists()).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    say(&format!("installing Debian packages: {}", missing.join(" ")));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]).output()?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    say("adding rust-src to the nightly toolchain (needed for -Z build-std=core)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let sysroot = String::from_utf8(Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()?.stdout)?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    // The library's name carries the LLVM and rustc versions: read it, don't guess it.
+    let llvm = std::fs::read_dir(&lib_dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
+        .with_context(|| format!("no libLLVM-*.so in {}", lib_dir.display()))?;
+    let lib_name = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let major = lib_name.trim_start_matches("LLVM-").split(['-', '.']).next().unwrap_or_default().to_string();
+    say(&format!(
+        "building bpf-linker against nightly's LLVM {major} ({lib_name}); this takes about 6 minutes on 2 cores"
+    ));
+    let rustflags = format!("-L {0} -l dylib={lib_name} -C link-arg=-Wl,-rpath,{0}", lib_dir.display());
+    run(Command::new("cargo")
+        .args(["install", "--locked", "bpf-linker", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major},no-llvm-linking"))
+        .env("RUSTFLAGS", rustflags))
+    .or_else(|_| {
+        // --locked can fail when the published lock file predates the toolchain.
+        say("retrying the bpf-linker build without --locked");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .env("RUSTFLAGS", format!("-L {0} -l dylib={lib_name} -C link-arg=-Wl,-rpath,{0}", lib_dir.display())))
+    })
+}
+
+/// A Debian kernel the VM tests boot.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    /// Short name used on the command line (`--kernel 6.1`).
+    pub label: &'static str,
+    pub debian: &'static str,
+    /// Debian suite whose package list has it; `None`: the machine's own sources.
+    pub suite: Option<&'static str>,
+    /// Package name prefix; the newest matching `-cloud-amd64-unsigned` is taken.
+    pub prefix: &'static str,
+    /// Extra kernel command line.
+    pub cmdline: &'static str,
+}
+
+pub const KERNELS: [KernelSpec; 2] = [
+    KernelSpec {
+        label: "6.1",
+        debian: "Debian 12",
+        suite: None,
+        prefix: "linux-image-6.1.0-",
+        // Debian 12 leaves bpf out of the default LSM list.
+        cmdline: "lsm=lockdown,capability,landlock,yama,bpf",
+    },
+    KernelSpec { label: "6.12", debian: "Debian 13", suite: Some("trixie"), prefix: "linux-image-6.12.", cmdline: "" },
+];
+
+pub fn kernel_spec(label: &str) -> Result<KernelSpec> {
+    KERNELS.iter().copied().find(|k| k.label == label).with_context(|| {
+        format!("unknown kernel {label}; known: {}", KERNELS.map(|k| k.label).join(", "))
+    })
+}
+
+/// A downloaded kernel image.
+pub struct Kernel {
+    pub spec: KernelSpec,
+    pub vmlinuz: PathBuf,
+    pub release: String,
+}
+
+/// Returns the cached kernel, downloading it on first use.
+pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
+    let dir = cache_dir()?.join("kernels").join(spec.label);
+    if let Some(k) = find_vmlinuz(&dir, spec)? {
+        return Ok(k);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let apt_opts = apt_options(spec)?;
+    let list = Command::new("apt-cache").args(&apt_opts).args(["search", "--names-only"]).arg(format!("^{}.*-cloud-amd64-unsigned$", regex_escape(spec.prefix))).output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|n| !n.contains("-dbg"))
+        .collect();
+    names.sort_by(|a, b| version_cmp(a, b));
+    let Some(package) = names.pop() else {
+        bail!("no {}*-cloud-amd64-unsigned package found in the {} package list", spec.prefix, spec.debian);
+    };
+    say(&format!("downloading kernel {package} ({}, about 25 MB)", spec.debian));
+    let download = dir.join("download");
+    std::fs::create_dir_all(&download)?;
+    run(Command::new("apt-get").args(&apt_opts).args(["download", "-q", &package]).current_dir(&download))?;
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let unpacked = dir.join("unpacked");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let boot = unpacked.join("boot");
+    let image = std::fs::read_dir(&boot)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .context("no vmlinuz in the kernel package")?;
+    std::fs::copy(&image, dir.join(image.file_name().unwrap()))?;
+    std::fs::remove_dir_all(&unpacked)?;
+    std::fs::remove_dir_all(&download)?;
+    find_vmlinuz(&dir, spec)?.context("kernel vanished after download")
+}
+
+fn find_vmlinuz(dir: &Path, spec: KernelSpec) -> Result<Option<Kernel>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+    for e in entries {
+        let path = e?.path();
+        if let Some(release) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")) {
+            return Ok(Some(Kernel { spec, release: release.to_string(), vmlinuz: path.clone() }));
+        }
+    }
+    Ok(None)
+}
+
+/// apt options that read a separate package list for another Debian suite, without
+/// touching the machine's own sources.
+fn apt_options(spec: KernelSpec) -> Result<Vec<String>> {
+    let Some(suite) = spec.suite else {
+        return Ok(vec![]);
+    };
+    let dir = cache_dir()?.join("apt").join(suite);
+    std::fs::create_dir_all(dir.join("lists/partial"))?;
+    let mirror = machine_mirror()?;
+    let sources = dir.join("sources.list");
+    std::fs::write(
+        &sources,
+        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n"),
+    )?;
+    let opts = vec![
+        format!("-o=Dir::Etc::SourceList={}", sources.display()),
+        "-o=Dir::Etc::SourceParts=/nonexistent".to_string(),
+        format!("-o=Dir::State::Lists={}", dir.join("lists").display()),
+    ];
+    say(&format!("reading the {suite} package list from {mirror}"));
+    run(Command::new("apt-get").args(&opts).args(["update", "-q"]))?;
+    Ok(opts)
+}
+
+/// The Debian mirror this machine already uses.
+fn machine_mirror() -> Result<String> {
+    let deb822 = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    if let Some(uri) = deb822.lines().find_map(|l| l.strip_prefix("URIs:")) {
+        if let Some(first) = uri.split_whitespace().next() {
+            return Ok(first.to_string());
+        }
+    }
+    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    list.lines()
+        .filter(|l| l.starts_with("deb "))
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http")).map(str::to_string))
+        .context("cannot find this machine's Debian mirror in /etc/apt")
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().flat_map(|c| if ".+*?()[]{}|^$\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
+}
+
+/// Orders package names by their embedded numbers (6.12.9 < 6.12.117).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect()
+    }
+    parts(a).cmp(&parts(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_package_sorts_last() {
+        let mut v = vec![
+            "linux-image-6.12.117+deb13-cloud-amd64-unsigned",
+            "linux-image-6.12.9+deb13-cloud-amd64-unsigned",
+            "linux-image-6.12.107+deb13-cloud-amd64-unsigned",
+        ];
+        v.sort_by(|a, b| version_cmp(a, b));
+        assert_eq!(v[2], "linux-image-6.12.117+deb13-cloud-amd64-unsigned");
+    }
+
+    #[test]
+    fn escapes_regex_metacharacters() {
+        assert_eq!(regex_escape("linux-image-6.1.0-"), "linux-image-6\\.1\\.0-");
+    }
+}

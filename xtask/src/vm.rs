@@ -1,0 +1,142 @@
+//! Boots a Debian kernel in QEMU with an initramfs holding busybox, the agent, the
+//! test binary and their shared libraries, and streams the serial console back.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{say, setup::Kernel, workspace_root};
+
+/// Printed by /init as the VM's last words, so a run that ends without it crashed.
+pub const END_MARKER: &str = "SYSTRACE-VM-END";
+
+/// Files that go into the initramfs: (source on the host, path in the VM).
+pub struct Payload {
+    pub files: Vec<(PathBuf, String)>,
+    /// Shell commands /init runs after mounting everything.
+    pub script: String,
+}
+
+const INIT_PRELUDE: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/bin:/bin
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t securityfs securityfs /sys/kernel/security
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+echo "vm: kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm)"
+"#;
+
+fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
+        .collect())
+}
+
+/// Writes the initramfs for `payload` and returns its path.
+pub fn initramfs(name: &str, payload: &Payload) -> Result<PathBuf> {
+    let root = workspace_root().join("target/vm").join(name);
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    let copy = |src: &Path, dst: &str| -> Result<()> {
+        let target = root.join(dst.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap())?;
+        std::fs::copy(src, &target).with_context(|| format!("copying {} into the initramfs", src.display()))?;
+        Ok(())
+    };
+    copy(Path::new("/bin/busybox"), "/bin/busybox")?;
+    let mut libs = BTreeSet::new();
+    for (src, dst) in &payload.files {
+        copy(src, dst)?;
+        if dst.starts_with("/usr/bin/") {
+            libs.extend(shared_libraries(src)?);
+        }
+    }
+    for lib in &libs {
+        copy(lib, &lib.to_string_lossy())?;
+    }
+    let init = root.join("init");
+    std::fs::write(&init, format!("{INIT_PRELUDE}{}\necho {END_MARKER}\npoweroff -f\n", payload.script))?;
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let image = workspace_root().join("target/vm").join(format!("{name}.cpio.gz"));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'", root.display(), image.display()))
+        .status()?;
+    if !status.success() {
+        bail!("building {} failed", image.display());
+    }
+    Ok(image)
+}
+
+/// Boots `kernel` with `initrd`; calls `on_line` for every console line. Returns
+/// whether the VM reached the end marker within `timeout`.
+pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, mut on_line: impl FnMut(&str)) -> Result<bool> {
+    let cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {}", kernel.spec.cmdline);
+    say(&format!(
+        "booting Linux {} ({}) in QEMU (software emulation, 2 vCPUs, 1 GiB; the boot takes about 10 s)",
+        kernel.release, kernel.spec.debian
+    ));
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1G", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(&cmdline)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+            if tx.send(line).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut finished = false;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if line.contains(END_MARKER) {
+                    finished = true;
+                }
+                on_line(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                say(&format!("the VM did not finish within {timeout:?}; stopping it"));
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let _ = child.wait();
+    Ok(finished)
+}
