@@ -162,11 +162,9 @@ fn explain(failure: &LoadFailure) -> String {
         Some(libc::EPERM) if !root => {
             "not running as root: loading BPF LSM programs needs root (CAP_BPF, CAP_PERFMON, CAP_MAC_ADMIN)".into()
         }
-        Some(libc::EPERM) => format!(
-            "the kernel refused the BPF LSM program with EPERM although running as root with the BPF LSM active: \
-             this kernel or sandbox forbids BPF LSM programs ({:#})",
-            failure.error
-        ),
+        Some(libc::EPERM) => "the kernel refused to load a BPF LSM program (EPERM) although running as root \
+             with the BPF LSM active: this kernel or sandbox forbids BPF LSM programs"
+            .into(),
         Some(libc::EINVAL) if failure.verifier_log.is_some() => format!(
             "the verifier rejected a program ({:#}); run with --verifier-log for details",
             failure.error

@@ -8,6 +8,7 @@
 
 mod agent;
 mod op;
+mod refusal;
 mod suite;
 
 use std::process::ExitCode;
@@ -17,8 +18,9 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("op") => op::main(&args[1..]),
         Some("suite") => suite::main(&args[1..]),
+        Some("refusal") => refusal::main(&args[1..]),
         _ => {
-            eprintln!("usage: systrace-vmtest suite AGENT | op [--cgroup DIR] open PATH r|w|a");
+            eprintln!("usage: systrace-vmtest suite AGENT | refusal AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)
         }
     }

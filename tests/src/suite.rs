@@ -96,13 +96,14 @@ fn event_for(agent: &mut Agent, outcome: &op::Outcome, path: &Path) -> Result<Va
         .with_context(|| format!("event for pid {pid} on {}", path.display()))
 }
 
-struct Runner {
+#[derive(Default)]
+pub struct Runner {
     passed: usize,
     failed: usize,
 }
 
 impl Runner {
-    fn case(&mut self, name: &str, body: impl FnOnce() -> Result<()>) {
+    pub fn case(&mut self, name: &str, body: impl FnOnce() -> Result<()>) {
         match body() {
             Ok(()) => {
                 self.passed += 1;
@@ -112,6 +113,16 @@ impl Runner {
                 self.failed += 1;
                 println!("TEST {name} FAILED: {e:#}");
             }
+        }
+    }
+
+    /// Prints the closing line the xtask looks for.
+    pub fn finish(self) -> ExitCode {
+        println!("VMTEST passed={} failed={}", self.passed, self.failed);
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     }
 }
@@ -150,17 +161,12 @@ pub fn main(args: &[String]) -> ExitCode {
         eprintln!("suite: expected the agent binary's path");
         return ExitCode::from(2);
     };
-    let mut r = Runner { passed: 0, failed: 0 };
+    let mut r = Runner::default();
     if let Err(e) = run(Path::new(agent), &mut r) {
         r.failed += 1;
         println!("TEST setup FAILED: {e:#}");
     }
-    println!("VMTEST passed={} failed={}", r.passed, r.failed);
-    if r.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    r.finish()
 }
 
 fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
@@ -173,6 +179,10 @@ fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
             expect_errno(&op::run(Some(&w.confined), path, mode)?, 0, &format!("{} {mode}", path.display()))?;
         }
         Ok(())
+    });
+
+    r.case("refuses_with_one_line_when_not_root", || {
+        crate::refusal::expect_refusal(&w.agent, &w.enforce_policy, Some(65534), "not running as root")
     });
 
     let mut agent = Agent::start(&w.agent, &[&w.enforce_policy, &w.audit_policy])?;

@@ -142,39 +142,40 @@ fn host_tests() -> Result<Tally> {
     Ok(tally)
 }
 
-fn test_payload(bins: &Binaries) -> vm::Payload {
-    vm::Payload {
-        files: vec![
-            (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
-            (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
-        ],
-        script: "systrace-vmtest suite /usr/bin/systrace-agent".into(),
-    }
-}
-
-/// Boots one kernel with the suite and tallies its TEST lines.
+/// Boots one kernel once per scenario and tallies the TEST lines: the suite with the
+/// BPF LSM active, and the refusal check with it left out of `lsm=`.
 fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)> {
     let kernel = setup::kernel(spec)?;
-    let initrd = vm::initramfs("test", &test_payload(bins))?;
+    let scenarios = [("suite", spec.cmdline), ("refusal", spec.cmdline_without_bpf_lsm)];
     let mut tally = Tally::default();
-    let mut summary = None;
     let started = Instant::now();
-    let finished = vm::boot(&kernel, &initrd, Duration::from_secs(900), |line| {
-        println!("[{}] {line}", spec.label);
-        if line.starts_with("TEST ") {
-            if line.ends_with(" ok") {
-                tally.passed += 1;
-            } else {
-                tally.failed += 1;
+    for (scenario, cmdline) in scenarios {
+        let payload = vm::Payload {
+            files: vec![
+                (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
+                (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
+            ],
+            script: format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"),
+        };
+        let initrd = vm::initramfs(scenario, &payload)?;
+        let mut summary = None;
+        let finished = vm::boot(&kernel, cmdline, &initrd, Duration::from_secs(900), |line| {
+            println!("[{} {scenario}] {line}", spec.label);
+            if line.starts_with("TEST ") {
+                if line.ends_with(" ok") {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                }
             }
+            if let Some(rest) = line.strip_prefix("VMTEST ") {
+                summary = Some(rest.to_string());
+            }
+        })?;
+        if !finished || summary.is_none() {
+            say(&format!("kernel {} ({scenario}): the VM stopped before the tests finished", kernel.release));
+            tally.failed += 1;
         }
-        if let Some(rest) = line.strip_prefix("VMTEST ") {
-            summary = Some(rest.to_string());
-        }
-    })?;
-    if !finished || summary.is_none() {
-        say(&format!("kernel {}: the VM stopped before the suite finished", kernel.release));
-        tally.failed += 1;
     }
     say(&format!("kernel {} ran in {:.0?}", kernel.release, started.elapsed()));
     Ok((format!("kernel {} ({})", kernel.release, spec.debian), tally))
@@ -214,8 +215,7 @@ echo '<h1>hello from a confined web server</h1>' > /srv/demo/index.html
 echo 'the root password is hunter2' > /srv/demo/secret.txt
 : > /srv/demo/access.log
 echo "demo: systrace-agent run /etc/systrace/demo.toml (JSON lines below are its output)"
-systrace-agent run /etc/systrace/demo.toml > /tmp/agent.out &
-tail -f /tmp/agent.out &
+systrace-agent run /etc/systrace/demo.toml | tee /tmp/agent.out &
 for i in $(seq 1 300); do grep -q '"enforcing"' /tmp/agent.out && break; sleep 0.1; done
 # Runs $1 in a shell that first moves itself into the confined cgroup.
 try() {
@@ -255,7 +255,7 @@ fn demo(kernel: &str) -> Result<()> {
     let initrd = vm::initramfs("demo", &payload)?;
     let mut denied = 0;
     let mut events = 0;
-    let finished = vm::boot(&kernel, &initrd, Duration::from_secs(600), |line| {
+    let finished = vm::boot(&kernel, spec.cmdline, &initrd, Duration::from_secs(600), |line| {
         if line.contains("demo: DENIED") {
             denied += 1;
         }

@@ -88,6 +88,8 @@ pub struct KernelSpec {
     pub prefix: &'static str,
     /// Extra kernel command line.
     pub cmdline: &'static str,
+    /// A command line with the BPF LSM left out, for the refusal test.
+    pub cmdline_without_bpf_lsm: &'static str,
 }
 
 pub const KERNELS: [KernelSpec; 2] = [
@@ -98,8 +100,16 @@ pub const KERNELS: [KernelSpec; 2] = [
         prefix: "linux-image-6.1.0-",
         // Debian 12 leaves bpf out of the default LSM list.
         cmdline: "lsm=lockdown,capability,landlock,yama,bpf",
+        cmdline_without_bpf_lsm: "lsm=lockdown,capability,landlock,yama",
     },
-    KernelSpec { label: "6.12", debian: "Debian 13", suite: Some("trixie"), prefix: "linux-image-6.12.", cmdline: "" },
+    KernelSpec {
+        label: "6.12",
+        debian: "Debian 13",
+        suite: Some("trixie"),
+        prefix: "linux-image-6.12.",
+        cmdline: "",
+        cmdline_without_bpf_lsm: "lsm=lockdown,capability,landlock,yama,apparmor",
+    },
 ];
 
 pub fn kernel_spec(label: &str) -> Result<KernelSpec> {

@@ -86,11 +86,17 @@ pub fn initramfs(name: &str, payload: &Payload) -> Result<PathBuf> {
 
 /// Boots `kernel` with `initrd`; calls `on_line` for every console line. Returns
 /// whether the VM reached the end marker within `timeout`.
-pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, mut on_line: impl FnMut(&str)) -> Result<bool> {
-    let cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {}", kernel.spec.cmdline);
+pub fn boot(
+    kernel: &Kernel,
+    extra_cmdline: &str,
+    initrd: &Path,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<bool> {
+    let cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {extra_cmdline}");
     say(&format!(
-        "booting Linux {} ({}) in QEMU (software emulation, 2 vCPUs, 1 GiB; the boot takes about 10 s)",
-        kernel.release, kernel.spec.debian
+        "booting Linux {} ({}) in QEMU [{}] (software emulation, 2 vCPUs, 1 GiB; the boot takes about 10 s)",
+        kernel.release, kernel.spec.debian, extra_cmdline
     ));
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1G", "-no-reboot"])
