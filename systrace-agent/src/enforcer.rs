@@ -10,10 +10,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use systrace_agent::{offsets::Offset, policy::Compiled};
-use systrace_common::{names, Counter, FileKey, FileRule, PolicyInfo};
-
-/// The programs and the hooks they attach to, in attach order.
-const PROGRAMS: [(&str, &str); 1] = [("file_open", "file_open")];
+use systrace_common::{names, Counter, FileKey, FileRule, Hook, PolicyInfo};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
@@ -53,7 +50,9 @@ impl Enforcer {
         }
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
-        for (name, hook) in PROGRAMS {
+        for hook in Hook::ALL {
+            // Each program is named after the hook it attaches to.
+            let (name, hook) = (hook.name(), hook.name());
             let program: &mut Lsm = bpf
                 .program_mut(name)
                 .ok_or_else(|| fail(anyhow!("program {name} missing from the object"), None))?
@@ -78,7 +77,9 @@ impl Enforcer {
 
     /// Installs (or replaces) a policy. The rules go in under a fresh slot first and
     /// the cgroup is pointed at that slot last, in one map update: an operation sees
-    /// either the old policy or the new one, never a half-written one. Returns the slot.
+    /// either the old policy or the new one, never a half-written one. The old slot
+    /// is freed only after an RCU grace period, when no program can still be
+    /// reading it. Returns the slot.
     pub fn install(&mut self, policy: &Compiled) -> Result<u32> {
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -97,17 +98,41 @@ impl Enforcer {
             self.remove_slot(slot, &keys);
             return Err(e.context(format!("writing policy {}", policy.name)));
         }
-        self.map::<u64, u32>(names::CGROUP_POLICY)?
-            .insert(policy.cgroup_id, slot, 0)
-            .with_context(|| format!("binding policy {} to its cgroup", policy.name))?;
-        let previous = self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys });
-        if let Some(old) = previous {
-            if old.cgroup_id != policy.cgroup_id {
-                let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
+        let previous = self.installed.remove(&policy.name);
+        if let Err(e) = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.insert(policy.cgroup_id, slot, 0)?)) {
+            self.remove_slot(slot, &keys);
+            if let Some(old) = previous {
+                self.installed.insert(policy.name.clone(), old);
             }
-            self.remove_slot(old.slot, &old.keys);
+            return Err(e.context(format!("binding policy {} to its cgroup", policy.name)));
+        }
+        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys });
+        if let Some(old) = previous {
+            self.retire(old, Some(policy.cgroup_id));
         }
         Ok(slot)
+    }
+
+    /// Stops confining a policy's cgroup and frees its rules.
+    pub fn uninstall(&mut self, name: &str) {
+        if let Some(old) = self.installed.remove(name) {
+            self.retire(old, None);
+        }
+    }
+
+    /// Names of the installed policies.
+    pub fn installed(&self) -> impl Iterator<Item = &str> {
+        self.installed.keys().map(String::as_str)
+    }
+
+    /// Unbinds `old`'s cgroup (unless `still_bound` now points elsewhere), waits
+    /// for programs that may hold the old slot to finish, then deletes its entries.
+    fn retire(&mut self, old: Installed, still_bound: Option<u64>) {
+        if still_bound != Some(old.cgroup_id) {
+            let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
+        }
+        wait_for_readers();
+        self.remove_slot(old.slot, &old.keys);
     }
 
     fn remove_slot(&mut self, slot: u32, keys: &[FileKey]) {
@@ -132,5 +157,18 @@ impl Enforcer {
         let map = self.bpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing", names::COUNTERS))?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(array.get(&(counter as u32), 0)?.iter().sum())
+    }
+}
+
+/// Waits until every BPF program that started before now has returned. LSM
+/// programs run inside an RCU read-side section, and MEMBARRIER_CMD_GLOBAL is
+/// implemented with synchronize_rcu(), so one call is one grace period. Where
+/// membarrier is refused, a pause far longer than any hook invocation stands in.
+fn wait_for_readers() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

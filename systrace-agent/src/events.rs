@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use serde::Serialize;
-use systrace_common::{event_flags, Event, Hook, Verdict, COMM_LEN};
+use systrace_common::{event_flags, Event, Hook, Verdict, COMM_LEN, PATH_LEN};
 
 use crate::policy::{access_names, format_kernel_dev};
 
@@ -21,17 +21,15 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) })
 }
 
-/// What the agent knows about each loaded policy slot, to name things in events.
+/// What the agent knows about loaded policies, to name things in events.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyNames {
-    pub by_slot: HashMap<u32, SlotInfo>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct SlotInfo {
-    pub name: String,
-    /// (dev, ino) -> path, for files the policy names (the kernel may not give a path).
-    pub paths: HashMap<(u64, u64), PathBuf>,
+    /// Kernel slot -> policy name. Slots of replaced policies stay: their events
+    /// may still be queued in the ring buffer.
+    pub by_slot: HashMap<u32, String>,
+    /// Policy name -> (dev, ino) -> path, for files its rules name (the kernel may
+    /// not give a path).
+    pub paths: HashMap<String, HashMap<(u64, u64), PathBuf>>,
 }
 
 /// Converts `bpf_ktime_get_boot_ns()` readings to wall-clock time.
@@ -85,6 +83,9 @@ pub struct EventJson {
     pub ino: u64,
     pub path: Option<String>,
     pub requested: Vec<&'static str>,
+    /// Present when the parent walk hit its bound and the default verdict applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub walk_bound: bool,
 }
 
 pub fn verdict_name(v: u8) -> &'static str {
@@ -98,10 +99,22 @@ pub fn verdict_name(v: u8) -> &'static str {
 }
 
 pub fn hook_name(h: u16) -> &'static str {
-    match Hook::from_u16(h) {
-        Some(Hook::FileOpen) => "file_open",
-        None => "unknown",
+    Hook::from_u16(h).map_or("unknown", Hook::name)
+}
+
+/// Joins the kernel's leaf-first, NUL-separated path components into a path.
+pub fn join_components(buf: &[u8], flags: u8) -> Option<String> {
+    if flags & event_flags::NO_PATH != 0 {
+        return None;
     }
+    let mut parts: Vec<String> = buf[..PATH_LEN.min(buf.len())]
+        .split(|&b| b == 0)
+        .take_while(|c| !c.is_empty())
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    parts.reverse();
+    let prefix = if flags & event_flags::PATH_TRUNCATED != 0 { "…" } else { "" };
+    Some(format!("{prefix}/{}", parts.join("/")))
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -110,18 +123,18 @@ fn c_string(bytes: &[u8]) -> String {
 }
 
 pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
-    let slot = names.by_slot.get(&event.policy);
-    let kernel_path = if event.flags & event_flags::NO_PATH == 0 { Some(c_string(&event.path)) } else { None };
+    let policy = names.by_slot.get(&event.policy);
     // The kernel's path when it gave one; otherwise the path a rule names this inode by.
-    let path = kernel_path.filter(|p| !p.is_empty()).or_else(|| {
-        slot.and_then(|s| s.paths.get(&(event.dev, event.ino))).map(|p| p.display().to_string())
+    let path = join_components(&event.path, event.flags).or_else(|| {
+        let paths = names.paths.get(policy?)?;
+        paths.get(&(event.dev, event.ino)).map(|p| p.display().to_string())
     });
     EventJson {
         kind: "event",
         time: rfc3339(clock.unix_ns(event.boot_ns)),
         hook: hook_name(event.hook),
         verdict: verdict_name(event.verdict),
-        policy: slot.map(|s| s.name.clone()).unwrap_or_default(),
+        policy: policy.cloned().unwrap_or_default(),
         policy_id: event.policy,
         cgroup_id: event.cgroup_id,
         pid: event.pid,
@@ -133,6 +146,7 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         ino: event.ino,
         path,
         requested: access_names(event.requested),
+        walk_bound: event.flags & event_flags::WALK_BOUND != 0,
     }
 }
 
@@ -184,7 +198,7 @@ mod tests {
         e.hook = Hook::FileOpen as u16;
         e.verdict = Verdict::Denied as u8;
         e.comm[..3].copy_from_slice(b"cat");
-        e.path[..11].copy_from_slice(b"/etc/shadow");
+        e.path[..11].copy_from_slice(b"shadow\0etc\0");
         e
     }
 
@@ -198,7 +212,7 @@ mod tests {
         let e = sample();
         let decoded = decode(&bytes(&e)).unwrap();
         let mut names = PolicyNames::default();
-        names.by_slot.insert(3, SlotInfo { name: "demo".into(), paths: HashMap::new() });
+        names.by_slot.insert(3, "demo".into());
         let j = to_json(&decoded, &Clock::with_offset(1_700_000_000_000_000_000), &names);
         assert_eq!(j.time, "2023-11-14T22:13:25.000000123Z");
         assert_eq!(j.verdict, "denied");
@@ -213,6 +227,14 @@ mod tests {
     }
 
     #[test]
+    fn components_join_leaf_last() {
+        assert_eq!(join_components(b"new.txt\0www\0srv\0\0", 0).as_deref(), Some("/srv/www/new.txt"));
+        assert_eq!(join_components(b"\0", 0).as_deref(), Some("/"));
+        assert_eq!(join_components(b"b\0a\0", event_flags::PATH_TRUNCATED).as_deref(), Some("…/a/b"));
+        assert_eq!(join_components(b"x\0", event_flags::NO_PATH), None);
+    }
+
+    #[test]
     fn short_records_are_rejected() {
         assert!(decode(&[0u8; 10]).is_none());
     }
@@ -222,10 +244,8 @@ mod tests {
         let mut e = sample();
         e.flags = event_flags::NO_PATH;
         let mut names = PolicyNames::default();
-        names.by_slot.insert(
-            3,
-            SlotInfo { name: "demo".into(), paths: HashMap::from([((e.dev, e.ino), PathBuf::from("/srv/x"))]) },
-        );
+        names.by_slot.insert(3, "demo".into());
+        names.paths.insert("demo".into(), HashMap::from([((e.dev, e.ino), PathBuf::from("/srv/x"))]));
         let j = to_json(&e, &Clock::with_offset(0), &names);
         assert_eq!(j.path.as_deref(), Some("/srv/x"));
         names.by_slot.clear();

@@ -4,6 +4,7 @@
 //! human-readable messages go to standard error.
 
 mod enforcer;
+mod watch;
 
 use std::{
     io::Write as _,
@@ -16,7 +17,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use systrace_agent::{
-    events::{self, Clock, PolicyNames, SlotInfo},
+    events::{self, Clock, PolicyNames},
     offsets,
     policy::{self, Compiled, Diagnostic, Severity, SystemResolver},
 };
@@ -37,11 +38,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load policies, enforce them, and stream events as JSON lines until Ctrl-C or SIGTERM.
+    /// Load policies, enforce them, and stream events as JSON lines until Ctrl-C or
+    /// SIGTERM. SIGHUP, or a changed .toml file in a watched directory, reloads.
     Run {
         /// Policy files (TOML).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "policy_dir")]
         policies: Vec<PathBuf>,
+        /// A directory whose *.toml files are all policies.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
         /// Print a stats line this often (seconds; 0: only at exit).
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Probe => probe(),
-        Command::Run { policies, stats_interval, verifier_log } => {
+        Command::Run { policies, policy_dir, stats_interval, verifier_log } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -71,7 +76,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(&policies, stats_interval, verifier_log))
+            let sources = Sources { files: policies, dir: policy_dir };
+            runtime.block_on(run(&sources, stats_interval, verifier_log))
         }
     }
 }
@@ -102,6 +108,7 @@ fn read_and_parse(file: &Path, cgroup_root: &Path) -> Result<policy::Policy, Dia
 fn check(files: &[PathBuf]) -> ExitCode {
     let root = cgroup2_root();
     let mut errors = 0;
+    let mut parsed = Vec::new();
     for file in files {
         match read_and_parse(file, &root) {
             Ok(policy) => {
@@ -118,9 +125,17 @@ fn check(files: &[PathBuf]) -> ExitCode {
                     }
                 }
                 if !policy.cgroup.is_dir() {
-                    eprintln!("{}:1:1: warning: cgroup {} does not exist (yet)", file.display(), policy.cgroup.display());
+                    let l = &policy.target_location;
+                    eprintln!(
+                        "{}:{}:{}: warning: cgroup {} does not exist (yet)",
+                        l.file.display(),
+                        l.line,
+                        l.column,
+                        policy.cgroup.display()
+                    );
                 }
                 println!("{}: ok ({} file rules)", file.display(), policy.files.len());
+                parsed.push(policy);
             }
             Err(d) => {
                 eprintln!("{d}");
@@ -128,10 +143,77 @@ fn check(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
+    for d in policy::check_conflicts(&parsed) {
+        eprintln!("{d}");
+        errors += 1;
+    }
     if errors > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Where the policies come from: files named on the command line and the *.toml
+/// files of a directory, read again on every reload.
+struct Sources {
+    files: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+impl Sources {
+    fn list(&self) -> Vec<PathBuf> {
+        let mut all = self.files.clone();
+        if let Some(dir) = &self.dir {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            found.sort();
+            all.extend(found);
+        }
+        all
+    }
+
+    /// Directories to watch for changes.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .files
+            .iter()
+            .map(|f| f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
+            .chain(self.dir.clone())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// Parses, checks and compiles every policy; all of them or none.
+fn compile_all(sources: &Sources) -> Result<Vec<Compiled>, Vec<Diagnostic>> {
+    let root = cgroup2_root();
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for file in sources.list() {
+        match read_and_parse(&file, &root) {
+            Ok(p) => parsed.push(p),
+            Err(d) => errors.push(d),
+        }
+    }
+    errors.extend(policy::check_conflicts(&parsed));
+    let mut compiled = Vec::new();
+    for p in &parsed {
+        match policy::compile(p, &SystemResolver) {
+            Ok(c) => compiled.push(c),
+            Err(d) => errors.push(d),
+        }
+    }
+    if errors.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(errors)
     }
 }
 
@@ -215,35 +297,17 @@ fn print_json(value: &impl serde::Serialize) {
     let _ = out.flush();
 }
 
-async fn run(files: &[PathBuf], stats_interval: u64, verifier_log: bool) -> ExitCode {
+async fn run(sources: &Sources, stats_interval: u64, verifier_log: bool) -> ExitCode {
     // Validate everything before touching the kernel: a bad file loads nothing.
-    let root = cgroup2_root();
-    let mut compiled: Vec<Compiled> = Vec::new();
-    for file in files {
-        let result = read_and_parse(file, &root).and_then(|p| policy::compile(&p, &SystemResolver));
-        match result {
-            Ok(c) => {
-                for w in &c.warnings {
-                    eprintln!("{w}");
-                }
-                if let Some(other) = compiled.iter().find(|o| o.cgroup_id == c.cgroup_id || o.name == c.name) {
-                    eprintln!(
-                        "{}:1:1: error: policy {} targets the same cgroup or name as policy {}",
-                        file.display(),
-                        c.name,
-                        other.name
-                    );
-                    return ExitCode::FAILURE;
-                }
-                compiled.push(c);
+    let compiled = match compile_all(sources) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
             }
-            Err(d) => {
-                eprintln!("{d}");
-                return ExitCode::FAILURE;
-            }
+            return ExitCode::FAILURE;
         }
-    }
-
+    };
     let mut enforcer = match load_enforcer(verifier_log) {
         Ok(e) => e,
         Err(why) => {
@@ -251,7 +315,7 @@ async fn run(files: &[PathBuf], stats_interval: u64, verifier_log: bool) -> Exit
             return ExitCode::from(EXIT_CANNOT_ENFORCE);
         }
     };
-    match serve(&mut enforcer, &compiled, stats_interval).await {
+    match serve(&mut enforcer, sources, compiled, stats_interval).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("systrace-agent: {e:#}");
@@ -261,36 +325,67 @@ async fn run(files: &[PathBuf], stats_interval: u64, verifier_log: bool) -> Exit
     // Dropping the enforcer detaches the programs and frees the maps.
 }
 
-async fn serve(enforcer: &mut Enforcer, compiled: &[Compiled], stats_interval: u64) -> Result<()> {
-    let mut names = PolicyNames::default();
+/// Installs a compiled set, replacing what is there; returns the names for events.
+fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames) -> Result<()> {
     for c in compiled {
+        for w in &c.warnings {
+            eprintln!("{w}");
+        }
         let slot = enforcer.install(c)?;
-        names.by_slot.insert(
-            slot,
-            SlotInfo { name: c.name.clone(), paths: c.paths.iter().map(|(k, v)| (*k, v.clone())).collect() },
-        );
+        names.by_slot.insert(slot, c.name.clone());
+        names.paths.insert(c.name.clone(), c.paths.iter().map(|(k, v)| (*k, v.clone())).collect());
         eprintln!(
-            "systrace-agent: policy {} confines {} (cgroup id {}): {} file rules",
+            "systrace-agent: policy {} confines {} (cgroup id {}): {} rule anchors",
             c.name,
             c.cgroup.display(),
             c.cgroup_id,
             c.rules.len()
         );
     }
+    let gone: Vec<String> =
+        enforcer.installed().filter(|n| !compiled.iter().any(|c| c.name == *n)).map(str::to_string).collect();
+    for name in gone {
+        enforcer.uninstall(&name);
+        names.paths.remove(&name);
+        eprintln!("systrace-agent: policy {name} removed");
+    }
+    Ok(())
+}
+
+fn policies_json(compiled: &[Compiled]) -> serde_json::Value {
+    serde_json::Value::Array(
+        compiled
+            .iter()
+            .map(|c| json!({"name": c.name, "cgroup": c.cgroup, "cgroup_id": c.cgroup_id, "rule_anchors": c.rules.len()}))
+            .collect(),
+    )
+}
+
+async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compiled>, stats_interval: u64) -> Result<()> {
+    let mut names = PolicyNames::default();
+    let started = std::time::Instant::now();
+    apply(enforcer, &compiled, &mut names)?;
     // SAFETY: the ring buffer owns its file descriptor, and AsyncFd owns the ring
     // buffer, so the descriptor stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(enforcer.take_events()?) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    // SAFETY: as above, the watcher owns its descriptor.
+    let watcher = unsafe { AsyncFd::register(watch::DirWatcher::new(sources.dirs().iter().map(PathBuf::as_path))?) }
+        .map_err(|e| anyhow::anyhow!("watching the policy files: {e}"))?;
     let clock = Clock::now();
     let mut delivered: u64 = 0;
+    let mut generation: u64 = 0;
     print_json(&json!({
         "type": "status",
         "state": "enforcing",
-        "policies": compiled.iter().map(|c| json!({"name": c.name, "cgroup": c.cgroup, "cgroup_id": c.cgroup_id})).collect::<Vec<_>>(),
+        "generation": generation,
+        "load_ms": started.elapsed().as_millis() as u64,
+        "policies": policies_json(&compiled),
     }));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let stats = |enforcer: &Enforcer, delivered: u64| -> Result<serde_json::Value> {
@@ -300,9 +395,21 @@ async fn serve(enforcer: &mut Enforcer, compiled: &[Compiled], stats_interval: u
             "events_reported": enforcer.counter(Counter::Reported)?,
             "ring_full_drops": enforcer.counter(Counter::RingFull)?,
             "denied": enforcer.counter(Counter::Denied)?,
+            "walk_bound": enforcer.counter(Counter::WalkBound)?,
         }))
     };
+    // A change notification starts this timer; the reload runs when it fires, so
+    // an editor's several writes make one reload.
+    let debounce = Duration::from_millis(50);
+    let mut reload_at: Option<tokio::time::Instant> = None;
     loop {
+        let reload_timer = async {
+            match reload_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut reload = false;
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -318,9 +425,45 @@ async fn serve(enforcer: &mut Enforcer, compiled: &[Compiled], stats_interval: u
                 }
                 guard.clear_ready();
             }
+            guard = watcher.readable() => {
+                let mut guard = guard?;
+                if guard.get_inner().drain() {
+                    reload_at = Some(tokio::time::Instant::now() + debounce);
+                }
+                guard.clear_ready();
+            }
+            _ = reload_timer => reload = true,
+            _ = sighup.recv() => reload = true,
             _ = stats_timer.tick() => print_json(&stats(enforcer, delivered)?),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+        if reload {
+            reload_at = None;
+            generation += 1;
+            let started = std::time::Instant::now();
+            match compile_all(sources).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()) {
+                Ok(compiled) => match apply(enforcer, &compiled, &mut names) {
+                    Ok(()) => print_json(&json!({
+                        "type": "status",
+                        "state": "reloaded",
+                        "generation": generation,
+                        "load_ms": started.elapsed().as_millis() as u64,
+                        "policies": policies_json(&compiled),
+                    })),
+                    Err(e) => {
+                        eprintln!("systrace-agent: reload failed while installing: {e:#}");
+                        print_json(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": [format!("{e:#}")]}));
+                    }
+                },
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("systrace-agent: reload refused; the policies in force stay in force");
+                    print_json(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": errors}));
+                }
+            }
         }
     }
     // Drain what is left so the final counts add up.

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
+use systrace_common::Hook;
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -20,18 +21,42 @@ pub struct Offset {
     pub bytes: u64,
 }
 
-/// Resolves every offset in `systrace_common::offsets::ALL` from a BTF file.
+/// Resolves every global the programs need from a BTF file: the struct offsets in
+/// `systrace_common::offsets::ALL`, and for each hook the index of the previous
+/// program's verdict in its context (its argument count).
 pub fn resolve(btf_path: &Path) -> Result<Vec<Offset>> {
     let btf = Btf::from_file(btf_path)
         .map_err(|e| anyhow!("{}: cannot parse BTF: {e}", btf_path.display()))?;
-    systrace_common::offsets::ALL
-        .iter()
-        .map(|&(global, strukt, field)| {
-            let bytes = member_offset(&btf, strukt, field)
-                .with_context(|| format!("offset of {strukt}.{field} in {}", btf_path.display()))?;
-            Ok(Offset { global, bytes })
+    let mut globals = Vec::new();
+    for &(global, strukt, field) in &systrace_common::offsets::ALL {
+        let bytes = member_offset(&btf, strukt, field)
+            .with_context(|| format!("offset of {strukt}.{field} in {}", btf_path.display()))?;
+        globals.push(Offset { global, bytes });
+    }
+    for hook in Hook::ALL {
+        let args = hook_arg_count(&btf, hook.name())
+            .with_context(|| format!("LSM hook {} in {}", hook.name(), btf_path.display()))?;
+        globals.push(Offset { global: systrace_common::offsets::ret_arg_global(hook), bytes: args });
+    }
+    Ok(globals)
+}
+
+/// Number of arguments of LSM hook `hook` (`bpf_lsm_<hook>` in the kernel's BTF).
+pub fn hook_arg_count(btf: &Btf, hook: &str) -> Result<u64> {
+    let name = format!("bpf_lsm_{hook}");
+    let func = btf
+        .resolve_types_by_name(&name)
+        .map_err(|e| anyhow!("no function {name}: {e}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
         })
-        .collect()
+        .ok_or_else(|| anyhow!("{name} is not a function"))?;
+    match btf.resolve_chained_type(&func).map_err(|e| anyhow!("{e}"))? {
+        Type::FuncProto(proto) => Ok(proto.parameters.len() as u64),
+        other => bail!("{name} has a {} instead of a prototype", other.name()),
+    }
 }
 
 /// Byte offset of `field` (dotted for nested members) in `struct strukt`.
@@ -92,4 +117,29 @@ fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
         };
     }
     bail!("type chain too long")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The machine's own kernel publishes BTF too (it refuses LSM programs, not
+    /// BTF reads): every global must resolve from it, with values a kernel can have.
+    #[test]
+    fn resolves_every_global_from_this_kernels_btf() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {VMLINUX_BTF} is missing on this host");
+            return;
+        }
+        let globals = resolve(path).unwrap();
+        assert_eq!(globals.len(), systrace_common::offsets::ALL.len() + Hook::ALL.len());
+        let get = |name: &str| globals.iter().find(|o| o.global == name).unwrap().bytes;
+        assert_eq!(get("RET_FILE_OPEN"), 1);
+        assert_eq!(get("RET_PATH_UNLINK"), 2);
+        assert!((4..=5).contains(&get("RET_PATH_RENAME")));
+        // `mount` embeds its vfsmount after the hash node and parent/mountpoint pointers.
+        assert!(get("OFF_MOUNT_MNT") > get("OFF_MOUNT_MNT_MOUNTPOINT"));
+        assert!(get("OFF_DENTRY_D_NAME_NAME") > 0);
+    }
 }

@@ -2,20 +2,7 @@
 //!
 //! Pure code apart from the [`Resolver`] that turns paths into identities, so the
 //! whole pipeline is tested on the host with a fake resolver. Every error carries
-//! file, line and column ([`Diagnostic`]).
-//!
-//! A policy file (TOML):
-//! ```toml
-//! name = "demo"                 # optional; defaults to the file stem
-//! cgroup = "systrace/demo"      # relative to the cgroup2 mount, or absolute
-//! mode = "enforce"              # or "audit"
-//! default = "deny"              # or "allow": the verdict for files no rule names
-//!
-//! [[file]]
-//! path = "/etc/hostname"
-//! access = ["read"]             # read, write, append, exec
-//! audit = false                 # true: allowed, and reported
-//! ```
+//! file, line and column ([`Diagnostic`]). The language is described in the README.
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +12,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use systrace_common::{access, FileRule, PolicyInfo};
+use systrace_common::{access, FileRule, PolicyInfo, RuleSet};
 use toml::Spanned;
 
 /// Where a diagnostic points.
@@ -111,6 +98,9 @@ pub enum Access {
     Write,
     Append,
     Exec,
+    Create,
+    Delete,
+    Rename,
 }
 
 impl Access {
@@ -122,8 +112,22 @@ impl Access {
             Access::Write => access::WRITE | access::APPEND,
             Access::Append => access::APPEND,
             Access::Exec => access::EXEC,
+            Access::Create => access::CREATE,
+            Access::Delete => access::DELETE,
+            Access::Rename => access::RENAME,
         }
     }
+}
+
+/// What a rule does with the access it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleVerdict {
+    #[default]
+    Allow,
+    Deny,
+    /// Allow, and report every use.
+    Audit,
 }
 
 /// The file as written, with spans for diagnostics.
@@ -131,11 +135,14 @@ impl Access {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     name: Option<Spanned<String>>,
-    cgroup: Spanned<String>,
+    cgroup: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
     mode: Mode,
     default: DefaultVerdict,
     #[serde(default)]
     file: Vec<RawFileRule>,
+    #[serde(default)]
+    exec: Vec<RawExecRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,7 +151,26 @@ struct RawFileRule {
     path: Spanned<String>,
     access: Spanned<Vec<Access>>,
     #[serde(default)]
-    audit: bool,
+    verdict: RuleVerdict,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecRule {
+    path: Spanned<String>,
+    #[serde(default)]
+    verdict: RuleVerdict,
+}
+
+/// Which names a rule's path matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// The file or directory itself.
+    Exact,
+    /// `/dir/*`: the names directly in the directory.
+    Children,
+    /// `/dir/**`: everything below the directory.
+    Subtree,
 }
 
 /// A validated policy, not yet tied to any inode.
@@ -153,6 +179,8 @@ pub struct Policy {
     pub name: String,
     pub source: PathBuf,
     pub cgroup: PathBuf,
+    /// Where the target (cgroup or unit) is written, for duplicate-target errors.
+    pub target_location: Location,
     pub mode: Mode,
     pub default: DefaultVerdict,
     pub files: Vec<FileRuleSpec>,
@@ -160,10 +188,38 @@ pub struct Policy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRuleSpec {
+    /// The anchor: the file itself for [`Scope::Exact`], else the directory.
     pub path: PathBuf,
-    pub allow: u32,
-    pub audit: bool,
+    pub scope: Scope,
+    pub access: u32,
+    pub verdict: RuleVerdict,
     pub location: Location,
+}
+
+/// Splits a rule path into its anchor and scope, or says what is wrong and where
+/// (a byte offset into the path).
+pub fn parse_pattern(path: &str) -> Result<(PathBuf, Scope), (usize, String)> {
+    if !path.starts_with('/') {
+        return Err((0, "a path must be absolute".into()));
+    }
+    let (anchor, scope) = if let Some(dir) = path.strip_suffix("/**") {
+        (dir, Scope::Subtree)
+    } else if let Some(dir) = path.strip_suffix("/*") {
+        (dir, Scope::Children)
+    } else {
+        (path, Scope::Exact)
+    };
+    if let Some(i) = anchor.find(['*', '?', '[', ']', '{', '}']) {
+        return Err((
+            i,
+            format!("bad glob {path:?}: wildcards are allowed only as a final /* (direct children) or /** (whole subtree)"),
+        ));
+    }
+    if anchor.split('/').any(|c| c == ".." || c == ".") {
+        return Err((0, format!("path {path:?} has a . or .. component; write it in canonical form")));
+    }
+    let anchor = if anchor.is_empty() { "/" } else { anchor };
+    Ok((PathBuf::from(anchor), scope))
 }
 
 /// Parses and validates one policy file's text. `cgroup_root` is the cgroup2 mount
@@ -191,23 +247,48 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         None => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
     };
 
-    let cgroup_text = raw.cgroup.get_ref();
+    let (cgroup_text, target_span) = match (&raw.cgroup, &raw.unit) {
+        (Some(_), Some(unit)) => {
+            return Err(map.diagnostic(Severity::Error, unit.span(), "give either cgroup or unit, not both"))
+        }
+        (None, None) => {
+            return Err(map.diagnostic(
+                Severity::Error,
+                0..0,
+                "missing target: add cgroup = \"PATH\" or unit = \"NAME.service\"",
+            ))
+        }
+        (Some(cgroup), None) => (cgroup.get_ref().clone(), cgroup.span()),
+        (None, Some(unit)) => {
+            let u = unit.get_ref();
+            if u.is_empty() || u.contains('/') || !u.contains('.') {
+                return Err(map.diagnostic(
+                    Severity::Error,
+                    unit.span(),
+                    "a unit is a systemd unit name such as nginx.service, without '/'",
+                ));
+            }
+            // systemd puts system services under system.slice; a slice is its own cgroup.
+            let rel = if u.ends_with(".slice") { u.clone() } else { format!("system.slice/{u}") };
+            (rel, unit.span())
+        }
+    };
     if cgroup_text.is_empty() || cgroup_text.split('/').any(|c| c == "..") {
         return Err(map.diagnostic(
             Severity::Error,
-            raw.cgroup.span(),
+            target_span,
             "cgroup must be a path below the cgroup2 mount, without '..'",
         ));
     }
     let cgroup = if cgroup_text.starts_with('/') {
-        PathBuf::from(cgroup_text)
+        PathBuf::from(&cgroup_text)
     } else {
-        cgroup_root.join(cgroup_text)
+        cgroup_root.join(&cgroup_text)
     };
     if !cgroup.starts_with(cgroup_root) || cgroup == cgroup_root {
         return Err(map.diagnostic(
             Severity::Error,
-            raw.cgroup.span(),
+            target_span,
             format!(
                 "cgroup {} is not below the cgroup2 mount {} (confining the root cgroup would confine the whole system)",
                 cgroup.display(),
@@ -216,28 +297,65 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         ));
     }
 
-    let mut files = Vec::with_capacity(raw.file.len());
+    let mut files = Vec::with_capacity(raw.file.len() + raw.exec.len());
+    let mut add = |path: &Spanned<String>, access: u32, verdict: RuleVerdict| -> Result<(), Diagnostic> {
+        // +1 skips the opening quote; exact for paths without escapes.
+        let (anchor, scope) = parse_pattern(path.get_ref())
+            .map_err(|(at, msg)| map.diagnostic(Severity::Error, path.span().start + 1 + at..path.span().end, msg))?;
+        files.push(FileRuleSpec { path: anchor, scope, access, verdict, location: map.locate(path.span().start) });
+        Ok(())
+    };
     for rule in &raw.file {
-        let path = rule.path.get_ref();
-        if !path.starts_with('/') {
-            return Err(map.diagnostic(Severity::Error, rule.path.span(), "a file path must be absolute"));
-        }
         if rule.access.get_ref().is_empty() {
             return Err(map.diagnostic(
                 Severity::Error,
                 rule.access.span(),
-                "access is empty: list at least one of read, write, append, exec",
+                "access is empty: list at least one of read, write, append, exec, create, delete, rename",
             ));
         }
-        files.push(FileRuleSpec {
-            path: PathBuf::from(path),
-            allow: rule.access.get_ref().iter().fold(0, |bits, a| bits | a.bits()),
-            audit: rule.audit,
-            location: map.locate(rule.path.span().start),
-        });
+        add(&rule.path, rule.access.get_ref().iter().fold(0, |bits, a| bits | a.bits()), rule.verdict)?;
+    }
+    for rule in &raw.exec {
+        add(&rule.path, access::EXEC, rule.verdict)?;
     }
 
-    Ok(Policy { name, source: file.to_path_buf(), cgroup, mode: raw.mode, default: raw.default, files })
+    Ok(Policy {
+        name,
+        source: file.to_path_buf(),
+        cgroup,
+        target_location: map.locate(target_span.start),
+        mode: raw.mode,
+        default: raw.default,
+        files,
+    })
+}
+
+/// Errors for policies that cannot be loaded together: two naming the same
+/// target cgroup, or using the same name. Points at the later one.
+pub fn check_conflicts(policies: &[Policy]) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        if let Some(first) = policies[..i].iter().find(|q| q.cgroup == p.cgroup) {
+            errors.push(Diagnostic {
+                severity: Severity::Error,
+                location: p.target_location.clone(),
+                message: format!(
+                    "duplicate target: cgroup {} is already confined by policy {} ({}:{})",
+                    p.cgroup.display(),
+                    first.name,
+                    first.source.display(),
+                    first.target_location.line
+                ),
+            });
+        } else if let Some(first) = policies[..i].iter().find(|q| q.name == p.name) {
+            errors.push(Diagnostic {
+                severity: Severity::Error,
+                location: Location { file: p.source.clone(), line: 1, column: 1 },
+                message: format!("duplicate policy name {} (also in {})", p.name, first.source.display()),
+            });
+        }
+    }
+    errors
 }
 
 /// Turns paths into the identities the kernel sees. The real one uses `stat()`;
@@ -253,21 +371,36 @@ pub trait Resolver {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
     pub name: String,
+    pub source: PathBuf,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub info: PolicyInfo,
-    /// (dev, ino) -> rule; several paths naming one inode merge here.
+    /// (dev, ino) of each anchor -> its rules. Several paths naming one inode (hard
+    /// links, bind mounts) merge here, as the kernel sees one inode.
     pub rules: BTreeMap<(u64, u64), FileRule>,
     /// (dev, ino) -> the first path a rule gave it, to name files in events.
     pub paths: BTreeMap<(u64, u64), PathBuf>,
     pub warnings: Vec<Diagnostic>,
 }
 
+/// Adds a rule to a rule set. Within one set deny wins over allow at run time, and
+/// audit is an allow that reports.
+fn merge(set: &mut RuleSet, access: u32, verdict: RuleVerdict) {
+    match verdict {
+        RuleVerdict::Allow => set.allow |= access,
+        RuleVerdict::Deny => set.deny |= access,
+        RuleVerdict::Audit => {
+            set.allow |= access;
+            set.audit |= access;
+        }
+    }
+}
+
 /// Resolves a validated policy against the file system and the cgroup tree.
 pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Diagnostic> {
     let cgroup_id = resolver.cgroup_id(&policy.cgroup).map_err(|e| Diagnostic {
         severity: Severity::Error,
-        location: Location { file: policy.source.clone(), line: 1, column: 1 },
+        location: policy.target_location.clone(),
         message: format!("cgroup {}: {e}", policy.cgroup.display()),
     })?;
     let info = PolicyInfo {
@@ -288,20 +421,31 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
         match resolver.file_id(&spec.path) {
             Ok(id) => {
                 let rule = rules.entry(id).or_default();
-                rule.allow |= spec.allow;
-                if spec.audit {
-                    rule.audit |= spec.allow;
-                }
+                let set = match spec.scope {
+                    Scope::Exact => &mut rule.exact,
+                    Scope::Children => &mut rule.children,
+                    Scope::Subtree => &mut rule.subtree,
+                };
+                merge(set, spec.access, spec.verdict);
                 paths.entry(id).or_insert_with(|| spec.path.clone());
             }
             Err(e) => warnings.push(Diagnostic {
                 severity: Severity::Warning,
                 location: spec.location.clone(),
-                message: format!("{}: {e}; the rule is skipped", spec.path.display()),
+                message: format!("{}: {e}; the rule is skipped until the policy is reloaded", spec.path.display()),
             }),
         }
     }
-    Ok(Compiled { name: policy.name.clone(), cgroup: policy.cgroup.clone(), cgroup_id, info, rules, paths, warnings })
+    Ok(Compiled {
+        name: policy.name.clone(),
+        source: policy.source.clone(),
+        cgroup: policy.cgroup.clone(),
+        cgroup_id,
+        info,
+        rules,
+        paths,
+        warnings,
+    })
 }
 
 /// The resolver for the running system.
@@ -372,9 +516,21 @@ path = "/etc/nginx/nginx.conf"
 access = ["read"]
 
 [[file]]
-path = "/var/log/nginx/access.log"
-access = ["append"]
-audit = true
+path = "/var/log/nginx/*"
+access = ["append", "create"]
+verdict = "audit"
+
+[[file]]
+path = "/var/www/**"
+access = ["read"]
+
+[[file]]
+path = "/var/www/private/**"
+access = ["read"]
+verdict = "deny"
+
+[[exec]]
+path = "/usr/sbin/nginx"
 "#;
 
     #[test]
@@ -382,13 +538,70 @@ audit = true
         let p = parse_str(GOOD).unwrap();
         assert_eq!(p.name, "web");
         assert_eq!(p.cgroup, PathBuf::from("/sys/fs/cgroup/system.slice/nginx.service"));
+        assert_eq!((p.target_location.line, p.target_location.column), (3, 10));
         assert_eq!(p.mode, Mode::Enforce);
         assert_eq!(p.default, DefaultVerdict::Deny);
-        assert_eq!(p.files.len(), 2);
-        assert_eq!(p.files[0].allow, access::READ);
-        assert_eq!(p.files[1].allow, access::APPEND);
-        assert!(p.files[1].audit);
+        assert_eq!(p.files.len(), 5);
+        assert_eq!((p.files[0].scope, p.files[0].access), (Scope::Exact, access::READ));
+        assert_eq!(p.files[1].path, PathBuf::from("/var/log/nginx"));
+        assert_eq!((p.files[1].scope, p.files[1].verdict), (Scope::Children, RuleVerdict::Audit));
+        assert_eq!(p.files[1].access, access::APPEND | access::CREATE);
         assert_eq!((p.files[1].location.line, p.files[1].location.column), (12, 8));
+        assert_eq!((p.files[2].scope, p.files[2].path.as_path()), (Scope::Subtree, Path::new("/var/www")));
+        assert_eq!(p.files[3].verdict, RuleVerdict::Deny);
+        assert_eq!((p.files[4].access, p.files[4].scope), (access::EXEC, Scope::Exact));
+    }
+
+    #[test]
+    fn unit_maps_to_its_system_slice_cgroup() {
+        let p = parse_str("unit = \"nginx.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
+        assert_eq!(p.cgroup, PathBuf::from("/sys/fs/cgroup/system.slice/nginx.service"));
+        let p = parse_str("unit = \"machine.slice\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
+        assert_eq!(p.cgroup, PathBuf::from("/sys/fs/cgroup/machine.slice"));
+        let (line, col, msg) = error_at("unit = \"a/b.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
+        assert_eq!((line, col), (1, 8));
+        assert!(msg.contains("unit"), "{msg}");
+        let (_, _, msg) = error_at("cgroup = \"a\"\nunit = \"x.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
+        assert!(msg.contains("not both"), "{msg}");
+        let (_, _, msg) = error_at("mode = \"enforce\"\ndefault = \"deny\"\n");
+        assert!(msg.contains("missing target"), "{msg}");
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(parse_pattern("/a/b").unwrap(), (PathBuf::from("/a/b"), Scope::Exact));
+        assert_eq!(parse_pattern("/a/*").unwrap(), (PathBuf::from("/a"), Scope::Children));
+        assert_eq!(parse_pattern("/a/**").unwrap(), (PathBuf::from("/a"), Scope::Subtree));
+        assert_eq!(parse_pattern("/**").unwrap(), (PathBuf::from("/"), Scope::Subtree));
+        assert_eq!(parse_pattern("/a/**/b").unwrap_err().0, 3);
+        assert_eq!(parse_pattern("/a/*.log").unwrap_err().0, 3);
+        assert!(parse_pattern("/a/../b").is_err());
+        assert!(parse_pattern("a/b").is_err());
+    }
+
+    #[test]
+    fn bad_glob_points_at_the_wildcard() {
+        let (line, col, msg) = error_at(
+            "cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"/var/*.log\"\naccess = [\"read\"]\n",
+        );
+        assert_eq!((line, col), (5, 14));
+        assert!(msg.starts_with("bad glob"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_targets_point_at_the_second_file() {
+        let a = parse(Path::new("a.toml"), "cgroup = \"x\"\nmode = \"enforce\"\ndefault = \"deny\"\n", Path::new(ROOT)).unwrap();
+        let b = parse(Path::new("b.toml"), "# again\nmode = \"audit\"\ndefault = \"deny\"\nunit = \"x\"\n", Path::new(ROOT));
+        // `unit = "x"` is not a unit name; use a cgroup path that collides instead.
+        assert!(b.is_err());
+        let b = parse(Path::new("b.toml"), "# again\nmode = \"audit\"\ndefault = \"deny\"\ncgroup = \"/sys/fs/cgroup/x\"\n", Path::new(ROOT)).unwrap();
+        let errors = check_conflicts(&[a.clone(), b]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].location, Location { file: "b.toml".into(), line: 4, column: 10 });
+        assert!(errors[0].message.contains("duplicate target"), "{}", errors[0].message);
+        let c = parse(Path::new("c/a.toml"), "cgroup = \"y\"\nmode = \"enforce\"\ndefault = \"deny\"\n", Path::new(ROOT)).unwrap();
+        let errors = check_conflicts(&[a, c]);
+        assert!(errors[0].message.contains("duplicate policy name"), "{}", errors[0].message);
     }
 
     #[test]
@@ -437,7 +650,7 @@ audit = true
     fn relative_file_path_and_root_cgroup_are_refused() {
         let (line, col, msg) =
             error_at("cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"etc/x\"\naccess = [\"read\"]\n");
-        assert_eq!((line, col), (5, 8));
+        assert_eq!((line, col), (5, 9));
         assert!(msg.contains("absolute"));
         let (line, _, msg) = error_at("cgroup = \"/sys/fs/cgroup\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
         assert_eq!(line, 1);
@@ -464,7 +677,7 @@ audit = true
     }
 
     #[test]
-    fn compile_merges_hardlinks_and_warns_on_missing_paths() {
+    fn compile_merges_rules_per_inode_and_scope() {
         let text = r#"
 cgroup = "c"
 mode = "audit"
@@ -475,24 +688,45 @@ access = ["read"]
 [[file]]
 path = "/a-hardlink"
 access = ["write"]
-audit = true
+verdict = "audit"
 [[file]]
 path = "/missing"
 access = ["read"]
+[[file]]
+path = "/d/**"
+access = ["read", "create"]
+[[file]]
+path = "/d/**"
+access = ["create"]
+verdict = "deny"
+[[file]]
+path = "/d/*"
+access = ["delete"]
+[[exec]]
+path = "/a"
+verdict = "deny"
 "#;
         let policy = parse_str(text).unwrap();
         let table = Table(HashMap::from([
             (PathBuf::from("/a"), (1, 10)),
             (PathBuf::from("/a-hardlink"), (1, 10)),
+            (PathBuf::from("/d"), (1, 20)),
         ]));
         let c = compile(&policy, &table).unwrap();
         assert_eq!(c.cgroup_id, 4242);
         assert_eq!(c.info.mode, systrace_common::Mode::Audit as u8);
         assert_eq!(c.info.default, systrace_common::Default::Allow as u8);
-        assert_eq!(c.rules.len(), 1);
-        let rule = c.rules[&(1, 10)];
-        assert_eq!(rule.allow, access::READ | access::WRITE | access::APPEND);
-        assert_eq!(rule.audit, access::WRITE | access::APPEND);
+        assert_eq!(c.rules.len(), 2);
+        let file = c.rules[&(1, 10)];
+        assert_eq!(file.exact.allow, access::READ | access::WRITE | access::APPEND);
+        assert_eq!(file.exact.audit, access::WRITE | access::APPEND);
+        assert_eq!(file.exact.deny, access::EXEC);
+        assert_eq!(file.subtree, RuleSet::default());
+        let dir = c.rules[&(1, 20)];
+        // Both rules on /d/** merge; the kernel lets deny win for create.
+        assert_eq!(dir.subtree, RuleSet { allow: access::READ | access::CREATE, deny: access::CREATE, audit: 0 });
+        assert_eq!(dir.children, RuleSet { allow: access::DELETE, deny: 0, audit: 0 });
+        assert_eq!(dir.exact, RuleSet::default());
         assert_eq!(c.paths[&(1, 10)], PathBuf::from("/a"));
         assert_eq!(c.warnings.len(), 1);
         assert_eq!(c.warnings[0].location.line, 13);
@@ -509,6 +743,7 @@ access = ["read"]
     #[test]
     fn access_names_follow_bits() {
         assert_eq!(access_names(access::READ | access::EXEC), vec!["read", "exec"]);
+        assert_eq!(access_names(access::CREATE | access::RENAME), vec!["create", "rename"]);
         assert!(access_names(0).is_empty());
     }
 }

@@ -26,10 +26,24 @@ pub mod access {
     pub const WRITE: u32 = 1 << 1;
     pub const APPEND: u32 = 1 << 2;
     pub const EXEC: u32 = 1 << 3;
-    pub const ALL: u32 = READ | WRITE | APPEND | EXEC;
+    /// Make a new name in a directory: create, mkdir, mknod, symlink, link, rename's target.
+    pub const CREATE: u32 = 1 << 4;
+    /// Remove a name: unlink, rmdir.
+    pub const DELETE: u32 = 1 << 5;
+    /// Move a name away (the source of a rename).
+    pub const RENAME: u32 = 1 << 6;
+    pub const ALL: u32 = READ | WRITE | APPEND | EXEC | CREATE | DELETE | RENAME;
 
     /// Names in the order of the bits, for policy files and events.
-    pub const NAMES: [(&str, u32); 4] = [("read", READ), ("write", WRITE), ("append", APPEND), ("exec", EXEC)];
+    pub const NAMES: [(&str, u32); 7] = [
+        ("read", READ),
+        ("write", WRITE),
+        ("append", APPEND),
+        ("exec", EXEC),
+        ("create", CREATE),
+        ("delete", DELETE),
+        ("rename", RENAME),
+    ];
 }
 
 /// What a policy does with an operation its rules do not allow.
@@ -80,14 +94,49 @@ impl Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     FileOpen = 1,
+    BprmCheckSecurity = 2,
+    PathMknod = 3,
+    PathMkdir = 4,
+    PathSymlink = 5,
+    PathLink = 6,
+    PathUnlink = 7,
+    PathRmdir = 8,
+    PathRename = 9,
+    PathTruncate = 10,
 }
 
 impl Hook {
-    pub fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            1 => Some(Self::FileOpen),
-            _ => None,
+    pub const ALL: [Hook; 10] = [
+        Hook::FileOpen,
+        Hook::BprmCheckSecurity,
+        Hook::PathMknod,
+        Hook::PathMkdir,
+        Hook::PathSymlink,
+        Hook::PathLink,
+        Hook::PathUnlink,
+        Hook::PathRmdir,
+        Hook::PathRename,
+        Hook::PathTruncate,
+    ];
+
+    /// The LSM hook name, which is also the program's name in the object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::FileOpen => "file_open",
+            Hook::BprmCheckSecurity => "bprm_check_security",
+            Hook::PathMknod => "path_mknod",
+            Hook::PathMkdir => "path_mkdir",
+            Hook::PathSymlink => "path_symlink",
+            Hook::PathLink => "path_link",
+            Hook::PathUnlink => "path_unlink",
+            Hook::PathRmdir => "path_rmdir",
+            Hook::PathRename => "path_rename",
+            Hook::PathTruncate => "path_truncate",
         }
+    }
+
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| *h as u16 == v)
     }
 }
 
@@ -115,14 +164,34 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// Value of the `FILE_RULES` map.
+/// What one rule says about access bits. At one level of specificity a bit in
+/// `deny` wins over the same bit in `allow`; `audit` bits are allowed and reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleSet {
+    pub allow: u32,
+    pub deny: u32,
+    pub audit: u32,
+}
+
+impl RuleSet {
+    /// The bits this set decides.
+    pub const fn covers(&self) -> u32 {
+        self.allow | self.deny | self.audit
+    }
+}
+
+/// Value of the `FILE_RULES` map: every rule anchored at one inode.
+///
+/// `exact` applies to the inode itself, `children` to names directly in it (a
+/// directory; `/dir/*`), `subtree` to everything below it (`/dir/**`). The kernel
+/// walks from a file up through its parents, so the nearest anchor decides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FileRule {
-    /// Access bits allowed on this file; any other requested bit is a violation.
-    pub allow: u32,
-    /// Allowed access bits that are still reported (verdict [`Verdict::AuditRule`]).
-    pub audit: u32,
+    pub exact: RuleSet,
+    pub children: RuleSet,
+    pub subtree: RuleSet,
 }
 
 /// Counters kept per CPU by the kernel side and summed by the agent.
@@ -135,17 +204,31 @@ pub enum Counter {
     Denied = 1,
     /// Operations reported (denied, audited or audit rules).
     Reported = 2,
+    /// Decisions where the parent walk hit its bound and the default applied.
+    WalkBound = 3,
 }
 
 pub const COUNTER_SLOTS: u32 = 4;
 
 pub const COMM_LEN: usize = 16;
+/// Bytes of path components an event carries (see [`Event::path`]).
 pub const PATH_LEN: usize = 256;
+/// The event's path buffer is twice [`PATH_LEN`] so the kernel side can prove to the
+/// verifier that a name copied at any offset below `PATH_LEN` stays inside it.
+pub const PATH_BUF: usize = 2 * PATH_LEN;
+
+/// How many directory levels the kernel climbs looking for a rule. Deeper files get
+/// the policy's default for whatever no rule below the bound decided.
+pub const MAX_WALK_DEPTH: u32 = 32;
 
 /// Event flags.
 pub mod event_flags {
     /// The kernel could not give the path; `path` is empty.
     pub const NO_PATH: u8 = 1 << 0;
+    /// The parent walk hit [`crate::MAX_WALK_DEPTH`]; the default verdict applied.
+    pub const WALK_BOUND: u8 = 1 << 1;
+    /// The path did not fit; `path` holds its last components only.
+    pub const PATH_TRUNCATED: u8 = 1 << 2;
 }
 
 /// One violation or audit report, written to the `EVENTS` ring buffer.
@@ -174,34 +257,54 @@ pub struct Event {
     pub flags: u8,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
-    /// NUL-terminated.
-    pub path: [u8; PATH_LEN],
+    /// The path's components, leaf first, each NUL-terminated, in the first
+    /// [`PATH_LEN`] bytes (`new.txt\0www\0srv\0` for `/srv/www/new.txt`). The
+    /// kernel builds it while climbing the parents, which works on every hook
+    /// (`bpf_d_path` is allowed on a few only).
+    pub path: [u8; PATH_BUF],
 }
 
 /// Kernel struct field offsets read from the running kernel's BTF by the agent and
 /// handed to the programs as read-only globals. rustc emits no CO-RE relocations, so
 /// compiled-in offsets would be right for one kernel only.
 pub mod offsets {
-    /// Global names in the eBPF object; each is a `u64` byte offset.
-    pub const FILE_F_INODE: &str = "OFF_FILE_F_INODE";
-    pub const FILE_F_MODE: &str = "OFF_FILE_F_MODE";
-    pub const FILE_F_FLAGS: &str = "OFF_FILE_F_FLAGS";
-    pub const FILE_F_PATH: &str = "OFF_FILE_F_PATH";
-    pub const INODE_I_INO: &str = "OFF_INODE_I_INO";
-    pub const INODE_I_SB: &str = "OFF_INODE_I_SB";
-    pub const SUPER_BLOCK_S_DEV: &str = "OFF_SUPER_BLOCK_S_DEV";
-
-    /// (global, struct, field path) for every offset the programs need. A dotted
-    /// field path walks nested members.
-    pub const ALL: [(&str, &str, &str); 7] = [
-        (FILE_F_INODE, "file", "f_inode"),
-        (FILE_F_MODE, "file", "f_mode"),
-        (FILE_F_FLAGS, "file", "f_flags"),
-        (FILE_F_PATH, "file", "f_path"),
-        (INODE_I_INO, "inode", "i_ino"),
-        (INODE_I_SB, "inode", "i_sb"),
-        (SUPER_BLOCK_S_DEV, "super_block", "s_dev"),
+    /// (global, struct, field) for every offset the programs need. Each global is a
+    /// `u64` byte offset in the eBPF object.
+    pub const ALL: [(&str, &str, &str); 15] = [
+        ("OFF_FILE_F_MODE", "file", "f_mode"),
+        ("OFF_FILE_F_FLAGS", "file", "f_flags"),
+        ("OFF_FILE_F_PATH", "file", "f_path"),
+        ("OFF_INODE_I_INO", "inode", "i_ino"),
+        ("OFF_INODE_I_SB", "inode", "i_sb"),
+        ("OFF_SUPER_BLOCK_S_DEV", "super_block", "s_dev"),
+        ("OFF_PATH_MNT", "path", "mnt"),
+        ("OFF_PATH_DENTRY", "path", "dentry"),
+        ("OFF_DENTRY_D_PARENT", "dentry", "d_parent"),
+        ("OFF_DENTRY_D_INODE", "dentry", "d_inode"),
+        ("OFF_DENTRY_D_NAME_NAME", "dentry", "d_name.name"),
+        ("OFF_MOUNT_MNT", "mount", "mnt"),
+        ("OFF_MOUNT_MNT_PARENT", "mount", "mnt_parent"),
+        ("OFF_MOUNT_MNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
+        ("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
     ];
+
+    /// Global holding, per hook, the index of the previous program's return value in
+    /// the hook's context (the number of hook arguments), read from the BTF of
+    /// `bpf_lsm_<hook>`: it differs between kernels for some hooks.
+    pub fn ret_arg_global(hook: crate::Hook) -> &'static str {
+        match hook {
+            crate::Hook::FileOpen => "RET_FILE_OPEN",
+            crate::Hook::BprmCheckSecurity => "RET_BPRM_CHECK_SECURITY",
+            crate::Hook::PathMknod => "RET_PATH_MKNOD",
+            crate::Hook::PathMkdir => "RET_PATH_MKDIR",
+            crate::Hook::PathSymlink => "RET_PATH_SYMLINK",
+            crate::Hook::PathLink => "RET_PATH_LINK",
+            crate::Hook::PathUnlink => "RET_PATH_UNLINK",
+            crate::Hook::PathRmdir => "RET_PATH_RMDIR",
+            crate::Hook::PathRename => "RET_PATH_RENAME",
+            crate::Hook::PathTruncate => "RET_PATH_TRUNCATE",
+        }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -211,4 +314,5 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyInfo {}
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::FileRule {}
+    unsafe impl aya::Pod for super::RuleSet {}
 }

@@ -1,28 +1,36 @@
 //! The decision path every hook shares: which policy confines the caller, what the
-//! rule says, and the report. Hooks only translate their arguments into an object
-//! identity and a set of requested access bits.
+//! rules along the object's path say, the verdict, and the report. Hooks only turn
+//! their arguments into an [`Object`] and a set of requested access bits.
 
-use aya_ebpf::{
-    bindings::path,
-    helpers::{
-        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns,
-    },
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+    generated::bpf_loop,
 };
 use systrace_common::{
-    event_flags, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, Verdict, PATH_LEN,
+    event_flags, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, RuleSet, Verdict, MAX_WALK_DEPTH,
+    PATH_LEN,
 };
 
-use crate::maps::{count, CGROUP_POLICY, EVENTS, FILE_RULES, POLICIES};
+use crate::{
+    kernel::{self, DentryPtr, VfsMountPtr},
+    maps::{count, CGROUP_POLICY, EVENTS, FILE_RULES, POLICIES, SCRATCH},
+};
 
 /// Deeper cgroup trees than this are not searched for an ancestor's policy.
 /// systemd nests services 3 to 5 levels deep.
 const MAX_CGROUP_DEPTH: i32 = 32;
+/// Path components an event carries at most.
+const MAX_PATH_COMPONENTS: u32 = 64;
+/// Loop steps for a walk: one per level, plus one per mount crossed.
+const MAX_WALK_STEPS: u32 = 2 * MAX_WALK_DEPTH;
 
 const EPERM: i32 = 1;
 
 /// A process under a policy.
+#[derive(Clone, Copy)]
 pub struct Subject {
     pub cgroup_id: u64,
     pub policy: u32,
@@ -57,37 +65,181 @@ fn nearest_ancestor_policy(current: u64) -> Option<u32> {
     found
 }
 
-/// The verdict for `requested` access to the file (`dev`, `ino`) under `subject`.
-#[inline(always)]
-pub fn decide_file(subject: &Subject, dev: u64, ino: u64, requested: u32) -> Verdict {
-    let key = FileKey { policy: subject.policy, _pad: 0, dev, ino };
-    let (allowed, audit) = match unsafe { FILE_RULES.get(&key) } {
-        // A rule names the file: it is authoritative for every access bit.
-        Some(rule) => (requested & !rule.allow == 0, requested & rule.audit != 0),
-        None => (subject.info.default == Default::Allow as u8, false),
-    };
-    violation_verdict(subject, allowed, audit)
+/// What an operation is about: a name in the tree, seen through a mount.
+#[derive(Clone, Copy)]
+pub struct Object {
+    /// The file's dentry; for a name being created, the new (negative) dentry.
+    pub dentry: DentryPtr,
+    pub mnt: VfsMountPtr,
 }
 
-/// The verdict when the object could not be identified (a failed kernel read):
-/// a confined process is treated as asking for something no rule allows.
-#[inline(always)]
-pub fn decide_unknown(subject: &Subject) -> Verdict {
-    violation_verdict(subject, false, false)
+/// The per-bit outcome of the rules along an object's path.
+#[derive(Default)]
+pub struct Resolution {
+    pub allowed: u32,
+    pub denied: u32,
+    pub audited: u32,
+    /// Bits no rule decided: the policy's default applies.
+    pub unresolved: u32,
+    pub walk_bound: bool,
+    pub dev: u64,
+    pub ino: u64,
 }
 
-#[inline(always)]
-fn violation_verdict(subject: &Subject, allowed: bool, audit: bool) -> Verdict {
-    if allowed {
-        if audit {
-            Verdict::AuditRule
-        } else {
-            Verdict::Allowed
+/// State of a walk up the tree, shared with the `bpf_loop` callback.
+#[repr(C)]
+struct Walk {
+    dentry: DentryPtr,
+    mnt: VfsMountPtr,
+    dev: u64,
+    ino: u64,
+    policy: u32,
+    /// Directory levels above the object (0: the object itself).
+    level: u32,
+    allowed: u32,
+    denied: u32,
+    audited: u32,
+    unresolved: u32,
+    /// The current dentry is a mount point whose mounted root was just checked:
+    /// same path, so not checked again and not a level of its own.
+    mount_point: u32,
+    /// 1: every bit decided or the root reached; 2: a kernel read failed.
+    finished: u32,
+}
+
+impl Walk {
+    /// Applies one rule set to the bits still undecided. Within one set, deny wins.
+    #[inline(always)]
+    fn apply(&mut self, set: &RuleSet) {
+        let hit = self.unresolved & set.covers();
+        self.denied |= hit & set.deny;
+        self.allowed |= hit & !set.deny;
+        self.audited |= hit & set.audit & !set.deny;
+        self.unresolved &= !hit;
+    }
+}
+
+const WALK_DONE: u32 = 1;
+const WALK_FAILED: u32 = 2;
+
+/// One step of [`resolve`]: check the current dentry's rules, then climb.
+/// A `bpf_loop` callback, so the verifier checks this body once, not per level.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    match unsafe { walk_step_inner(w) } {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(_) => {
+            w.finished = WALK_FAILED;
+            1
         }
-    } else if subject.info.mode == Mode::Audit as u8 {
-        Verdict::Audited
+    }
+}
+
+/// Returns whether to continue.
+#[inline(always)]
+unsafe fn walk_step_inner(w: &mut Walk) -> Result<bool, i64> {
+    if w.mount_point == 0 {
+        let inode = kernel::dentry_inode(w.dentry)?;
+        if !inode.is_null() {
+            let (dev, ino) = kernel::inode_id(inode)?;
+            if w.level == 0 {
+                w.dev = dev;
+                w.ino = ino;
+            }
+            let key = FileKey { policy: w.policy, _pad: 0, dev, ino };
+            if let Some(rule) = FILE_RULES.get(&key) {
+                if w.level == 0 {
+                    w.apply(&rule.exact);
+                } else {
+                    if w.level == 1 {
+                        w.apply(&rule.children);
+                    }
+                    w.apply(&rule.subtree);
+                }
+            }
+        }
+        if w.unresolved == 0 {
+            w.finished = WALK_DONE;
+            return Ok(false);
+        }
+    }
+    w.mount_point = 0;
+    let parent = kernel::dentry_parent(w.dentry)?;
+    if parent != w.dentry {
+        w.dentry = parent;
+        w.level += 1;
+        if w.level >= MAX_WALK_DEPTH {
+            return Ok(false);
+        }
+        return Ok(true);
+    }
+    // The root of a mount: continue from where it is mounted.
+    match kernel::mount_point(w.mnt)? {
+        Some((dentry, mnt)) => {
+            w.dentry = dentry;
+            w.mnt = mnt;
+            w.mount_point = 1;
+            Ok(true)
+        }
+        None => {
+            w.finished = WALK_DONE;
+            Ok(false)
+        }
+    }
+}
+
+/// Climbs from `object` towards the root, letting the nearest rule decide each
+/// requested bit: the object's own (exact) rule, then its directory's `/*` rule,
+/// then `/**` rules of each ancestor. Files created or renamed after the policy
+/// was loaded are covered because nothing here depends on when a name appeared.
+#[inline(always)]
+pub fn resolve(subject: &Subject, object: Object, requested: u32) -> Result<Resolution, i64> {
+    let mut w = Walk {
+        dentry: object.dentry,
+        mnt: object.mnt,
+        dev: 0,
+        ino: 0,
+        policy: subject.policy,
+        level: 0,
+        allowed: 0,
+        denied: 0,
+        audited: 0,
+        unresolved: requested,
+        mount_point: 0,
+        finished: 0,
+    };
+    unsafe { bpf_loop(MAX_WALK_STEPS, walk_step as *mut c_void, &mut w as *mut Walk as *mut c_void, 0) };
+    if w.finished == WALK_FAILED {
+        return Err(-1);
+    }
+    Ok(Resolution {
+        allowed: w.allowed,
+        denied: w.denied,
+        audited: w.audited,
+        unresolved: w.unresolved,
+        walk_bound: w.finished != WALK_DONE,
+        dev: w.dev,
+        ino: w.ino,
+    })
+}
+
+/// The verdict for a resolution under `subject`'s mode and default.
+#[inline(always)]
+pub fn verdict(subject: &Subject, res: &Resolution) -> Verdict {
+    let default_denies = subject.info.default == Default::Deny as u8;
+    let violation = res.denied != 0 || (default_denies && res.unresolved != 0);
+    if violation {
+        if subject.info.mode == Mode::Audit as u8 {
+            Verdict::Audited
+        } else {
+            Verdict::Denied
+        }
+    } else if res.audited != 0 {
+        Verdict::AuditRule
     } else {
-        Verdict::Denied
+        Verdict::Allowed
     }
 }
 
@@ -100,18 +252,47 @@ pub fn hook_return(verdict: Verdict) -> i32 {
     }
 }
 
-/// The object an event is about.
-pub struct Object {
-    pub dev: u64,
-    pub ino: u64,
-    /// `struct path *` to resolve with `bpf_d_path`, when the hook has one.
-    pub path: Option<*mut path>,
+/// Decides `requested` access to `object` for the current process, reports, and
+/// returns what the hook returns. The shared body of every hook.
+#[inline(always)]
+pub fn check(hook: Hook, object: Object, requested: u32) -> i32 {
+    let Some(subject) = current_subject() else {
+        return 0;
+    };
+    check_subject(&subject, hook, object, requested)
+}
+
+/// The decision when the hook's own arguments could not be read: a confined
+/// process is refused (fail closed), an unconfined one is untouched.
+#[inline(always)]
+pub fn check_unreadable(hook: Hook, requested: u32) -> i32 {
+    let Some(subject) = current_subject() else {
+        return 0;
+    };
+    let res = Resolution { unresolved: requested, ..Resolution::default() };
+    let closed = Subject { info: PolicyInfo { default: Default::Deny as u8, ..subject.info }, ..subject };
+    let v = verdict(&closed, &res);
+    report(&subject, hook, v, requested, &res, None);
+    hook_return(v)
+}
+
+#[inline(always)]
+pub fn check_subject(subject: &Subject, hook: Hook, object: Object, requested: u32) -> i32 {
+    let Ok(res) = resolve(subject, object, requested) else {
+        return check_unreadable(hook, requested);
+    };
+    let v = verdict(subject, &res);
+    if res.walk_bound {
+        count(Counter::WalkBound);
+    }
+    report(subject, hook, v, requested, &res, Some(object));
+    hook_return(v)
 }
 
 /// Writes an event for every verdict other than a silent allow. The verdict has
 /// already been decided: a full ring buffer costs the report, never the decision.
 #[inline(always)]
-pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, object: &Object) {
+pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, res: &Resolution, object: Option<Object>) {
     if verdict == Verdict::Allowed {
         return;
     }
@@ -119,18 +300,17 @@ pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, o
         count(Counter::Denied);
     }
     count(Counter::Reported);
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
         count(Counter::RingFull);
         return;
     };
-    let event = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {
         (*event).boot_ns = bpf_ktime_get_boot_ns();
         (*event).cgroup_id = subject.cgroup_id;
-        (*event).dev = object.dev;
-        (*event).ino = object.ino;
+        (*event).dev = res.dev;
+        (*event).ino = res.ino;
         (*event).pid = pid_tgid as u32;
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).uid = uid_gid as u32;
@@ -139,18 +319,95 @@ pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, o
         (*event).requested = requested;
         (*event).hook = hook as u16;
         (*event).verdict = verdict as u8;
-        (*event).flags = 0;
+        (*event).flags = if res.walk_bound { event_flags::WALK_BOUND } else { 0 };
         (*event)._pad = 0;
         (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*event).path[0] = 0;
-        let resolved = match object.path {
-            Some(p) => bpf_d_path(p, (*event).path.as_mut_ptr() as *mut _, PATH_LEN as u32) > 0,
-            None => false,
+        (*event).flags |= match object {
+            Some(object) => write_path(object),
+            None => event_flags::NO_PATH,
         };
-        if !resolved {
-            (*event).path[0] = 0;
-            (*event).flags |= event_flags::NO_PATH;
+        if EVENTS.output::<Event>(&*event, 0).is_err() {
+            count(Counter::RingFull);
         }
     }
-    entry.submit(0);
+}
+
+/// State of the path writer, shared with its `bpf_loop` callback.
+#[repr(C)]
+struct PathWalk {
+    dentry: DentryPtr,
+    mnt: VfsMountPtr,
+    /// Where the next component goes in the scratch event's path.
+    pos: u64,
+    flags: u32,
+    finished: u32,
+}
+
+/// Writes `object`'s path components, leaf first, into the scratch event.
+#[inline(always)]
+fn write_path(object: Object) -> u8 {
+    let mut p = PathWalk { dentry: object.dentry, mnt: object.mnt, pos: 0, flags: 0, finished: 0 };
+    unsafe { bpf_loop(MAX_PATH_COMPONENTS, path_step as *mut c_void, &mut p as *mut PathWalk as *mut c_void, 0) };
+    if p.finished == 0 && p.flags == 0 {
+        p.flags = event_flags::PATH_TRUNCATED as u32;
+    }
+    p.flags as u8
+}
+
+#[inline(never)]
+extern "C" fn path_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let p = unsafe { &mut *(ctx as *mut PathWalk) };
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        p.flags = event_flags::NO_PATH as u32;
+        return 1;
+    };
+    let buf = unsafe { &mut (*event).path };
+    // The mask bounds start below PATH_LEN and the slice is PATH_LEN long, so the
+    // copy stays inside the PATH_BUF-sized buffer whatever pos is. black_box keeps
+    // LLVM from dropping the mask on the strength of checks the verifier cannot
+    // connect to this register.
+    let start = (core::hint::black_box(p.pos) as usize) & (PATH_LEN - 1);
+    // An empty component ends the list; the next write, if any, replaces it.
+    buf[start] = 0;
+    let Ok(parent) = (unsafe { kernel::dentry_parent(p.dentry) }) else {
+        p.flags = event_flags::NO_PATH as u32;
+        return 1;
+    };
+    if parent == p.dentry {
+        // The root of a mount has no name of its own in the path: continue with
+        // the name it is mounted on, or stop at the root of the whole tree.
+        return match unsafe { kernel::mount_point(p.mnt) } {
+            Ok(Some((dentry, mnt))) => {
+                p.dentry = dentry;
+                p.mnt = mnt;
+                0
+            }
+            Ok(None) => {
+                p.finished = 1;
+                1
+            }
+            Err(_) => {
+                p.flags = event_flags::NO_PATH as u32;
+                1
+            }
+        };
+    }
+    let Ok(name) = (unsafe { kernel::dentry_name(p.dentry) }) else {
+        p.flags = event_flags::NO_PATH as u32;
+        return 1;
+    };
+    let Ok(written) = (unsafe { bpf_probe_read_kernel_str_bytes(name, &mut buf[start..start + PATH_LEN]) }) else {
+        p.flags = event_flags::NO_PATH as u32;
+        return 1;
+    };
+    let next = start + written.len() + 1;
+    if next >= PATH_LEN {
+        buf[start] = 0;
+        p.flags = event_flags::PATH_TRUNCATED as u32;
+        return 1;
+    }
+    p.pos = next as u64;
+    p.dentry = parent;
+    0
 }

@@ -1,10 +1,11 @@
-//! File hooks: `file_open`.
+//! File content hooks: `file_open` and `path_truncate`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use systrace_common::{access, Hook};
 
 use crate::{
-    decision::{current_subject, decide_file, decide_unknown, hook_return, report, Object},
+    decision::{check, Object},
+    hook::previous_verdict,
     kernel,
 };
 
@@ -18,6 +19,8 @@ const O_APPEND: u32 = 0o2000;
 fn requested_access(f_mode: u32, f_flags: u32) -> u32 {
     let mut requested = 0;
     if f_mode & FMODE_EXEC != 0 {
+        // The open that execve (and uselib) makes of the binary; bprm_check_security
+        // checks execution of it again once the exec is under way.
         requested |= access::EXEC;
     } else if f_mode & FMODE_READ != 0 {
         requested |= access::READ;
@@ -29,32 +32,50 @@ fn requested_access(f_mode: u32, f_flags: u32) -> u32 {
 }
 
 #[lsm(hook = "file_open")]
+#[inline(always)]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    // An earlier BPF program on this hook already refused: keep its answer.
-    let previous: i32 = ctx.arg(1);
+    let previous = previous_verdict!(ctx, RET_FILE_OPEN);
     if previous != 0 {
         return previous;
     }
-    let Some(subject) = current_subject() else {
-        return 0;
-    };
     let file: kernel::FilePtr = ctx.arg(0);
-    let identified = unsafe {
-        match (kernel::file_mode(file), kernel::file_flags(file), kernel::file_inode(file)) {
-            (Ok(mode), Ok(flags), Ok(inode)) => {
-                kernel::inode_id(inode).ok().map(|(dev, ino)| (requested_access(mode, flags), dev, ino))
-            }
-            _ => None,
-        }
+    let Ok(object) = (unsafe { file_object(file) }) else {
+        return crate::decision::check_unreadable(Hook::FileOpen, access::READ);
     };
-    let path = Some(unsafe { kernel::file_path_ptr(file) });
-    let (verdict, requested, object) = match identified {
-        Some((0, _, _)) => return 0,
-        Some((requested, dev, ino)) => {
-            (decide_file(&subject, dev, ino, requested), requested, Object { dev, ino, path })
-        }
-        None => (decide_unknown(&subject), 0, Object { dev: 0, ino: 0, path }),
+    let (Ok(mode), Ok(flags)) = (unsafe { kernel::file_mode(file) }, unsafe { kernel::file_flags(file) }) else {
+        return crate::decision::check_unreadable(Hook::FileOpen, access::READ);
     };
-    report(&subject, Hook::FileOpen, verdict, requested, &object);
-    hook_return(verdict)
+    let requested = requested_access(mode, flags);
+    if requested == 0 {
+        return 0;
+    }
+    check(Hook::FileOpen, object, requested)
+}
+
+/// The object a `struct file` refers to.
+#[inline(always)]
+pub unsafe fn file_object(file: kernel::FilePtr) -> Result<Object, i64> {
+    path_object(kernel::file_path(file))
+}
+
+/// The object a `struct path` refers to.
+#[inline(always)]
+pub unsafe fn path_object(path: kernel::PathPtr) -> Result<Object, i64> {
+    let (dentry, mnt) = kernel::path_parts(path)?;
+    Ok(Object { dentry, mnt })
+}
+
+/// truncate(2) changes content without opening the file.
+#[lsm(hook = "path_truncate")]
+#[inline(always)]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    let previous = previous_verdict!(ctx, RET_PATH_TRUNCATE);
+    if previous != 0 {
+        return previous;
+    }
+    let path: kernel::PathPtr = ctx.arg(0);
+    match unsafe { path_object(path) } {
+        Ok(object) => check(Hook::PathTruncate, object, access::WRITE),
+        Err(_) => crate::decision::check_unreadable(Hook::PathTruncate, access::WRITE),
+    }
 }

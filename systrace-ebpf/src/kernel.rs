@@ -2,29 +2,45 @@
 //!
 //! The agent overrides these read-only globals at load time (`EbpfLoader::override_global`).
 //! They live in `.rodata`, which the loader freezes, so the verifier sees them as
-//! constants: that is what lets [`file_path_ptr`] hand a BTF-typed pointer to
-//! `bpf_d_path`.
+//! constants. Names match `systrace_common::offsets::ALL`.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
-macro_rules! offset {
-    ($name:ident) => {
-        #[no_mangle]
-        static $name: u64 = 0;
+macro_rules! globals {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[no_mangle]
+            static $name: u64 = 0;
+        )*
     };
 }
-offset!(OFF_FILE_F_INODE);
-offset!(OFF_FILE_F_MODE);
-offset!(OFF_FILE_F_FLAGS);
-offset!(OFF_FILE_F_PATH);
-offset!(OFF_INODE_I_INO);
-offset!(OFF_INODE_I_SB);
-offset!(OFF_SUPER_BLOCK_S_DEV);
+globals!(
+    OFF_FILE_F_MODE,
+    OFF_FILE_F_FLAGS,
+    OFF_FILE_F_PATH,
+    OFF_INODE_I_INO,
+    OFF_INODE_I_SB,
+    OFF_SUPER_BLOCK_S_DEV,
+    OFF_PATH_MNT,
+    OFF_PATH_DENTRY,
+    OFF_DENTRY_D_PARENT,
+    OFF_DENTRY_D_INODE,
+    OFF_DENTRY_D_NAME_NAME,
+    OFF_MOUNT_MNT,
+    OFF_MOUNT_MNT_PARENT,
+    OFF_MOUNT_MNT_MOUNTPOINT,
+    OFF_LINUX_BINPRM_FILE,
+);
 
 #[inline(always)]
-fn off(global: &u64) -> usize {
+pub fn global(value: &u64) -> u64 {
     // Volatile: without it the compiler folds the initial 0 into the code.
-    unsafe { core::ptr::read_volatile(global) as usize }
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[inline(always)]
+fn off(value: &u64) -> usize {
+    global(value) as usize
 }
 
 #[inline(always)]
@@ -35,36 +51,79 @@ unsafe fn read<T>(base: *const u8, offset: usize) -> Result<T, i64> {
 /// Opaque kernel object pointers.
 pub type FilePtr = *const u8;
 pub type InodePtr = *const u8;
-
-/// `file->f_inode`.
-#[inline(always)]
-pub unsafe fn file_inode(file: FilePtr) -> Result<InodePtr, i64> {
-    read::<InodePtr>(file, off(&OFF_FILE_F_INODE))
-}
+pub type DentryPtr = *const u8;
+/// `struct vfsmount *`.
+pub type VfsMountPtr = *const u8;
+/// `struct path *`.
+pub type PathPtr = *const u8;
 
 /// `file->f_mode` (FMODE_* bits).
 #[inline(always)]
 pub unsafe fn file_mode(file: FilePtr) -> Result<u32, i64> {
-    read::<u32>(file, off(&OFF_FILE_F_MODE))
+    read(file, off(&OFF_FILE_F_MODE))
 }
 
 /// `file->f_flags` (O_* bits).
 #[inline(always)]
 pub unsafe fn file_flags(file: FilePtr) -> Result<u32, i64> {
-    read::<u32>(file, off(&OFF_FILE_F_FLAGS))
+    read(file, off(&OFF_FILE_F_FLAGS))
 }
 
-/// `&file->f_path`, still a BTF-typed pointer in the verifier's eyes.
+/// `&file->f_path`.
 #[inline(always)]
-pub unsafe fn file_path_ptr(file: FilePtr) -> *mut aya_ebpf::bindings::path {
-    (file as *mut u8).add(off(&OFF_FILE_F_PATH)) as *mut aya_ebpf::bindings::path
+pub unsafe fn file_path(file: FilePtr) -> PathPtr {
+    file.add(off(&OFF_FILE_F_PATH))
+}
+
+/// `bprm->file`.
+#[inline(always)]
+pub unsafe fn bprm_file(bprm: *const u8) -> Result<FilePtr, i64> {
+    read(bprm, off(&OFF_LINUX_BINPRM_FILE))
+}
+
+/// (`path->dentry`, `path->mnt`).
+#[inline(always)]
+pub unsafe fn path_parts(p: PathPtr) -> Result<(DentryPtr, VfsMountPtr), i64> {
+    Ok((read(p, off(&OFF_PATH_DENTRY))?, read(p, off(&OFF_PATH_MNT))?))
+}
+
+/// `dentry->d_inode`; null for a negative dentry (a name not created yet).
+#[inline(always)]
+pub unsafe fn dentry_inode(dentry: DentryPtr) -> Result<InodePtr, i64> {
+    read(dentry, off(&OFF_DENTRY_D_INODE))
+}
+
+/// `dentry->d_parent`.
+#[inline(always)]
+pub unsafe fn dentry_parent(dentry: DentryPtr) -> Result<DentryPtr, i64> {
+    read(dentry, off(&OFF_DENTRY_D_PARENT))
+}
+
+/// `dentry->d_name.name`.
+#[inline(always)]
+pub unsafe fn dentry_name(dentry: DentryPtr) -> Result<*const u8, i64> {
+    read(dentry, off(&OFF_DENTRY_D_NAME_NAME))
+}
+
+/// For the root dentry of the mount `mnt`: the dentry it is mounted on and the
+/// parent mount's vfsmount. `None` at the root of the whole tree.
+#[inline(always)]
+pub unsafe fn mount_point(mnt: VfsMountPtr) -> Result<Option<(DentryPtr, VfsMountPtr)>, i64> {
+    // `struct mount` embeds the vfsmount at a BTF-given offset.
+    let mount = mnt.sub(off(&OFF_MOUNT_MNT));
+    let parent_mount: *const u8 = read(mount, off(&OFF_MOUNT_MNT_PARENT))?;
+    if parent_mount == mount {
+        return Ok(None);
+    }
+    let dentry = read(mount, off(&OFF_MOUNT_MNT_MOUNTPOINT))?;
+    Ok(Some((dentry, parent_mount.add(off(&OFF_MOUNT_MNT)))))
 }
 
 /// (`inode->i_sb->s_dev`, `inode->i_ino`): the identity rules are keyed by.
 #[inline(always)]
 pub unsafe fn inode_id(inode: InodePtr) -> Result<(u64, u64), i64> {
-    let ino = read::<u64>(inode, off(&OFF_INODE_I_INO))?;
-    let sb = read::<*const u8>(inode, off(&OFF_INODE_I_SB))?;
-    let dev = read::<u32>(sb, off(&OFF_SUPER_BLOCK_S_DEV))?;
+    let ino: u64 = read(inode, off(&OFF_INODE_I_INO))?;
+    let sb: *const u8 = read(inode, off(&OFF_INODE_I_SB))?;
+    let dev: u32 = read(sb, off(&OFF_SUPER_BLOCK_S_DEV))?;
     Ok((dev as u64, ino))
 }

@@ -8,7 +8,10 @@
 #![no_main]
 
 mod decision;
+mod dirs;
+mod exec;
 mod files;
+mod hook;
 mod kernel;
 mod maps;
 

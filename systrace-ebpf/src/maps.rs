@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use systrace_common::{FileKey, FileRule, PolicyInfo, COUNTER_SLOTS};
+use systrace_common::{Event, FileKey, FileRule, PolicyInfo, COUNTER_SLOTS};
 
 /// Upper bounds; the agent refuses policies that would not fit.
 pub const MAX_CGROUPS: u32 = 4096;
@@ -26,9 +26,15 @@ pub static FILE_RULES: HashMap<FileKey, FileRule> = HashMap::with_max_entries(MA
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Per-CPU space to build an event in before copying it to the ring: too big for
+/// the stack, and unlike a ring reservation it can be written from a loop callback.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+#[inline(always)]
 pub fn count(counter: systrace_common::Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot, and LSM programs do not nest on one CPU for one slot in a way

@@ -40,6 +40,14 @@ enum Cmd {
         #[arg(long)]
         vm_only: bool,
     },
+    /// Run a shell command in a VM that has the agent and systrace-vmtest installed.
+    Vm {
+        /// Kernel to boot (6.1 or 6.12).
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Shell command, run by busybox sh as root after the mounts.
+        command: String,
+    },
     /// Show the agent confining a workload, in a VM.
     Demo {
         /// Kernel to boot (6.1 or 6.12).
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Build => setup::all().and_then(|()| build().map(|_| ())),
         Cmd::Test { kernel, vm_only } => test(kernel.as_deref(), vm_only),
         Cmd::Demo { kernel } => demo(&kernel),
+        Cmd::Vm { kernel, command } => vm_command(&kernel, &command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +151,29 @@ fn host_tests() -> Result<Tally> {
     Ok(tally)
 }
 
+fn vm_payload(bins: &Binaries, script: String) -> vm::Payload {
+    vm::Payload {
+        files: vec![
+            (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
+            (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
+            (workspace_root().join("policies/demo.toml"), "/etc/systrace/demo.toml".into()),
+        ],
+        script,
+    }
+}
+
+fn vm_command(kernel: &str, command: &str) -> Result<()> {
+    let spec = setup::kernel_spec(kernel)?;
+    setup::all()?;
+    let bins = build()?;
+    let kernel = setup::kernel(spec)?;
+    let initrd = vm::initramfs("command", &vm_payload(&bins, command.to_string()))?;
+    if !vm::boot(&kernel, spec.cmdline, &initrd, Duration::from_secs(1800), |line| println!("{line}"))? {
+        bail!("the VM did not finish");
+    }
+    Ok(())
+}
+
 /// Boots one kernel once per scenario and tallies the TEST lines: the suite with the
 /// BPF LSM active, and the refusal check with it left out of `lsm=`.
 fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)> {
@@ -150,13 +182,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)>
     let mut tally = Tally::default();
     let started = Instant::now();
     for (scenario, cmdline) in scenarios {
-        let payload = vm::Payload {
-            files: vec![
-                (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
-                (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
-            ],
-            script: format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"),
-        };
+        let payload = vm_payload(bins, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
         let initrd = vm::initramfs(scenario, &payload)?;
         let mut summary = None;
         let finished = vm::boot(&kernel, cmdline, &initrd, Duration::from_secs(900), |line| {
