@@ -289,15 +289,34 @@ fn probe() -> ExitCode {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (the reader went away) must not stop enforcement.
-    let _ = serde_json::to_writer(&mut out, value);
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
+/// JSON lines on standard output, buffered: a flood of events costs one write per
+/// batch, not one per event.
+struct Output {
+    out: std::io::BufWriter<std::io::Stdout>,
 }
 
+impl Output {
+    fn new() -> Self {
+        Output { out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()) }
+    }
+
+    fn emit(&mut self, value: &impl serde::Serialize) {
+        // A closed stdout (the reader went away) must not stop enforcement.
+        let _ = serde_json::to_writer(&mut self.out, value);
+        let _ = self.out.write_all(b"\n");
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+/// Ring records handled per wake-up before the other sources (signals, reloads,
+/// the stats timer) get a turn: a flood of violations must not starve a reload.
+const EVENT_BATCH: usize = 512;
+
 async fn run(sources: &Sources, stats_interval: u64, verifier_log: bool) -> ExitCode {
+    let started = std::time::Instant::now();
     // Validate everything before touching the kernel: a bad file loads nothing.
     let compiled = match compile_all(sources) {
         Ok(c) => c,
@@ -315,7 +334,7 @@ async fn run(sources: &Sources, stats_interval: u64, verifier_log: bool) -> Exit
             return ExitCode::from(EXIT_CANNOT_ENFORCE);
         }
     };
-    match serve(&mut enforcer, sources, compiled, stats_interval).await {
+    match serve(&mut enforcer, sources, compiled, stats_interval, started).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("systrace-agent: {e:#}");
@@ -361,9 +380,15 @@ fn policies_json(compiled: &[Compiled]) -> serde_json::Value {
     )
 }
 
-async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compiled>, stats_interval: u64) -> Result<()> {
+/// `started`: when the agent began reading policies, for the load time it reports.
+async fn serve(
+    enforcer: &mut Enforcer,
+    sources: &Sources,
+    compiled: Vec<Compiled>,
+    stats_interval: u64,
+    started: std::time::Instant,
+) -> Result<()> {
     let mut names = PolicyNames::default();
-    let started = std::time::Instant::now();
     apply(enforcer, &compiled, &mut names)?;
     // SAFETY: the ring buffer owns its file descriptor, and AsyncFd owns the ring
     // buffer, so the descriptor stays open for as long as it is registered.
@@ -373,15 +398,17 @@ async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compile
     let watcher = unsafe { AsyncFd::register(watch::DirWatcher::new(sources.dirs().iter().map(PathBuf::as_path))?) }
         .map_err(|e| anyhow::anyhow!("watching the policy files: {e}"))?;
     let clock = Clock::now();
+    let mut out = Output::new();
     let mut delivered: u64 = 0;
     let mut generation: u64 = 0;
-    print_json(&json!({
+    out.emit(&json!({
         "type": "status",
         "state": "enforcing",
         "generation": generation,
         "load_ms": started.elapsed().as_millis() as u64,
         "policies": policies_json(&compiled),
     }));
+    out.flush();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -414,16 +441,24 @@ async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compile
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
-                while let Some(record) = ring.next() {
+                let mut handled = 0;
+                while handled < EVENT_BATCH {
+                    let Some(record) = ring.next() else { break };
+                    handled += 1;
                     match events::decode(&record) {
                         Some(event) => {
-                            print_json(&events::to_json(&event, &clock, &names));
+                            out.emit(&events::to_json(&event, &clock, &names));
                             delivered += 1;
                         }
                         None => eprintln!("systrace-agent: skipped a ring record of {} bytes", record.len()),
                     }
                 }
-                guard.clear_ready();
+                // A full batch means more may be waiting: stay ready, so the next
+                // turn of the loop comes back here after the other sources.
+                if handled < EVENT_BATCH {
+                    guard.clear_ready();
+                }
+                out.flush();
             }
             guard = watcher.readable() => {
                 let mut guard = guard?;
@@ -434,7 +469,10 @@ async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compile
             }
             _ = reload_timer => reload = true,
             _ = sighup.recv() => reload = true,
-            _ = stats_timer.tick() => print_json(&stats(enforcer, delivered)?),
+            _ = stats_timer.tick() => {
+                out.emit(&stats(enforcer, delivered)?);
+                out.flush();
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -444,7 +482,7 @@ async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compile
             let started = std::time::Instant::now();
             match compile_all(sources).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()) {
                 Ok(compiled) => match apply(enforcer, &compiled, &mut names) {
-                    Ok(()) => print_json(&json!({
+                    Ok(()) => out.emit(&json!({
                         "type": "status",
                         "state": "reloaded",
                         "generation": generation,
@@ -453,7 +491,7 @@ async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compile
                     })),
                     Err(e) => {
                         eprintln!("systrace-agent: reload failed while installing: {e:#}");
-                        print_json(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": [format!("{e:#}")]}));
+                        out.emit(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": [format!("{e:#}")]}));
                     }
                 },
                 Err(errors) => {
@@ -461,20 +499,22 @@ async fn serve(enforcer: &mut Enforcer, sources: &Sources, compiled: Vec<Compile
                         eprintln!("{e}");
                     }
                     eprintln!("systrace-agent: reload refused; the policies in force stay in force");
-                    print_json(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": errors}));
+                    out.emit(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": errors}));
                 }
             }
+            out.flush();
         }
     }
     // Drain what is left so the final counts add up.
     let ring = ring.get_mut();
     while let Some(record) = ring.next() {
         if let Some(event) = events::decode(&record) {
-            print_json(&events::to_json(&event, &clock, &names));
+            out.emit(&events::to_json(&event, &clock, &names));
             delivered += 1;
         }
     }
-    print_json(&stats(enforcer, delivered)?);
+    out.emit(&stats(enforcer, delivered)?);
+    out.flush();
     eprintln!("systrace-agent: detaching");
     Ok(())
 }

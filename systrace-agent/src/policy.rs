@@ -57,17 +57,24 @@ impl fmt::Display for Diagnostic {
 impl std::error::Error for Diagnostic {}
 
 /// Maps byte offsets of one source text to 1-based line and column (in characters).
+/// Line starts are found once: policies with 100,000 rules locate every rule.
 struct SourceMap<'a> {
     file: &'a Path,
     text: &'a str,
+    line_starts: Vec<usize>,
 }
 
-impl SourceMap<'_> {
+impl<'a> SourceMap<'a> {
+    fn new(file: &'a Path, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        SourceMap { file, text, line_starts }
+    }
+
     fn locate(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        // The last line start at or before offset.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let line_start = self.line_starts[line - 1];
         let column = self.text[line_start..offset].chars().count() + 1;
         Location { file: self.file.to_path_buf(), line, column }
     }
@@ -225,7 +232,7 @@ pub fn parse_pattern(path: &str) -> Result<(PathBuf, Scope), (usize, String)> {
 /// Parses and validates one policy file's text. `cgroup_root` is the cgroup2 mount
 /// that relative cgroup paths hang from.
 pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diagnostic> {
-    let map = SourceMap { file, text };
+    let map = SourceMap::new(file, text);
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         map.diagnostic(Severity::Error, span, e.message().trim().to_string())

@@ -29,6 +29,20 @@ const MAX_WALK_STEPS: u32 = 2 * MAX_WALK_DEPTH;
 
 const EPERM: i32 = 1;
 
+/// A zero the verifier cannot see through. Before Linux 6.8 the verifier checked a
+/// `bpf_loop` callback as if it ran once, from the caller's initial values, then
+/// hard-wired the branches that single pass never took: with `level` starting at
+/// a known 0, `level == 0` was "always" true and directory rules never matched.
+/// Loop state that starts from this writable global (.bss, not frozen) is unknown
+/// to the verifier, so every branch stays.
+#[no_mangle]
+static mut OPAQUE_ZERO: u64 = 0;
+
+#[inline(always)]
+fn opaque_zero() -> u64 {
+    unsafe { core::ptr::read_volatile(&raw const OPAQUE_ZERO) }
+}
+
 /// A process under a policy.
 #[derive(Clone, Copy)]
 pub struct Subject {
@@ -202,13 +216,13 @@ pub fn resolve(subject: &Subject, object: Object, requested: u32) -> Result<Reso
         dev: 0,
         ino: 0,
         policy: subject.policy,
-        level: 0,
+        level: opaque_zero() as u32,
         allowed: 0,
         denied: 0,
         audited: 0,
         unresolved: requested,
-        mount_point: 0,
-        finished: 0,
+        mount_point: opaque_zero() as u32,
+        finished: opaque_zero() as u32,
     };
     unsafe { bpf_loop(MAX_WALK_STEPS, walk_step as *mut c_void, &mut w as *mut Walk as *mut c_void, 0) };
     if w.finished == WALK_FAILED {
@@ -347,7 +361,13 @@ struct PathWalk {
 /// Writes `object`'s path components, leaf first, into the scratch event.
 #[inline(always)]
 fn write_path(object: Object) -> u8 {
-    let mut p = PathWalk { dentry: object.dentry, mnt: object.mnt, pos: 0, flags: 0, finished: 0 };
+    let mut p = PathWalk {
+        dentry: object.dentry,
+        mnt: object.mnt,
+        pos: opaque_zero(),
+        flags: opaque_zero() as u32,
+        finished: opaque_zero() as u32,
+    };
     unsafe { bpf_loop(MAX_PATH_COMPONENTS, path_step as *mut c_void, &mut p as *mut PathWalk as *mut c_void, 0) };
     if p.finished == 0 && p.flags == 0 {
         p.flags = event_flags::PATH_TRUNCATED as u32;

@@ -12,13 +12,15 @@ use crate::{
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC: u32 = 0x20;
+/// The open flag execve passes; newer kernels keep it in f_flags only.
+const __FMODE_EXEC: u32 = 0x20;
 const O_APPEND: u32 = 0o2000;
 
 /// Access bits an open asks for, from the file's mode and flags.
 #[inline(always)]
 fn requested_access(f_mode: u32, f_flags: u32) -> u32 {
     let mut requested = 0;
-    if f_mode & FMODE_EXEC != 0 {
+    if f_mode & FMODE_EXEC != 0 || f_flags & __FMODE_EXEC != 0 {
         // The open that execve (and uselib) makes of the binary; bprm_check_security
         // checks execution of it again once the exec is under way.
         requested |= access::EXEC;

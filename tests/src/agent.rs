@@ -1,6 +1,7 @@
 //! Runs the real agent binary and reads its JSON lines.
 
 use std::{
+    collections::VecDeque,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
@@ -14,16 +15,23 @@ use serde_json::Value;
 pub struct Agent {
     child: Child,
     lines: Receiver<Value>,
-    /// Every line read so far, for waits that look back.
-    pub seen: Vec<Value>,
+    /// The latest lines read, for waits that look back (bounded: an event flood
+    /// must not exhaust the VM's memory).
+    pub seen: VecDeque<Value>,
 }
 
 impl Agent {
     /// Starts `agent run POLICIES...` and waits until it says it is enforcing.
     pub fn start(agent: &Path, policies: &[&Path]) -> Result<Agent> {
+        let args: Vec<&std::ffi::OsStr> = policies.iter().map(|p| p.as_os_str()).collect();
+        Self::start_args(agent, &args)
+    }
+
+    /// Starts `agent run ARGS...` and waits until it says it is enforcing.
+    pub fn start_args(agent: &Path, args: &[&std::ffi::OsStr]) -> Result<Agent> {
         let mut child = Command::new(agent)
             .arg("run")
-            .args(policies)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -41,8 +49,8 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent { child, lines, seen: Vec::new() };
-        agent.wait_for(Duration::from_secs(60), |v| v["type"] == "status" && v["state"] == "enforcing")?;
+        let mut agent = Agent { child, lines, seen: VecDeque::new() };
+        agent.wait_for(Duration::from_secs(300), |v| v["type"] == "status" && v["state"] == "enforcing")?;
         Ok(agent)
     }
 
@@ -56,7 +64,7 @@ impl Agent {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(v) => {
-                    self.seen.push(v.clone());
+                    self.remember(v.clone());
                     if pred(&v) {
                         return Ok(v);
                     }
@@ -70,11 +78,31 @@ impl Agent {
         }
     }
 
+    fn remember(&mut self, v: Value) {
+        const KEEP: usize = 20_000;
+        if self.seen.len() == KEEP {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(v);
+    }
+
     /// Reads what is already waiting, without blocking.
     pub fn drain(&mut self) {
         while let Ok(v) = self.lines.try_recv() {
-            self.seen.push(v);
+            self.remember(v);
         }
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Forgets the lines seen so far, so later waits only match new ones.
+    pub fn forget(&mut self) {
+        self.drain();
+        self.seen.clear();
     }
 
     /// Ctrl-C, as a user would; returns the exit code and the final stats line.

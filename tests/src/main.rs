@@ -7,6 +7,7 @@
 //! process is what puts it, and only it, in the confined cgroup.
 
 mod agent;
+mod lang;
 mod op;
 mod refusal;
 mod suite;
@@ -19,8 +20,9 @@ fn main() -> ExitCode {
         Some("op") => op::main(&args[1..]),
         Some("suite") => suite::main(&args[1..]),
         Some("refusal") => refusal::main(&args[1..]),
+        Some("lang") => lang::main(&args[1..]),
         _ => {
-            eprintln!("usage: systrace-vmtest suite AGENT | refusal AGENT | op [--cgroup DIR] open PATH r|w|a");
+            eprintln!("usage: systrace-vmtest suite|lang|refusal AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)
         }
     }

@@ -1,7 +1,14 @@
 //! The workload side: one operation, from inside a cgroup, reported as JSON.
 
-use std::{ffi::CString, path::Path, process::Command, process::ExitCode};
+use std::{
+    ffi::{CString, OsStr},
+    io::Read,
+    os::unix::ffi::OsStrExt,
+    path::Path,
+    process::{Child, Command, ExitCode, Stdio},
+};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// What the workload process knows about itself and what the operation returned.
@@ -12,21 +19,70 @@ pub struct Outcome {
     pub comm: String,
     /// 0 on success.
     pub errno: i32,
+    /// `loop`: rounds run, and rounds where a verdict was not the expected one.
+    #[serde(default)]
+    pub rounds: u64,
+    #[serde(default)]
+    pub wrong: u64,
 }
 
-/// Runs `systrace-vmtest op` as a child and returns its outcome.
-pub fn run(cgroup: Option<&Path>, path: &Path, mode: &str) -> anyhow::Result<Outcome> {
+fn command(cgroup: Option<&Path>, args: &[&OsStr]) -> anyhow::Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("op");
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
-    cmd.arg("open").arg(path).arg(mode);
-    let out = cmd.output()?;
-    if !out.status.success() {
-        anyhow::bail!("workload failed: {}", String::from_utf8_lossy(&out.stderr));
+    cmd.args(args);
+    Ok(cmd)
+}
+
+/// Runs `systrace-vmtest op ARGS...` in `cgroup` and returns its outcome.
+pub fn run_args(cgroup: Option<&Path>, args: &[&OsStr]) -> anyhow::Result<Outcome> {
+    let out = command(cgroup, args)?.output()?;
+    if args.first().is_some_and(|a| *a == "exec") && out.stdout.is_empty() && out.status.success() {
+        // The exec succeeded: the program ran (busybox `true`) and printed nothing.
+        return Ok(Outcome { pid: 0, tgid: 0, comm: String::new(), errno: 0, rounds: 0, wrong: 0 });
     }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    if !out.status.success() {
+        anyhow::bail!("workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `open PATH r|w|a` in `cgroup`.
+pub fn run(cgroup: Option<&Path>, path: &Path, mode: &str) -> anyhow::Result<Outcome> {
+    run_args(cgroup, &["open".as_ref(), path.as_os_str(), mode.as_ref()])
+}
+
+/// Starts `loop ALLOWED DENIED` in `cgroup`; it runs until its stdin is closed.
+pub fn start_loop(cgroup: &Path, allowed: &Path, denied: &Path) -> anyhow::Result<Child> {
+    Ok(command(Some(cgroup), &["loop".as_ref(), allowed.as_os_str(), denied.as_os_str()])?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?)
+}
+
+fn c(path: &str) -> CString {
+    CString::new(Path::new(path).as_os_str().as_bytes()).expect("path without NUL")
+}
+
+fn errno_of(rc: libc::c_int) -> i32 {
+    if rc < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
+/// Opens `path` with `flags`; 0 or the errno.
+fn open_errno(path: &CString, flags: libc::c_int) -> i32 {
+    // SAFETY: path is a valid C string.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    if fd >= 0 {
+        // SAFETY: fd was just opened by us.
+        unsafe { libc::close(fd) };
+    }
+    errno_of(fd)
 }
 
 pub fn main(args: &[String]) -> ExitCode {
@@ -34,28 +90,15 @@ pub fn main(args: &[String]) -> ExitCode {
         [flag, cg, rest @ ..] if flag == "--cgroup" => (Some(cg.as_str()), rest),
         rest => (None, rest),
     };
-    let [verb, path, mode] = rest else {
-        eprintln!("op: expected: open PATH r|w|a");
+    let Some((verb, operands)) = rest.split_first() else {
+        eprintln!("op: expected an operation");
         return ExitCode::from(2);
     };
-    if verb != "open" {
-        eprintln!("op: unknown operation {verb}");
-        return ExitCode::from(2);
-    }
-    let flags = match mode.as_str() {
-        "r" => libc::O_RDONLY,
-        "w" => libc::O_WRONLY,
-        "a" => libc::O_WRONLY | libc::O_APPEND,
-        other => {
-            eprintln!("op: unknown mode {other}");
-            return ExitCode::from(2);
-        }
-    };
+    let arg = |i: usize| operands.get(i).map(|s| c(s));
     // Everything this process needs from the file system is read before it joins
     // the cgroup: once inside, a default-deny policy refuses it.
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default().trim().to_string();
-    let c_path = CString::new(path.as_str()).expect("path without NUL");
-    // SAFETY: plain syscalls with valid arguments.
+    // SAFETY: plain syscalls without arguments.
     let (pid, tgid) = unsafe { (libc::gettid() as u32, libc::getpid() as u32) };
     if let Some(cg) = cgroup {
         if let Err(e) = std::fs::write(Path::new(cg).join("cgroup.procs"), tgid.to_string()) {
@@ -63,14 +106,69 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // SAFETY: c_path is a valid C string.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags | libc::O_CLOEXEC) };
-    let errno = if fd < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) } else { 0 };
-    if fd >= 0 {
-        // SAFETY: fd was just opened by us.
-        unsafe { libc::close(fd) };
-    }
-    let outcome = Outcome { pid, tgid, comm, errno };
+    let (Some(a), b) = (arg(0), arg(1)) else {
+        eprintln!("op: {verb}: missing operand");
+        return ExitCode::from(2);
+    };
+    let need_b = || b.clone().expect("second operand");
+    let mut outcome = Outcome { pid, tgid, comm, errno: 0, rounds: 0, wrong: 0 };
+    // SAFETY (all arms): the arguments are valid C strings.
+    outcome.errno = match verb.as_str() {
+        "open" => {
+            let flags = match operands.get(1).map(String::as_str) {
+                Some("r") => libc::O_RDONLY,
+                Some("w") => libc::O_WRONLY,
+                Some("a") => libc::O_WRONLY | libc::O_APPEND,
+                other => {
+                    eprintln!("op: open: unknown mode {other:?}");
+                    return ExitCode::from(2);
+                }
+            };
+            open_errno(&a, flags)
+        }
+        "create" => open_errno(&a, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        "mkdir" => errno_of(unsafe { libc::mkdir(a.as_ptr(), 0o755) }),
+        "unlink" => errno_of(unsafe { libc::unlink(a.as_ptr()) }),
+        "rmdir" => errno_of(unsafe { libc::rmdir(a.as_ptr()) }),
+        "rename" => errno_of(unsafe { libc::rename(a.as_ptr(), need_b().as_ptr()) }),
+        "link" => errno_of(unsafe { libc::link(a.as_ptr(), need_b().as_ptr()) }),
+        "symlink" => errno_of(unsafe { libc::symlink(a.as_ptr(), need_b().as_ptr()) }),
+        "truncate" => errno_of(unsafe { libc::truncate(a.as_ptr(), 0) }),
+        "exec" => {
+            // argv[0] "true" makes a busybox copy run its `true` applet.
+            let argv0 = c("true");
+            let ptrs = [argv0.as_ptr(), std::ptr::null()];
+            unsafe { libc::execv(a.as_ptr(), ptrs.as_ptr()) };
+            errno_of(-1)
+        }
+        "loop" => {
+            // One allowed and one denied open per round until stdin closes.
+            let denied = need_b();
+            // SAFETY: fd 0 is ours.
+            unsafe { libc::fcntl(0, libc::F_SETFL, libc::O_NONBLOCK) };
+            let mut byte = [0u8; 1];
+            loop {
+                if matches!(std::io::stdin().read(&mut byte), Ok(0)) {
+                    break;
+                }
+                outcome.rounds += 1;
+                if open_errno(&a, libc::O_RDONLY) != 0 {
+                    outcome.wrong += 1;
+                }
+                if open_errno(&denied, libc::O_RDONLY) != libc::EPERM {
+                    outcome.wrong += 1;
+                }
+                // Paced, so the denials' events leave the VM's two CPUs to the
+                // agent's reloads rather than to the event stream.
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            0
+        }
+        other => {
+            eprintln!("op: unknown operation {other}");
+            return ExitCode::from(2);
+        }
+    };
     println!("{}", serde_json::to_string(&outcome).expect("serializable"));
     ExitCode::SUCCESS
 }

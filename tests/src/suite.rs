@@ -116,6 +116,12 @@ impl Runner {
         }
     }
 
+    /// Records a failure that happened outside any case (a setup step).
+    pub fn fail(&mut self, name: &str, e: anyhow::Error) {
+        self.failed += 1;
+        println!("TEST {name} FAILED: {e:#}");
+    }
+
     /// Prints the closing line the xtask looks for.
     pub fn finish(self) -> ExitCode {
         println!("VMTEST passed={} failed={}", self.passed, self.failed);
@@ -163,8 +169,7 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let mut r = Runner::default();
     if let Err(e) = run(Path::new(agent), &mut r) {
-        r.failed += 1;
-        println!("TEST setup FAILED: {e:#}");
+        r.fail("setup", e);
     }
     r.finish()
 }

@@ -174,11 +174,12 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
     Ok(())
 }
 
-/// Boots one kernel once per scenario and tallies the TEST lines: the suite with the
-/// BPF LSM active, and the refusal check with it left out of `lsm=`.
+/// Boots one kernel once per scenario and tallies the TEST lines: the foundation
+/// suite and the policy-language suite with the BPF LSM active, and the refusal
+/// check with it left out of `lsm=`.
 fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)> {
     let kernel = setup::kernel(spec)?;
-    let scenarios = [("suite", spec.cmdline), ("refusal", spec.cmdline_without_bpf_lsm)];
+    let scenarios = [("suite", spec.cmdline), ("lang", spec.cmdline), ("refusal", spec.cmdline_without_bpf_lsm)];
     let mut tally = Tally::default();
     let started = Instant::now();
     for (scenario, cmdline) in scenarios {
