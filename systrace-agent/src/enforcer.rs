@@ -23,6 +23,8 @@ struct Installed {
 
 pub struct Enforcer {
     bpf: Ebpf,
+    /// Attached programs, by hook; empty while detached (see [`Enforcer::set_attached`]).
+    links: Vec<(&'static str, aya::programs::lsm::LsmLinkId)>,
     installed: HashMap<String, Installed>,
     next_slot: u32,
 }
@@ -50,6 +52,7 @@ impl Enforcer {
         }
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
+        let mut links = Vec::new();
         for hook in Hook::ALL {
             // Each program is named after the hook it attaches to.
             let (name, hook) = (hook.name(), hook.name());
@@ -65,9 +68,32 @@ impl Enforcer {
                 };
                 return Err(fail(anyhow!(e).context(format!("loading LSM program {name}")), log));
             }
-            program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name} to {hook}")), None))?;
+            let link =
+                program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name} to {hook}")), None))?;
+            links.push((name, link));
         }
-        Ok(Enforcer { bpf, installed: HashMap::new(), next_slot: 1 })
+        Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1 })
+    }
+
+    /// Detaches or re-attaches every program, keeping maps and policies. Only the
+    /// benchmark uses this, to measure a no-program baseline between runs.
+    pub fn set_attached(&mut self, attached: bool) -> Result<()> {
+        if attached == !self.links.is_empty() {
+            return Ok(());
+        }
+        if attached {
+            for hook in Hook::ALL {
+                let program: &mut Lsm =
+                    self.bpf.program_mut(hook.name()).ok_or_else(|| anyhow!("program {} missing", hook.name()))?.try_into()?;
+                self.links.push((hook.name(), program.attach()?));
+            }
+        } else {
+            for (name, link) in self.links.drain(..) {
+                let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+                program.detach(link)?;
+            }
+        }
+        Ok(())
     }
 
     fn map<'a, K: aya::Pod, V: aya::Pod>(&'a mut self, name: &str) -> Result<BpfHashMap<&'a mut MapData, K, V>> {

@@ -53,6 +53,9 @@ enum Command {
         /// Print the verifier's log when a program fails to load.
         #[arg(long)]
         verifier_log: bool,
+        /// Benchmarks only: SIGUSR2 detaches every program, the next re-attaches.
+        #[arg(long, hide = true)]
+        bench_detach_signal: bool,
     },
     /// Validate policy files without loading anything.
     Check {
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Probe => probe(),
-        Command::Run { policies, policy_dir, stats_interval, verifier_log } => {
+        Command::Run { policies, policy_dir, stats_interval, verifier_log, bench_detach_signal } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -77,7 +80,8 @@ fn main() -> ExitCode {
                 }
             };
             let sources = Sources { files: policies, dir: policy_dir };
-            runtime.block_on(run(&sources, stats_interval, verifier_log))
+            let options = Options { stats_interval, verifier_log, bench_detach_signal };
+            runtime.block_on(run(&sources, &options))
         }
     }
 }
@@ -315,7 +319,13 @@ impl Output {
 /// the stats timer) get a turn: a flood of violations must not starve a reload.
 const EVENT_BATCH: usize = 512;
 
-async fn run(sources: &Sources, stats_interval: u64, verifier_log: bool) -> ExitCode {
+struct Options {
+    stats_interval: u64,
+    verifier_log: bool,
+    bench_detach_signal: bool,
+}
+
+async fn run(sources: &Sources, options: &Options) -> ExitCode {
     let started = std::time::Instant::now();
     // Validate everything before touching the kernel: a bad file loads nothing.
     let compiled = match compile_all(sources) {
@@ -327,14 +337,14 @@ async fn run(sources: &Sources, stats_interval: u64, verifier_log: bool) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    let mut enforcer = match load_enforcer(verifier_log) {
+    let mut enforcer = match load_enforcer(options.verifier_log) {
         Ok(e) => e,
         Err(why) => {
             eprintln!("systrace-agent: cannot enforce: {why}");
             return ExitCode::from(EXIT_CANNOT_ENFORCE);
         }
     };
-    match serve(&mut enforcer, sources, compiled, stats_interval, started).await {
+    match serve(&mut enforcer, sources, compiled, options, started).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("systrace-agent: {e:#}");
@@ -385,9 +395,10 @@ async fn serve(
     enforcer: &mut Enforcer,
     sources: &Sources,
     compiled: Vec<Compiled>,
-    stats_interval: u64,
+    options: &Options,
     started: std::time::Instant,
 ) -> Result<()> {
+    let stats_interval = options.stats_interval;
     let mut names = PolicyNames::default();
     apply(enforcer, &compiled, &mut names)?;
     // SAFETY: the ring buffer owns its file descriptor, and AsyncFd owns the ring
@@ -413,6 +424,10 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // SIGUSR1: a stats line now. SIGUSR2 (benchmarks only): detach / re-attach.
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    let mut attached = true;
     let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let stats = |enforcer: &Enforcer, delivered: u64| -> Result<serde_json::Value> {
@@ -471,6 +486,16 @@ async fn serve(
             _ = sighup.recv() => reload = true,
             _ = stats_timer.tick() => {
                 out.emit(&stats(enforcer, delivered)?);
+                out.flush();
+            }
+            _ = sigusr1.recv() => {
+                out.emit(&stats(enforcer, delivered)?);
+                out.flush();
+            }
+            _ = sigusr2.recv(), if options.bench_detach_signal => {
+                attached = !attached;
+                enforcer.set_attached(attached)?;
+                out.emit(&json!({"type": "status", "state": if attached { "attached" } else { "detached" }}));
                 out.flush();
             }
             _ = sigterm.recv() => break,

@@ -18,31 +18,18 @@ use crate::{
 /// Access that follows a file's name.
 const CONTENT: u32 = access::READ | access::WRITE | access::APPEND | access::EXEC;
 
-/// Creating `dentry` in the directory `dir` (a `struct path *`).
+/// An operation on the name `dentry` (argument 1) in the directory `dir`
+/// (argument 0, a `struct path *`): creating it or removing it.
 #[inline(always)]
-fn create_in(ctx: &LsmContext, hook: Hook, dir_arg: usize, dentry_arg: usize) -> i32 {
-    let dir: kernel::PathPtr = ctx.arg(dir_arg);
-    let dentry: kernel::DentryPtr = ctx.arg(dentry_arg);
-    let Some(subject) = current_subject() else {
-        return 0;
-    };
-    match unsafe { kernel::path_parts(dir) } {
-        Ok((_, mnt)) => check_subject(&subject, hook, Object { dentry, mnt }, access::CREATE),
-        Err(_) => crate::decision::check_unreadable(hook, access::CREATE),
-    }
-}
-
-/// Removing `dentry` from the directory `dir`.
-#[inline(always)]
-fn delete_from(ctx: &LsmContext, hook: Hook) -> i32 {
+fn dir_entry(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
     let dir: kernel::PathPtr = ctx.arg(0);
     let dentry: kernel::DentryPtr = ctx.arg(1);
     let Some(subject) = current_subject() else {
         return 0;
     };
     match unsafe { kernel::path_parts(dir) } {
-        Ok((_, mnt)) => check_subject(&subject, hook, Object { dentry, mnt }, access::DELETE),
-        Err(_) => crate::decision::check_unreadable(hook, access::DELETE),
+        Ok((_, mnt)) => check_subject(&subject, hook, Object { dentry, mnt }, requested),
+        Err(_) => crate::decision::check_unreadable(hook, requested),
     }
 }
 
@@ -50,7 +37,7 @@ fn delete_from(ctx: &LsmContext, hook: Hook) -> i32 {
 #[inline(always)]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_PATH_MKNOD) {
-        0 => create_in(&ctx, Hook::PathMknod, 0, 1),
+        0 => dir_entry(&ctx, Hook::PathMknod, access::CREATE),
         previous => previous,
     }
 }
@@ -59,7 +46,7 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn path_mkdir(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_PATH_MKDIR) {
-        0 => create_in(&ctx, Hook::PathMkdir, 0, 1),
+        0 => dir_entry(&ctx, Hook::PathMkdir, access::CREATE),
         previous => previous,
     }
 }
@@ -68,7 +55,7 @@ pub fn path_mkdir(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn path_symlink(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_PATH_SYMLINK) {
-        0 => create_in(&ctx, Hook::PathSymlink, 0, 1),
+        0 => dir_entry(&ctx, Hook::PathSymlink, access::CREATE),
         previous => previous,
     }
 }
@@ -77,7 +64,7 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn path_unlink(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_PATH_UNLINK) {
-        0 => delete_from(&ctx, Hook::PathUnlink),
+        0 => dir_entry(&ctx, Hook::PathUnlink, access::DELETE),
         previous => previous,
     }
 }
@@ -86,7 +73,7 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_PATH_RMDIR) {
-        0 => delete_from(&ctx, Hook::PathRmdir),
+        0 => dir_entry(&ctx, Hook::PathRmdir, access::DELETE),
         previous => previous,
     }
 }

@@ -7,6 +7,7 @@
 //! process is what puts it, and only it, in the confined cgroup.
 
 mod agent;
+mod bench;
 mod lang;
 mod op;
 mod refusal;
@@ -21,8 +22,9 @@ fn main() -> ExitCode {
         Some("suite") => suite::main(&args[1..]),
         Some("refusal") => refusal::main(&args[1..]),
         Some("lang") => lang::main(&args[1..]),
+        Some("bench") => bench::main(&args[1..]),
         _ => {
-            eprintln!("usage: systrace-vmtest suite|lang|refusal AGENT | op [--cgroup DIR] open PATH r|w|a");
+            eprintln!("usage: systrace-vmtest suite|lang|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)
         }
     }

@@ -24,6 +24,10 @@ pub struct Outcome {
     pub rounds: u64,
     #[serde(default)]
     pub wrong: u64,
+    /// `bench-open`, `bench-exec`: mean CPU time of one operation (this process's,
+    /// system and user: the hooks run in its context).
+    #[serde(default)]
+    pub ns_per_op: f64,
 }
 
 fn command(cgroup: Option<&Path>, args: &[&OsStr]) -> anyhow::Result<Command> {
@@ -41,7 +45,7 @@ pub fn run_args(cgroup: Option<&Path>, args: &[&OsStr]) -> anyhow::Result<Outcom
     let out = command(cgroup, args)?.output()?;
     if args.first().is_some_and(|a| *a == "exec") && out.stdout.is_empty() && out.status.success() {
         // The exec succeeded: the program ran (busybox `true`) and printed nothing.
-        return Ok(Outcome { pid: 0, tgid: 0, comm: String::new(), errno: 0, rounds: 0, wrong: 0 });
+        return Ok(Outcome { pid: 0, tgid: 0, comm: String::new(), errno: 0, rounds: 0, wrong: 0, ns_per_op: 0.0 });
     }
     if !out.status.success() {
         anyhow::bail!("workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -60,6 +64,15 @@ pub fn start_loop(cgroup: &Path, allowed: &Path, denied: &Path) -> anyhow::Resul
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?)
+}
+
+/// CPU time this process has used, in ns. Unlike wall time, it does not count
+/// time other processes had the CPU.
+fn cpu_ns() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
 }
 
 fn c(path: &str) -> CString {
@@ -111,7 +124,8 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     };
     let need_b = || b.clone().expect("second operand");
-    let mut outcome = Outcome { pid, tgid, comm, errno: 0, rounds: 0, wrong: 0 };
+    let mut outcome = Outcome { pid, tgid, comm, errno: 0, rounds: 0, wrong: 0, ns_per_op: 0.0 };
+    let count = |i: usize| operands.get(i).and_then(|n| n.parse::<u64>().ok()).unwrap_or(1);
     // SAFETY (all arms): the arguments are valid C strings.
     outcome.errno = match verb.as_str() {
         "open" => {
@@ -163,6 +177,70 @@ pub fn main(args: &[String]) -> ExitCode {
                 std::thread::sleep(std::time::Duration::from_micros(500));
             }
             0
+        }
+        "bench-open" => {
+            // N opens and closes of one file; the first error stops the run.
+            let n = count(1);
+            let started = cpu_ns();
+            let mut errno = 0;
+            for _ in 0..n {
+                errno = open_errno(&a, libc::O_RDONLY);
+                if errno != 0 {
+                    break;
+                }
+            }
+            outcome.ns_per_op = (cpu_ns() - started) / n as f64;
+            errno
+        }
+        "bench-exec" => {
+            // N times: fork, exec the binary (as `true`), wait.
+            let n = count(1);
+            let argv0 = c("true");
+            let ptrs = [argv0.as_ptr(), std::ptr::null()];
+            // Children's CPU time counts once they are waited for.
+            let children_cpu = || {
+                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+                // SAFETY: ru is a valid out-pointer.
+                unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+                (ru.ru_utime.tv_sec as f64 + ru.ru_stime.tv_sec as f64) * 1e9
+                    + (ru.ru_utime.tv_usec as f64 + ru.ru_stime.tv_usec as f64) * 1e3
+            };
+            let started = cpu_ns() + children_cpu();
+            let mut errno = 0;
+            for _ in 0..n {
+                // SAFETY: the child only calls execv and _exit, both async-signal-safe.
+                let child = unsafe { libc::fork() };
+                if child == 0 {
+                    unsafe {
+                        libc::execv(a.as_ptr(), ptrs.as_ptr());
+                        libc::_exit(126);
+                    }
+                }
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                    errno = -1;
+                    break;
+                }
+            }
+            outcome.ns_per_op = (cpu_ns() + children_cpu() - started) / n as f64;
+            errno
+        }
+        "flood" => {
+            // Denied opens as fast as possible for N seconds; every one must be EPERM.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(count(1));
+            let mut errno = 0;
+            while std::time::Instant::now() < until {
+                for _ in 0..64 {
+                    outcome.rounds += 1;
+                    let e = open_errno(&a, libc::O_RDONLY);
+                    if e != libc::EPERM {
+                        errno = if e == 0 { -1 } else { e };
+                    }
+                }
+            }
+            errno
         }
         other => {
             eprintln!("op: unknown operation {other}");

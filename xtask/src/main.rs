@@ -40,6 +40,12 @@ enum Cmd {
         #[arg(long)]
         vm_only: bool,
     },
+    /// Enforcement overhead, measured side by side in one VM run per kernel.
+    Bench {
+        /// Only this kernel (6.1 or 6.12); default: both.
+        #[arg(long)]
+        kernel: Option<String>,
+    },
     /// Run a shell command in a VM that has the agent and systrace-vmtest installed.
     Vm {
         /// Kernel to boot (6.1 or 6.12).
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
         Cmd::Test { kernel, vm_only } => test(kernel.as_deref(), vm_only),
         Cmd::Demo { kernel } => demo(&kernel),
         Cmd::Vm { kernel, command } => vm_command(&kernel, &command),
+        Cmd::Bench { kernel } => bench(kernel.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,7 +175,7 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
     let bins = build()?;
     let kernel = setup::kernel(spec)?;
     let initrd = vm::initramfs("command", &vm_payload(&bins, command.to_string()))?;
-    if !vm::boot(&kernel, spec.cmdline, &initrd, Duration::from_secs(1800), |line| println!("{line}"))? {
+    if !vm::boot(&kernel, spec.cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(1800), |line| println!("{line}"))? {
         bail!("the VM did not finish");
     }
     Ok(())
@@ -186,7 +193,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)>
         let payload = vm_payload(bins, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
         let initrd = vm::initramfs(scenario, &payload)?;
         let mut summary = None;
-        let finished = vm::boot(&kernel, cmdline, &initrd, Duration::from_secs(900), |line| {
+        let finished = vm::boot(&kernel, cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(900), |line| {
             println!("[{} {scenario}] {line}", spec.label);
             if line.starts_with("TEST ") {
                 if line.ends_with(" ok") {
@@ -282,7 +289,7 @@ fn demo(kernel: &str) -> Result<()> {
     let initrd = vm::initramfs("demo", &payload)?;
     let mut denied = 0;
     let mut events = 0;
-    let finished = vm::boot(&kernel, spec.cmdline, &initrd, Duration::from_secs(600), |line| {
+    let finished = vm::boot(&kernel, spec.cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(600), |line| {
         if line.contains("demo: DENIED") {
             denied += 1;
         }
@@ -299,4 +306,102 @@ fn demo(kernel: &str) -> Result<()> {
         bail!("the demo showed no enforcement");
     }
     Ok(())
+}
+
+/// Boots each kernel with the benchmark, prints the table and writes
+/// target/bench/results.json.
+fn bench(only: Option<&str>) -> Result<()> {
+    let specs = match only {
+        Some(label) => vec![setup::kernel_spec(label)?],
+        None => setup::KERNELS.to_vec(),
+    };
+    setup::all()?;
+    let bins = build()?;
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    for spec in specs {
+        let kernel = setup::kernel(spec)?;
+        let initrd = vm::initramfs("bench", &vm_payload(&bins, "systrace-vmtest bench /usr/bin/systrace-agent".into()))?;
+        let mut done = false;
+        let mut failure = None;
+        // Instruction-counted time: with wall-clock time, host scheduling made the
+        // same variant vary by 2.5x between rounds.
+        let finished = vm::boot(&kernel, spec.cmdline, &initrd, vm::Cpu::Counted, Duration::from_secs(1800), |line| {
+            if let Some(json) = line.strip_prefix("BENCH ") {
+                match serde_json::from_str::<serde_json::Value>(json) {
+                    Ok(v) => results.push(v),
+                    Err(e) => say(&format!("unreadable bench line ({e}): {line}")),
+                }
+            } else if line == "BENCH-DONE" {
+                done = true;
+            } else if let Some(why) = line.strip_prefix("BENCH-FAILED ") {
+                failure = Some(why.to_string());
+            } else if line.starts_with("bench:") {
+                say(&format!("[{}] {line}", spec.label));
+            }
+        })?;
+        if let Some(why) = failure {
+            bail!("benchmark on {} failed: {why}", kernel.release);
+        }
+        if !finished || !done {
+            bail!("the benchmark VM for {} stopped before it finished", kernel.release);
+        }
+    }
+    print_bench_table(&results);
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("results.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
+    say(&format!("wrote {}", file.display()));
+    Ok(())
+}
+
+fn print_bench_table(results: &[serde_json::Value]) {
+    let mut kernels: Vec<&str> = results.iter().filter_map(|r| r["kernel"].as_str()).collect();
+    kernels.dedup();
+    println!();
+    println!("systrace benchmark: QEMU software emulation in icount mode, where 1 ns of guest time is one");
+    println!("guest instruction, so the costs below are instruction counts: compare ratios, not times.");
+    for kernel in kernels {
+        let of = |case: &'static str| results.iter().filter(move |r| r["kernel"] == kernel && r["case"] == case);
+        println!();
+        println!("kernel {kernel}");
+        for case in ["open_close", "fork_exec"] {
+            for r in of(case) {
+                println!(
+                    "  {:<10} {:<24} {:>10.0} ns/op  {:>6.3}x  ({} iterations, median of {} interleaved rounds)",
+                    case,
+                    r["name"].as_str().unwrap_or("?"),
+                    r["ns_per_op"].as_f64().unwrap_or(f64::NAN),
+                    r["ratio_vs_baseline"].as_f64().unwrap_or(f64::NAN),
+                    r["iterations"],
+                    r["rounds"]
+                );
+            }
+        }
+        for r in of("connect") {
+            println!("  connect    skipped: {}", r["skipped"].as_str().unwrap_or("?"));
+        }
+        for r in of("violation_throughput") {
+            println!(
+                "  violations {} attempts in {} s: produced {} ({:.0}/s), delivered {}, dropped {}, {}",
+                r["attempts"],
+                r["seconds"],
+                r["produced"],
+                r["produced_per_s"].as_f64().unwrap_or(0.0),
+                r["delivered"],
+                r["dropped"],
+                if r["accounted"] == true { "all accounted for" } else { "NOT ACCOUNTED" }
+            );
+        }
+        for r in of("agent_memory") {
+            println!("  memory     agent RSS with {} rules: {:.1} MiB", r["rules"], r["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0);
+        }
+        let ratio = |name: &str| {
+            of("open_close").find(|r| r["name"] == name).and_then(|r| r["ratio_vs_baseline"].as_f64()).unwrap_or(f64::NAN)
+        };
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        let (b, c, e) = (ratio("b_agent_unconfined"), ratio("c_confined_10_rules"), ratio("e_confined_100k_rules"));
+        println!("  targets: (b) <= 1.02x (a): {b:.3}x {}; (c) <= 1.10x (a): {c:.3}x {}; (e) <= 1.10x (c): {:.3}x {}",
+            verdict(b <= 1.02), verdict(c <= 1.10), e / c, verdict(e / c <= 1.10));
+    }
 }

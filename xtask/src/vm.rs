@@ -86,20 +86,40 @@ pub fn initramfs(name: &str, payload: &Payload) -> Result<PathBuf> {
 
 /// Boots `kernel` with `initrd`; calls `on_line` for every console line. Returns
 /// whether the VM reached the end marker within `timeout`.
+/// How the VM's CPU runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cpu {
+    /// Two vCPUs (MTTCG): fastest, for tests.
+    Fast,
+    /// One vCPU in QEMU's icount mode: guest time advances by one nanosecond per
+    /// guest instruction, so timings inside the guest are instruction counts,
+    /// repeatable whatever else the host is doing. For benchmarks.
+    Counted,
+}
+
 pub fn boot(
     kernel: &Kernel,
     extra_cmdline: &str,
     initrd: &Path,
+    cpu: Cpu,
     timeout: Duration,
     mut on_line: impl FnMut(&str),
 ) -> Result<bool> {
+    let cpu_args: &[&str] = match cpu {
+        Cpu::Fast => &["-smp", "2"],
+        Cpu::Counted => &["-smp", "1", "-icount", "shift=0,sleep=off,align=off"],
+    };
     let cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {extra_cmdline}");
     say(&format!(
-        "booting Linux {} ({}) in QEMU [{}] (software emulation, 2 vCPUs, 1 GiB; the boot takes about 10 s)",
-        kernel.release, kernel.spec.debian, extra_cmdline
+        "booting Linux {} ({}) in QEMU [{}] (software emulation, {}, 1 GiB; the boot takes about 10 s)",
+        kernel.release,
+        kernel.spec.debian,
+        extra_cmdline,
+        if cpu == Cpu::Fast { "2 vCPUs" } else { "1 vCPU, instruction-counted time" }
     ));
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1G", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1G", "-no-reboot"])
+        .args(cpu_args)
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
