@@ -381,6 +381,14 @@ fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames
     Ok(())
 }
 
+/// Gives freed heap back to the system. Parsing a large policy builds a document
+/// many times the file's size; glibc keeps those pages after it is dropped (233 MiB
+/// resident with 100,000 rules before this).
+fn release_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
 fn policies_json(compiled: &[Compiled]) -> serde_json::Value {
     serde_json::Value::Array(
         compiled
@@ -401,6 +409,9 @@ async fn serve(
     let stats_interval = options.stats_interval;
     let mut names = PolicyNames::default();
     apply(enforcer, &compiled, &mut names)?;
+    let policies = policies_json(&compiled);
+    drop(compiled);
+    release_memory();
     // SAFETY: the ring buffer owns its file descriptor, and AsyncFd owns the ring
     // buffer, so the descriptor stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(enforcer.take_events()?) }
@@ -417,7 +428,7 @@ async fn serve(
         "state": "enforcing",
         "generation": generation,
         "load_ms": started.elapsed().as_millis() as u64,
-        "policies": policies_json(&compiled),
+        "policies": policies,
     }));
     out.flush();
 
@@ -505,7 +516,9 @@ async fn serve(
             reload_at = None;
             generation += 1;
             let started = std::time::Instant::now();
-            match compile_all(sources).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()) {
+            let result = compile_all(sources).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+            release_memory();
+            match result {
                 Ok(compiled) => match apply(enforcer, &compiled, &mut names) {
                     Ok(()) => out.emit(&json!({
                         "type": "status",

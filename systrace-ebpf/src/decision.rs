@@ -63,11 +63,12 @@ pub fn current_subject() -> Option<Subject> {
     Some(Subject { cgroup_id, policy, info })
 }
 
-/// Walks from the root down to the parent of `current`; the last hit is the nearest.
+/// Walks from the top down to the parent of `current`; the last hit is the nearest.
+/// Level 0, the root cgroup, is skipped: the agent refuses policies for it.
 #[inline(always)]
 fn nearest_ancestor_policy(current: u64) -> Option<u32> {
     let mut found = None;
-    for level in 0..MAX_CGROUP_DEPTH {
+    for level in 1..MAX_CGROUP_DEPTH {
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
         if id == 0 || id == current {
             break;
