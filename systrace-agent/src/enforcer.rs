@@ -14,6 +14,39 @@ use systrace_common::{names, Counter, FileKey, FileRule, Hook, PolicyInfo};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
+/// The do-nothing program the benchmark attaches to measure the floor.
+const BENCH_NOOP: &str = "bench_noop_file_open";
+
+/// What [`Enforcer::set_attachment`] attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Every enforcement program (the normal state).
+    Enforcing,
+    /// Nothing.
+    Detached,
+    /// Only a program that returns 0 at once, on file_open.
+    Noop,
+}
+
+impl Attachment {
+    /// The state after this one when the benchmark cycles through them.
+    pub fn next(self) -> Self {
+        match self {
+            Attachment::Enforcing => Attachment::Detached,
+            Attachment::Detached => Attachment::Noop,
+            Attachment::Noop => Attachment::Enforcing,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attachment::Enforcing => "attached",
+            Attachment::Detached => "detached",
+            Attachment::Noop => "noop",
+        }
+    }
+}
+
 /// A policy as it sits in the maps.
 struct Installed {
     slot: u32,
@@ -23,7 +56,7 @@ struct Installed {
 
 pub struct Enforcer {
     bpf: Ebpf,
-    /// Attached programs, by hook; empty while detached (see [`Enforcer::set_attached`]).
+    /// Attached programs (name, link); see [`Enforcer::set_attachment`].
     links: Vec<(&'static str, aya::programs::lsm::LsmLinkId)>,
     installed: HashMap<String, Installed>,
     next_slot: u32,
@@ -75,23 +108,24 @@ impl Enforcer {
         Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1 })
     }
 
-    /// Detaches or re-attaches every program, keeping maps and policies. Only the
-    /// benchmark uses this, to measure a no-program baseline between runs.
-    pub fn set_attached(&mut self, attached: bool) -> Result<()> {
-        if attached == !self.links.is_empty() {
-            return Ok(());
+    /// Benchmarks only: which programs are attached, keeping maps and policies.
+    pub fn set_attachment(&mut self, attachment: Attachment) -> Result<()> {
+        for (name, link) in self.links.drain(..) {
+            let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            program.detach(link)?;
         }
-        if attached {
-            for hook in Hook::ALL {
-                let program: &mut Lsm =
-                    self.bpf.program_mut(hook.name()).ok_or_else(|| anyhow!("program {} missing", hook.name()))?.try_into()?;
-                self.links.push((hook.name(), program.attach()?));
+        let names: Vec<(&'static str, &'static str)> = match attachment {
+            Attachment::Enforcing => Hook::ALL.iter().map(|h| (h.name(), h.name())).collect(),
+            Attachment::Detached => vec![],
+            Attachment::Noop => vec![(BENCH_NOOP, "file_open")],
+        };
+        for (name, hook) in names {
+            let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            if program.fd().is_err() {
+                let btf = Btf::from_sys_fs()?;
+                program.load(hook, &btf)?;
             }
-        } else {
-            for (name, link) in self.links.drain(..) {
-                let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
-                program.detach(link)?;
-            }
+            self.links.push((name, program.attach()?));
         }
         Ok(())
     }

@@ -53,7 +53,7 @@ enum Command {
         /// Print the verifier's log when a program fails to load.
         #[arg(long)]
         verifier_log: bool,
-        /// Benchmarks only: SIGUSR2 detaches every program, the next re-attaches.
+        /// Benchmarks only: SIGUSR2 cycles attached -> detached -> a no-op program -> attached.
         #[arg(long, hide = true)]
         bench_detach_signal: bool,
     },
@@ -438,7 +438,7 @@ async fn serve(
     // SIGUSR1: a stats line now. SIGUSR2 (benchmarks only): detach / re-attach.
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
-    let mut attached = true;
+    let mut attachment = enforcer::Attachment::Enforcing;
     let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let stats = |enforcer: &Enforcer, delivered: u64| -> Result<serde_json::Value> {
@@ -504,9 +504,9 @@ async fn serve(
                 out.flush();
             }
             _ = sigusr2.recv(), if options.bench_detach_signal => {
-                attached = !attached;
-                enforcer.set_attached(attached)?;
-                out.emit(&json!({"type": "status", "state": if attached { "attached" } else { "detached" }}));
+                attachment = attachment.next();
+                enforcer.set_attachment(attachment)?;
+                out.emit(&json!({"type": "status", "state": attachment.name()}));
                 out.flush();
             }
             _ = sigterm.recv() => break,

@@ -7,6 +7,7 @@
 //! interleaved round by round so drift (TCG, caches) hits all of them alike; the
 //! median over rounds is reported:
 //!   (a) no programs attached (the agent idle, its programs detached),
+//!   (a0) the floor: only a program that returns 0 at once, on file_open,
 //!   (b) programs attached, the process in a cgroup without a policy,
 //!   (c) confined by a 10-rule policy, (d) 1,000 rules, (e) 100,000 rules.
 
@@ -88,13 +89,20 @@ impl BenchAgent {
         self.wait_line_after(skip, Duration::from_secs(30), |v| v["type"] == "stats")
     }
 
-    /// Attaches or detaches the programs and waits until the agent says so.
-    fn set_attached(&self, attached: bool) -> Result<()> {
-        let skip = self.lines().len();
-        self.signal(libc::SIGUSR2);
-        let want = if attached { "attached" } else { "detached" };
-        self.wait_line_after(skip, Duration::from_secs(30), |v| v["state"] == want)?;
-        Ok(())
+    /// Cycles the agent's programs (attached -> detached -> no-op -> attached)
+    /// until they are in state `want`.
+    fn set_state(&self, want: &str) -> Result<()> {
+        for _ in 0..3 {
+            let skip = self.lines().len();
+            self.signal(libc::SIGUSR2);
+            let line = self.wait_line_after(skip, Duration::from_secs(60), |v| {
+                v["type"] == "status" && ["attached", "detached", "noop"].iter().any(|s| v["state"] == *s)
+            })?;
+            if line["state"] == want {
+                return Ok(());
+            }
+        }
+        bail!("the agent never reached state {want}")
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -203,20 +211,29 @@ fn run(agent_bin: &Path) -> Result<()> {
     };
 
     // Interleaved rounds: each round measures every variant once.
-    let names = ["a_no_agent", "b_agent_unconfined", "c_confined_10_rules", "d_confined_1k_rules", "e_confined_100k_rules"];
+    let names = [
+        "a_no_agent",
+        "a0_noop_program_floor",
+        "b_agent_unconfined",
+        "c_confined_10_rules",
+        "d_confined_1k_rules",
+        "e_confined_100k_rules",
+    ];
     let mut open_ns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut exec_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
     for round in 0..ROUNDS {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
-        agent.set_attached(false)?;
+        agent.set_state("detached")?;
         open_ns[0].push(open("bench-none")?);
         exec_ns[0].push(fork_exec("bench-none")?);
-        agent.set_attached(true)?;
+        agent.set_state("noop")?;
         open_ns[1].push(open("bench-none")?);
-        open_ns[2].push(open("bench-r10")?);
+        agent.set_state("attached")?;
+        open_ns[2].push(open("bench-none")?);
+        open_ns[3].push(open("bench-r10")?);
         exec_ns[1].push(fork_exec("bench-r10")?);
-        open_ns[3].push(open("bench-r1k")?);
-        open_ns[4].push(open("bench-r100k")?);
+        open_ns[4].push(open("bench-r1k")?);
+        open_ns[5].push(open("bench-r100k")?);
     }
     let base = median(open_ns[0].clone());
     for (name, samples) in names.iter().zip(&open_ns) {
