@@ -265,6 +265,7 @@ try 'cat /srv/demo/index.html'
 try 'echo "GET /" >> /srv/demo/access.log'
 try 'cat /srv/demo/secret.txt'
 try 'echo defaced > /srv/demo/index.html'
+try 'echo "<?php system(\$_GET[c]);" > /srv/demo/shell.php'
 try 'cat /srv/demo/access.log'
 echo "demo: --- outside the cgroup, the same reads are untouched ---"
 if cat /srv/demo/secret.txt > /dev/null; then echo "demo: allowed | cat /srv/demo/secret.txt (unconfined)"; fi
