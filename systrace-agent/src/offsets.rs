@@ -69,7 +69,7 @@ pub fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u64> {
         total_bits += bits;
         ty = member_ty;
     }
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         bail!("{strukt}.{field} is a bitfield");
     }
     Ok(total_bits / 8)
