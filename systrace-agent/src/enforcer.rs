@@ -5,12 +5,15 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
+    },
     programs::Lsm,
     Btf, Ebpf, EbpfLoader,
 };
 use systrace_agent::{offsets::Offset, policy::Compiled};
-use systrace_common::{names, Counter, FileKey, FileRule, Hook, PolicyInfo};
+use systrace_common::{names, net, Counter, FileKey, FileRule, Hook, NetKey, NetRule, PolicyInfo};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
@@ -52,6 +55,7 @@ struct Installed {
     slot: u32,
     cgroup_id: u64,
     keys: Vec<FileKey>,
+    net_keys: Vec<LpmKey<NetKey>>,
 }
 
 pub struct Enforcer {
@@ -144,6 +148,7 @@ impl Enforcer {
         let slot = self.next_slot;
         self.next_slot += 1;
         let mut keys = Vec::with_capacity(policy.rules.len());
+        let mut net_keys = Vec::with_capacity(policy.net.len());
         let written = (|| -> Result<()> {
             self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, policy.info, 0)?;
             let mut rules = self.map::<FileKey, FileRule>(names::FILE_RULES)?;
@@ -152,21 +157,30 @@ impl Enforcer {
                 rules.insert(key, *rule, 0).with_context(|| format!("file rule for inode {ino}"))?;
                 keys.push(key);
             }
+            let mut trie = self.net_map()?;
+            for (&(op, family, proto, addr, prefix), rule) in &policy.net {
+                let key = LpmKey::new(
+                    net::FIXED_PREFIX_BITS + prefix,
+                    NetKey { policy: slot, op, family, proto, _pad: 0, addr },
+                );
+                trie.insert(&key, *rule, 0).context("network rule")?;
+                net_keys.push(key);
+            }
             Ok(())
         })();
         if let Err(e) = written {
-            self.remove_slot(slot, &keys);
+            self.remove_slot(slot, &keys, &net_keys);
             return Err(e.context(format!("writing policy {}", policy.name)));
         }
         let previous = self.installed.remove(&policy.name);
         if let Err(e) = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.insert(policy.cgroup_id, slot, 0)?)) {
-            self.remove_slot(slot, &keys);
+            self.remove_slot(slot, &keys, &net_keys);
             if let Some(old) = previous {
                 self.installed.insert(policy.name.clone(), old);
             }
             return Err(e.context(format!("binding policy {} to its cgroup", policy.name)));
         }
-        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys });
+        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys, net_keys });
         if let Some(old) = previous {
             self.retire(old, Some(policy.cgroup_id));
         }
@@ -192,13 +206,23 @@ impl Enforcer {
             let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
         }
         wait_for_readers();
-        self.remove_slot(old.slot, &old.keys);
+        self.remove_slot(old.slot, &old.keys, &old.net_keys);
     }
 
-    fn remove_slot(&mut self, slot: u32, keys: &[FileKey]) {
+    fn net_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetRule>> {
+        let map = self.bpf.map_mut(names::NET_RULES).ok_or_else(|| anyhow!("map {} missing", names::NET_RULES))?;
+        Ok(LpmTrie::try_from(map)?)
+    }
+
+    fn remove_slot(&mut self, slot: u32, keys: &[FileKey], net_keys: &[LpmKey<NetKey>]) {
         if let Ok(mut rules) = self.map::<FileKey, FileRule>(names::FILE_RULES) {
             for key in keys {
                 let _ = rules.remove(key);
+            }
+        }
+        if let Ok(mut trie) = self.net_map() {
+            for key in net_keys {
+                let _ = trie.remove(key);
             }
         }
         if let Ok(mut policies) = self.map::<u32, PolicyInfo>(names::POLICIES) {

@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use serde::Serialize;
-use systrace_common::{event_flags, Event, Hook, Verdict, COMM_LEN, PATH_LEN};
+use systrace_common::{event_flags, net, Event, Hook, Verdict, COMM_LEN, PATH_LEN};
 
 use crate::policy::{access_names, format_kernel_dev};
 
@@ -83,6 +83,15 @@ pub struct EventJson {
     pub ino: u64,
     pub path: Option<String>,
     pub requested: Vec<&'static str>,
+    /// Network operations: peer or local address and port, family and protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
     /// Present when the parent walk hit its bound and the default verdict applied.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub walk_bound: bool,
@@ -147,6 +156,28 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         path,
         requested: access_names(event.requested),
         walk_bound: event.flags & event_flags::WALK_BOUND != 0,
+        address: net_address(event),
+        port: (event.net_family != 0).then_some(event.net_port),
+        family: match event.net_family {
+            net::AF_INET => Some("inet"),
+            net::AF_INET6 => Some("inet6"),
+            _ => None,
+        },
+        protocol: match (event.net_family, event.net_proto) {
+            (0, _) => None,
+            (_, net::IPPROTO_TCP) => Some("tcp"),
+            (_, net::IPPROTO_UDP) => Some("udp"),
+            _ => Some("other"),
+        },
+    }
+}
+
+fn net_address(event: &Event) -> Option<String> {
+    let a = event.net_addr;
+    match event.net_family {
+        net::AF_INET => Some(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()),
+        net::AF_INET6 => Some(std::net::Ipv6Addr::from(a).to_string()),
+        _ => None,
     }
 }
 

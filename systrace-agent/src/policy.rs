@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use systrace_common::{access, FileRule, PolicyInfo, RuleSet};
+use systrace_common::{access, net, rule_verdict, FileRule, NetRule, PolicyInfo, PortRule, RuleSet};
 use toml::Spanned;
 
 /// Where a diagnostic points.
@@ -150,6 +150,49 @@ struct RawPolicy {
     file: Vec<RawFileRule>,
     #[serde(default)]
     exec: Vec<RawExecRule>,
+    #[serde(default)]
+    net: Vec<RawNetRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetOp {
+    Bind,
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// `ports = 80` or `ports = "8000-8080"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawPorts {
+    One(u16),
+    Range(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetRule {
+    operations: Spanned<Vec<NetOp>>,
+    family: Option<Family>,
+    protocol: Option<Protocol>,
+    address: Option<Spanned<String>>,
+    ports: Option<Spanned<RawPorts>>,
+    #[serde(default)]
+    verdict: RuleVerdict,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +234,73 @@ pub struct Policy {
     pub mode: Mode,
     pub default: DefaultVerdict,
     pub files: Vec<FileRuleSpec>,
+    pub net: Vec<NetRuleSpec>,
+}
+
+/// One network rule, expanded to a single operation, family and protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRuleSpec {
+    pub op: u8,
+    pub family: u8,
+    pub proto: u8,
+    /// Address bytes (IPv4 in the first 4) and prefix length in bits.
+    pub addr: [u8; 16],
+    pub prefix: u32,
+    pub ports: (u16, u16),
+    pub verdict: RuleVerdict,
+}
+
+/// Parses `ADDRESS` or `ADDRESS/BITS`; IPv4-mapped IPv6 becomes IPv4.
+pub fn parse_cidr(text: &str) -> Result<(u8, [u8; 16], u32), String> {
+    let (ip, bits) = match text.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits.parse::<u32>().map_err(|_| format!("bad prefix length in {text:?}"))?)),
+        None => (text, None),
+    };
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
+    let mut addr = [0u8; 16];
+    let (family, max, bits) = match ip {
+        std::net::IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            (net::AF_INET, 32, bits)
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => {
+                addr[..4].copy_from_slice(&v4.octets());
+                (net::AF_INET, 32, bits.map(|b| b.saturating_sub(96)))
+            }
+            None => {
+                addr = v6.octets();
+                (net::AF_INET6, 128, bits)
+            }
+        },
+    };
+    let bits = bits.unwrap_or(max);
+    if bits > max {
+        return Err(format!("prefix length {bits} is longer than the address ({max} bits)"));
+    }
+    // Clear host bits so equal prefixes compare equal.
+    for (i, byte) in addr.iter_mut().enumerate() {
+        let keep = bits.saturating_sub(8 * i as u32).min(8);
+        *byte &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    Ok((family, addr, bits))
+}
+
+fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
+    match ports {
+        RawPorts::One(p) => Ok((*p, *p)),
+        RawPorts::Range(text) => {
+            let parse = |t: &str| t.trim().parse::<u16>().map_err(|_| format!("bad port {t:?} in {text:?}"));
+            let (lo, hi) = match text.split_once('-') {
+                Some((lo, hi)) => (parse(lo)?, parse(hi)?),
+                None => (parse(text)?, parse(text)?),
+            };
+            if lo > hi {
+                return Err(format!("port range {text:?} runs backwards"));
+            }
+            Ok((lo, hi))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,6 +436,51 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         add(&rule.path, access::EXEC, rule.verdict)?;
     }
 
+    let mut net_rules = Vec::new();
+    for rule in &raw.net {
+        if rule.operations.get_ref().is_empty() {
+            return Err(map.diagnostic(Severity::Error, rule.operations.span(), "operations is empty: list bind, connect or both"));
+        }
+        let (addr_family, addr, prefix) = match &rule.address {
+            Some(a) => {
+                let (f, addr, bits) =
+                    parse_cidr(a.get_ref()).map_err(|m| map.diagnostic(Severity::Error, a.span(), m))?;
+                (Some(f), addr, bits)
+            }
+            None => (None, [0; 16], 0),
+        };
+        let families: Vec<u8> = match (rule.family, addr_family) {
+            (Some(Family::Inet), Some(net::AF_INET6)) | (Some(Family::Inet6), Some(net::AF_INET)) => {
+                let span = rule.address.as_ref().map_or(0..0, |a| a.span());
+                return Err(map.diagnostic(Severity::Error, span, "the address is not of the rule's family"));
+            }
+            (_, Some(f)) => vec![f],
+            (Some(Family::Inet), None) => vec![net::AF_INET],
+            (Some(Family::Inet6), None) => vec![net::AF_INET6],
+            (None, None) => vec![net::AF_INET, net::AF_INET6],
+        };
+        let protos = match rule.protocol {
+            Some(Protocol::Tcp) => vec![net::IPPROTO_TCP],
+            Some(Protocol::Udp) => vec![net::IPPROTO_UDP],
+            None => vec![net::IPPROTO_TCP, net::IPPROTO_UDP],
+        };
+        let ports = match &rule.ports {
+            Some(p) => parse_ports(p.get_ref()).map_err(|m| map.diagnostic(Severity::Error, p.span(), m))?,
+            None => (0, u16::MAX),
+        };
+        for op in rule.operations.get_ref() {
+            let op = match op {
+                NetOp::Bind => net::OP_BIND,
+                NetOp::Connect => net::OP_CONNECT,
+            };
+            for &family in &families {
+                for &proto in &protos {
+                    net_rules.push(NetRuleSpec { op, family, proto, addr, prefix, ports, verdict: rule.verdict });
+                }
+            }
+        }
+    }
+
     Ok(Policy {
         name,
         source: file.to_path_buf(),
@@ -334,7 +489,65 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         mode: raw.mode,
         default: raw.default,
         files,
+        net: net_rules,
     })
+}
+
+/// Key of a compiled network entry: (op, family, proto, address, prefix bits).
+pub type NetEntryKey = (u8, u8, u8, [u8; 16], u32);
+
+fn covers(outer: &NetRuleSpec, op: u8, family: u8, proto: u8, addr: &[u8; 16], prefix: u32) -> bool {
+    if (outer.op, outer.family, outer.proto) != (op, family, proto) || outer.prefix > prefix {
+        return false;
+    }
+    (0..16).all(|i| {
+        let keep = outer.prefix.saturating_sub(8 * i as u32).min(8);
+        let mask = if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+        addr[i] & mask == outer.addr[i]
+    })
+}
+
+/// One LPM entry per distinct (operation, family, protocol, prefix); each holds
+/// the port ranges of every rule covering its prefix, most specific first: longer
+/// prefix, then narrower range, then deny before audit before allow.
+pub fn compile_net(rules: &[NetRuleSpec]) -> Result<BTreeMap<NetEntryKey, NetRule>, String> {
+    let mut out = BTreeMap::new();
+    for r in rules {
+        let key = (r.op, r.family, r.proto, r.addr, r.prefix);
+        if out.contains_key(&key) {
+            continue;
+        }
+        let mut ranges: Vec<&NetRuleSpec> =
+            rules.iter().filter(|o| covers(o, r.op, r.family, r.proto, &r.addr, r.prefix)).collect();
+        let rank = |v: RuleVerdict| match v {
+            RuleVerdict::Deny => 0,
+            RuleVerdict::Audit => 1,
+            RuleVerdict::Allow => 2,
+        };
+        ranges.sort_by_key(|o| (std::cmp::Reverse(o.prefix), o.ports.1 - o.ports.0, rank(o.verdict)));
+        if ranges.len() > net::MAX_PORT_RULES {
+            return Err(format!(
+                "{} network rules apply to one address prefix; at most {} can",
+                ranges.len(),
+                net::MAX_PORT_RULES
+            ));
+        }
+        let mut value = NetRule { count: ranges.len() as u32, ..NetRule::default() };
+        for (slot, o) in value.ports.iter_mut().zip(&ranges) {
+            *slot = PortRule {
+                lo: o.ports.0,
+                hi: o.ports.1,
+                verdict: match o.verdict {
+                    RuleVerdict::Allow => rule_verdict::ALLOW,
+                    RuleVerdict::Deny => rule_verdict::DENY,
+                    RuleVerdict::Audit => rule_verdict::AUDIT,
+                },
+                _pad: [0; 3],
+            };
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
 }
 
 /// Errors for policies that cannot be loaded together: two naming the same
@@ -387,6 +600,8 @@ pub struct Compiled {
     pub rules: BTreeMap<(u64, u64), FileRule>,
     /// (dev, ino) -> the first path a rule gave it, to name files in events.
     pub paths: BTreeMap<(u64, u64), PathBuf>,
+    /// Network LPM entries.
+    pub net: BTreeMap<NetEntryKey, NetRule>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -443,6 +658,11 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
             }),
         }
     }
+    let net = compile_net(&policy.net).map_err(|message| Diagnostic {
+        severity: Severity::Error,
+        location: policy.target_location.clone(),
+        message,
+    })?;
     Ok(Compiled {
         name: policy.name.clone(),
         source: policy.source.clone(),
@@ -451,6 +671,7 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
         info,
         rules,
         paths,
+        net,
         warnings,
     })
 }
@@ -738,6 +959,54 @@ verdict = "deny"
         assert_eq!(c.warnings.len(), 1);
         assert_eq!(c.warnings[0].location.line, 13);
         assert!(c.warnings[0].to_string().starts_with("p.toml:13:8: warning: /missing"));
+    }
+
+    #[test]
+    fn net_rules_parse_expand_and_order() {
+        let text = r#"
+cgroup = "c"
+mode = "enforce"
+default = "deny"
+[[net]]
+operations = ["connect"]
+address = "127.0.0.0/8"
+ports = "8000-8099"
+[[net]]
+operations = ["connect"]
+protocol = "tcp"
+address = "127.0.0.1"
+ports = 8080
+verdict = "deny"
+[[net]]
+operations = ["bind", "connect"]
+family = "inet6"
+ports = 443
+"#;
+        let p = parse_str(text).unwrap();
+        // Rule 1: tcp+udp; rule 2: tcp; rule 3: 2 operations x tcp+udp.
+        assert_eq!(p.net.len(), 2 + 1 + 4);
+        let c = compile_net(&p.net).unwrap();
+        let host = c[&(net::OP_CONNECT, net::AF_INET, net::IPPROTO_TCP, [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 32)];
+        // The /32 entry carries its own deny first, then the covering /8 allow.
+        assert_eq!(host.count, 2);
+        assert_eq!((host.ports[0].lo, host.ports[0].hi, host.ports[0].verdict), (8080, 8080, rule_verdict::DENY));
+        assert_eq!((host.ports[1].lo, host.ports[1].hi, host.ports[1].verdict), (8000, 8099, rule_verdict::ALLOW));
+        let v6 = c.keys().filter(|k| k.1 == net::AF_INET6).count();
+        assert_eq!(v6, 4);
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().2, 8);
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().1[..4], [10, 0, 0, 0]);
+        let (f, a, b) = parse_cidr("::ffff:10.0.0.1").unwrap();
+        assert_eq!((f, &a[..4], b), (net::AF_INET, &[10u8, 0, 0, 1][..], 32));
+        assert_eq!(parse_cidr("::1").unwrap().0, net::AF_INET6);
+        assert!(parse_cidr("10.0.0.1/33").is_err());
+        assert!(parse_cidr("example.com").is_err());
+        let (line, col, msg) = error_at("cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[net]]\noperations = [\"connect\"]\nports = \"90-80\"\n");
+        assert_eq!((line, col), (6, 9));
+        assert!(msg.contains("backwards"), "{msg}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// LPM trie: [`crate::NetKey`] (longest address prefix) -> [`crate::NetRule`].
+    pub const NET_RULES: &str = "NET_RULES";
 }
 
 /// Access kinds, as bits. A rule holds the set it allows; an operation requests a set.
@@ -103,10 +105,12 @@ pub enum Hook {
     PathRmdir = 8,
     PathRename = 9,
     PathTruncate = 10,
+    SocketBind = 11,
+    SocketConnect = 12,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 10] = [
+    pub const ALL: [Hook; 12] = [
         Hook::FileOpen,
         Hook::BprmCheckSecurity,
         Hook::PathMknod,
@@ -117,6 +121,8 @@ impl Hook {
         Hook::PathRmdir,
         Hook::PathRename,
         Hook::PathTruncate,
+        Hook::SocketBind,
+        Hook::SocketConnect,
     ];
 
     /// The LSM hook name, which is also the program's name in the object.
@@ -132,6 +138,8 @@ impl Hook {
             Hook::PathRmdir => "path_rmdir",
             Hook::PathRename => "path_rename",
             Hook::PathTruncate => "path_truncate",
+            Hook::SocketBind => "socket_bind",
+            Hook::SocketConnect => "socket_connect",
         }
     }
 
@@ -192,6 +200,62 @@ pub struct FileRule {
     pub exact: RuleSet,
     pub children: RuleSet,
     pub subtree: RuleSet,
+}
+
+/// Network operations, families and protocols, as the kernel numbers them.
+pub mod net {
+    pub const OP_BIND: u8 = 1;
+    pub const OP_CONNECT: u8 = 2;
+    pub const AF_INET: u8 = 2;
+    pub const AF_INET6: u8 = 10;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+    /// Bits of [`crate::NetKey`] before the address: every rule matches them fully.
+    pub const FIXED_PREFIX_BITS: u32 = 64;
+    /// Port ranges one [`crate::NetRule`] holds.
+    pub const MAX_PORT_RULES: usize = 16;
+}
+
+/// Data of a `NET_RULES` key; the LPM prefix length is 64 plus the address's
+/// prefix. IPv4 addresses fill the first 4 bytes of `addr`; IPv4-mapped IPv6
+/// addresses are matched as IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetKey {
+    pub policy: u32,
+    pub op: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    pub addr: [u8; 16],
+}
+
+/// One port range and what it decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortRule {
+    pub lo: u16,
+    pub hi: u16,
+    /// One of [`rule_verdict`].
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Verdicts of network rules.
+pub mod rule_verdict {
+    pub const ALLOW: u8 = 0;
+    pub const DENY: u8 = 1;
+    pub const AUDIT: u8 = 2;
+}
+
+/// Value of `NET_RULES`: the port ranges of every rule whose address prefix covers
+/// this entry's, most specific first; the first range holding the port decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetRule {
+    pub count: u32,
+    pub _pad: u32,
+    pub ports: [PortRule; net::MAX_PORT_RULES],
 }
 
 /// Counters kept per CPU by the kernel side and summed by the agent.
@@ -256,6 +320,13 @@ pub struct Event {
     /// [`event_flags`].
     pub flags: u8,
     pub _pad: u32,
+    /// Network operations: the peer or local address (IPv4 in the first 4 bytes),
+    /// port (host order), family and protocol; zero otherwise.
+    pub net_addr: [u8; 16],
+    pub net_port: u16,
+    pub net_family: u8,
+    pub net_proto: u8,
+    pub _pad2: u32,
     pub comm: [u8; COMM_LEN],
     /// The path's components, leaf first, each NUL-terminated, in the first
     /// [`PATH_LEN`] bytes (`new.txt\0www\0srv\0` for `/srv/www/new.txt`). The
@@ -270,7 +341,7 @@ pub struct Event {
 pub mod offsets {
     /// (global, struct, field) for every offset the programs need. Each global is a
     /// `u64` byte offset in the eBPF object.
-    pub const ALL: [(&str, &str, &str); 15] = [
+    pub const ALL: [(&str, &str, &str); 17] = [
         ("OFF_FILE_F_MODE", "file", "f_mode"),
         ("OFF_FILE_F_FLAGS", "file", "f_flags"),
         ("OFF_FILE_F_PATH", "file", "f_path"),
@@ -286,6 +357,8 @@ pub mod offsets {
         ("OFF_MOUNT_MNT_PARENT", "mount", "mnt_parent"),
         ("OFF_MOUNT_MNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
         ("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
+        ("OFF_SOCKET_SK", "socket", "sk"),
+        ("OFF_SOCK_SK_PROTOCOL", "sock", "sk_protocol"),
     ];
 
     /// Global holding, per hook, the index of the previous program's return value in
@@ -303,6 +376,8 @@ pub mod offsets {
             crate::Hook::PathRmdir => "RET_PATH_RMDIR",
             crate::Hook::PathRename => "RET_PATH_RENAME",
             crate::Hook::PathTruncate => "RET_PATH_TRUNCATE",
+            crate::Hook::SocketBind => "RET_SOCKET_BIND",
+            crate::Hook::SocketConnect => "RET_SOCKET_CONNECT",
         }
     }
 }
@@ -315,4 +390,6 @@ mod pod {
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::FileRule {}
     unsafe impl aya::Pod for super::RuleSet {}
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::NetRule {}
 }

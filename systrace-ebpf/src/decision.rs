@@ -304,12 +304,12 @@ pub fn check_subject(subject: &Subject, hook: Hook, object: Object, requested: u
     hook_return(v)
 }
 
-/// Writes an event for every verdict other than a silent allow. The verdict has
-/// already been decided: a full ring buffer costs the report, never the decision.
+/// Counts a report and fills the parts of the event every hook shares, in the
+/// per-CPU scratch slot. `None` for a silent allow, or when there is no slot.
 #[inline(always)]
-pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, res: &Resolution, object: Option<Object>) {
+fn begin_event(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32) -> Option<*mut Event> {
     if verdict == Verdict::Allowed {
-        return;
+        return None;
     }
     if verdict == Verdict::Denied {
         count(Counter::Denied);
@@ -317,15 +317,15 @@ pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, r
     count(Counter::Reported);
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         count(Counter::RingFull);
-        return;
+        return None;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {
         (*event).boot_ns = bpf_ktime_get_boot_ns();
         (*event).cgroup_id = subject.cgroup_id;
-        (*event).dev = res.dev;
-        (*event).ino = res.ino;
+        (*event).dev = 0;
+        (*event).ino = 0;
         (*event).pid = pid_tgid as u32;
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).uid = uid_gid as u32;
@@ -334,18 +334,68 @@ pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, r
         (*event).requested = requested;
         (*event).hook = hook as u16;
         (*event).verdict = verdict as u8;
-        (*event).flags = if res.walk_bound { event_flags::WALK_BOUND } else { 0 };
+        (*event).flags = 0;
         (*event)._pad = 0;
+        (*event).net_addr = [0; 16];
+        (*event).net_port = 0;
+        (*event).net_family = 0;
+        (*event).net_proto = 0;
+        (*event)._pad2 = 0;
         (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*event).path[0] = 0;
+    }
+    Some(event)
+}
+
+/// Copies the scratch event to the ring. The verdict has already been decided:
+/// a full ring buffer costs the report, never the decision.
+#[inline(always)]
+fn send_event(event: *mut Event) {
+    if EVENTS.output::<Event>(unsafe { &*event }, 0).is_err() {
+        count(Counter::RingFull);
+    }
+}
+
+/// Writes an event about a file for every verdict other than a silent allow.
+#[inline(always)]
+pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, res: &Resolution, object: Option<Object>) {
+    let Some(event) = begin_event(subject, hook, verdict, requested) else {
+        return;
+    };
+    unsafe {
+        (*event).dev = res.dev;
+        (*event).ino = res.ino;
+        (*event).flags = if res.walk_bound { event_flags::WALK_BOUND } else { 0 };
         (*event).flags |= match object {
             Some(object) => write_path(object),
             None => event_flags::NO_PATH,
         };
-        if EVENTS.output::<Event>(&*event, 0).is_err() {
-            count(Counter::RingFull);
-        }
     }
+    send_event(event);
+}
+
+/// A network operation's peer or local address, for events.
+pub struct NetTarget {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub proto: u8,
+}
+
+/// Writes an event about a network operation for every verdict other than a silent allow.
+#[inline(always)]
+pub fn report_net(subject: &Subject, hook: Hook, verdict: Verdict, target: &NetTarget) {
+    let Some(event) = begin_event(subject, hook, verdict, 0) else {
+        return;
+    };
+    unsafe {
+        (*event).flags = event_flags::NO_PATH;
+        (*event).net_addr = target.addr;
+        (*event).net_port = target.port;
+        (*event).net_family = target.family;
+        (*event).net_proto = target.proto;
+    }
+    send_event(event);
 }
 
 /// State of the path writer, shared with its `bpf_loop` callback.

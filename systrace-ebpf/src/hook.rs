@@ -22,6 +22,8 @@ ret_globals!(
     RET_PATH_RMDIR,
     RET_PATH_RENAME,
     RET_PATH_TRUNCATE,
+    RET_SOCKET_BIND,
+    RET_SOCKET_CONNECT,
 );
 
 /// Reads context slot N. One function per slot, never inlined: with the slots as

@@ -30,6 +30,8 @@ globals!(
     OFF_MOUNT_MNT_PARENT,
     OFF_MOUNT_MNT_MOUNTPOINT,
     OFF_LINUX_BINPRM_FILE,
+    OFF_SOCKET_SK,
+    OFF_SOCK_SK_PROTOCOL,
 );
 
 #[inline(always)]
@@ -126,4 +128,17 @@ pub unsafe fn inode_id(inode: InodePtr) -> Result<(u64, u64), i64> {
     let sb: *const u8 = read(inode, off(&OFF_INODE_I_SB))?;
     let dev: u32 = read(sb, off(&OFF_SUPER_BLOCK_S_DEV))?;
     Ok((dev as u64, ino))
+}
+
+/// `sock->sk->sk_protocol` (IPPROTO_*).
+#[inline(always)]
+pub unsafe fn socket_protocol(socket: *const u8) -> Result<u16, i64> {
+    let sk: *const u8 = read(socket, off(&OFF_SOCKET_SK))?;
+    read(sk, off(&OFF_SOCK_SK_PROTOCOL))
+}
+
+/// Reads `T` at `offset` in a kernel buffer (a `struct sockaddr` the kernel copied in).
+#[inline(always)]
+pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i64> {
+    read(base, offset)
 }

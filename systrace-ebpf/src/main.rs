@@ -15,6 +15,7 @@ mod files;
 mod hook;
 mod kernel;
 mod maps;
+mod network;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use systrace_common::{Event, FileKey, FileRule, PolicyInfo, COUNTER_SLOTS};
+use systrace_common::{Event, FileKey, FileRule, NetKey, NetRule, PolicyInfo, COUNTER_SLOTS};
 
 /// Upper bounds; the agent refuses policies that would not fit.
 pub const MAX_CGROUPS: u32 = 4096;
@@ -22,6 +22,11 @@ pub static POLICIES: HashMap<u32, PolicyInfo> = HashMap::with_max_entries(MAX_PO
 /// BPF_F_NO_PREALLOC: 100,000-rule policies should not cost memory for slots never used.
 #[map(name = "FILE_RULES")]
 pub static FILE_RULES: HashMap<FileKey, FileRule> = HashMap::with_max_entries(MAX_FILE_RULES, 1);
+
+pub const MAX_NET_RULES: u32 = 16_384;
+
+#[map(name = "NET_RULES")]
+pub static NET_RULES: LpmTrie<NetKey, NetRule> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -26,6 +26,8 @@ const ROOT: &str = "/tmp/bench";
 const ROUNDS: usize = 15;
 const OPEN_ITERATIONS: u64 = 10_000;
 const EXEC_ITERATIONS: u64 = 60;
+const CONNECT_ITERATIONS: u64 = 2_000;
+const LISTEN_PORT: u16 = 8080;
 const FLOOD_SECONDS: u64 = 3;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -139,6 +141,9 @@ fn workload(cgroup: Option<&Path>, args: &[&str]) -> Result<Value> {
 fn policy(name: &str, cgroup: &str, rules: usize, allowed: &Path, exec: &Path) -> Result<PathBuf> {
     let dir = Path::new(ROOT).join(format!("files-{name}"));
     let mut text = format!("name = \"{name}\"\ncgroup = \"{cgroup}\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
+    text.push_str(&format!(
+        "[[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"127.0.0.1\"\nports = {LISTEN_PORT}\n"
+    ));
     text.push_str(&format!("[[file]]\npath = \"{}\"\naccess = [\"read\"]\n", allowed.display()));
     text.push_str(&format!("[[exec]]\npath = \"{}\"\n", exec.display()));
     for i in 0..rules.saturating_sub(2) {
@@ -205,6 +210,20 @@ fn run(agent_bin: &Path) -> Result<()> {
         let v = workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), &OPEN_ITERATIONS.to_string()])?;
         v["ns_per_op"].as_f64().context("ns_per_op")
     };
+    // A listener that accepts and drops every connection, outside any policy.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", LISTEN_PORT))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let connect = |cgroup: &str| -> Result<f64> {
+        let v = workload(
+            Some(&cg(cgroup)),
+            &["bench-connect", "127.0.0.1", &LISTEN_PORT.to_string(), &CONNECT_ITERATIONS.to_string()],
+        )?;
+        v["ns_per_op"].as_f64().context("ns_per_op")
+    };
     let fork_exec = |cgroup: &str| -> Result<f64> {
         let v = workload(Some(&cg(cgroup)), &["bench-exec", &exec.display().to_string(), &EXEC_ITERATIONS.to_string()])?;
         v["ns_per_op"].as_f64().context("ns_per_op")
@@ -221,17 +240,20 @@ fn run(agent_bin: &Path) -> Result<()> {
     ];
     let mut open_ns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut exec_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let mut connect_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
     for round in 0..ROUNDS {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
         agent.set_state("detached")?;
         open_ns[0].push(open("bench-none")?);
         exec_ns[0].push(fork_exec("bench-none")?);
+        connect_ns[0].push(connect("bench-none")?);
         agent.set_state("noop")?;
         open_ns[1].push(open("bench-none")?);
         agent.set_state("attached")?;
         open_ns[2].push(open("bench-none")?);
         open_ns[3].push(open("bench-r10")?);
         exec_ns[1].push(fork_exec("bench-r10")?);
+        connect_ns[1].push(connect("bench-r10")?);
         open_ns[4].push(open("bench-r1k")?);
         open_ns[5].push(open("bench-r100k")?);
     }
@@ -241,8 +263,12 @@ fn run(agent_bin: &Path) -> Result<()> {
         emit(json!({"case": "open_close", "name": name, "kernel": kernel, "iterations": OPEN_ITERATIONS,
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / base, "samples_ns": samples}));
     }
-    emit(json!({"case": "connect", "name": "connect_local_listener", "kernel": kernel,
-        "skipped": "the network hooks (socket_connect) do not exist yet (issue 5)"}));
+    let connect_base = median(connect_ns[0].clone());
+    for (name, samples) in ["a_no_agent", "c_confined_10_rules"].iter().zip(&connect_ns) {
+        let ns = median(samples.clone());
+        emit(json!({"case": "connect", "name": name, "kernel": kernel, "iterations": CONNECT_ITERATIONS,
+            "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / connect_base, "samples_ns": samples}));
+    }
     let exec_base = median(exec_ns[0].clone());
     for (name, samples) in ["a_no_agent", "c_confined_10_rules"].iter().zip(&exec_ns) {
         let ns = median(samples.clone());

@@ -112,6 +112,9 @@ pub fn main(args: &[String]) -> ExitCode {
     if let Err(e) = language(agent, &mut r) {
         r.fail("lang_setup", e);
     }
+    if let Err(e) = network(agent, &mut r) {
+        r.fail("network_setup", e);
+    }
     r.case("check_reports_file_line_column", || check_diagnostics(agent));
     if let Err(e) = reload(agent, &mut r) {
         r.fail("reload_setup", e);
@@ -472,5 +475,111 @@ fn scale(agent_bin: &Path) -> Result<()> {
     expect(&cg, "open", &[&dir.join("d042/f042"), Path::new("w")], EPERM)?;
     let (code, _) = agent.stop()?;
     ensure!(code == 0, "exit code {code}");
+    Ok(())
+}
+
+const NET_POLICY: &str = r#"
+name = "net"
+cgroup = "systrace-net"
+mode = "enforce"
+default = "deny"
+
+[[net]]
+operations = ["connect"]
+protocol = "tcp"
+address = "127.0.0.1"
+ports = 8080
+
+[[net]]
+operations = ["connect"]
+protocol = "udp"
+address = "127.0.0.0/8"
+ports = "5000-5999"
+
+# More specific than the /8 above: this one port is denied.
+[[net]]
+operations = ["connect"]
+protocol = "udp"
+address = "127.0.0.9"
+ports = 5009
+verdict = "deny"
+
+[[net]]
+operations = ["bind"]
+protocol = "tcp"
+address = "127.0.0.1"
+ports = "9000-9099"
+
+[[net]]
+operations = ["connect"]
+protocol = "tcp"
+address = "::1"
+ports = 8443
+"#;
+
+/// Network rules: bind and connect by protocol, address (CIDR) and port range,
+/// IPv6, and IPv4-mapped IPv6 addresses matched as IPv4.
+fn network(agent_bin: &Path, r: &mut Runner) -> Result<()> {
+    let cg = cgroup("systrace-net")?;
+    let policy = p("net.toml");
+    fs::write(&policy, NET_POLICY)?;
+    // Listeners outside the cgroup, so allowed connects complete.
+    let v4 = std::net::TcpListener::bind("127.0.0.1:8080")?;
+    let v6 = std::net::TcpListener::bind("[::1]:8443")?;
+    let mut agent = Agent::start(agent_bin, &[&policy])?;
+    let net = |verb: &str, addr: &str, port: u16, proto: &str| -> Result<op::Outcome> {
+        let port = port.to_string();
+        op::run_args(Some(&cg), &[verb.as_ref(), addr.as_ref(), port.as_str().as_ref(), proto.as_ref()])
+    };
+    let expect_net = |verb: &str, addr: &str, port: u16, proto: &str, errno: i32| -> Result<op::Outcome> {
+        let out = net(verb, addr, port, proto)?;
+        ensure!(out.errno == errno, "{verb} {addr} port {port} {proto}: errno {} (expected {errno})", out.errno);
+        Ok(out)
+    };
+    r.case("net_connect_by_address_and_port", || {
+        expect_net("connect", "127.0.0.1", 8080, "tcp", 0)?;
+        let out = expect_net("connect", "127.0.0.1", 8081, "tcp", EPERM)?;
+        expect_net("connect", "127.0.0.2", 8080, "tcp", EPERM)?;
+        let pid = out.pid;
+        let ev = agent.wait_for(Duration::from_secs(10), |v| v["type"] == "event" && v["pid"] == pid)?;
+        for (k, want) in [("hook", "socket_connect"), ("address", "127.0.0.1"), ("protocol", "tcp"), ("family", "inet")] {
+            ensure!(ev[k] == want, "event {k} = {} (expected {want}): {ev}", ev[k]);
+        }
+        ensure!(ev["port"] == 8081, "event port {}", ev["port"]);
+        Ok(())
+    });
+    r.case("net_udp_cidr_range_and_specific_deny", || {
+        expect_net("connect", "127.0.0.5", 5555, "udp", 0)?;
+        expect_net("connect", "127.0.0.5", 6000, "udp", EPERM)?;
+        expect_net("connect", "127.0.0.9", 5009, "udp", EPERM)?;
+        expect_net("connect", "127.0.0.9", 5010, "udp", 0)?;
+        // The udp rule does not open tcp.
+        expect_net("connect", "127.0.0.5", 5555, "tcp", EPERM)?;
+        Ok(())
+    });
+    r.case("net_bind_by_port_range", || {
+        expect_net("bind", "127.0.0.1", 9050, "tcp", 0)?;
+        expect_net("bind", "127.0.0.1", 9200, "tcp", EPERM)?;
+        Ok(())
+    });
+    r.case("net_ipv6_and_ipv4_mapped", || {
+        expect_net("connect", "::1", 8443, "tcp", 0)?;
+        expect_net("connect", "::1", 8444, "tcp", EPERM)?;
+        // An IPv4-mapped IPv6 address is matched as the IPv4 address it carries.
+        expect_net("connect", "::ffff:127.0.0.1", 8080, "tcp", 0)?;
+        let out = expect_net("connect", "::ffff:127.0.0.1", 8081, "tcp", EPERM)?;
+        let pid = out.pid;
+        let ev = agent.wait_for(Duration::from_secs(10), |v| v["type"] == "event" && v["pid"] == pid)?;
+        ensure!(ev["address"] == "127.0.0.1" && ev["family"] == "inet", "mapped address in event: {ev}");
+        Ok(())
+    });
+    r.case("net_unconfined_untouched", || {
+        let out = op::run_args(None, &["connect".as_ref(), "127.0.0.1".as_ref(), "8081".as_ref(), "tcp".as_ref()])?;
+        ensure!(out.errno == libc::ECONNREFUSED, "unconfined connect to a closed port: errno {}", out.errno);
+        Ok(())
+    });
+    drop((v4, v6));
+    let (code, _) = agent.stop()?;
+    ensure!(code == 0, "net agent exit code {code}");
     Ok(())
 }

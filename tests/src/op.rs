@@ -66,6 +66,47 @@ pub fn start_loop(cgroup: &Path, allowed: &Path, denied: &Path) -> anyhow::Resul
         .spawn()?)
 }
 
+/// Opens a socket of the address's family and binds or connects it.
+fn socket_op(verb: &str, addr: &str, port: u16, udp: bool) -> std::io::Result<()> {
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let ty = if udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+    let family = if ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on a descriptor we own; the sockaddr structs
+    // are initialised and passed with their sizes.
+    unsafe {
+        let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let call = |sa: *const libc::sockaddr, len: libc::socklen_t| {
+            if verb == "bind" {
+                libc::bind(fd, sa, len)
+            } else {
+                libc::connect(fd, sa, len)
+            }
+        };
+        let rc = match ip {
+            std::net::IpAddr::V4(v4) => {
+                let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = port.to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                call(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = port.to_be();
+                sa.sin6_addr.s6_addr = v6.octets();
+                call(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
+            }
+        };
+        let result = if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+        libc::close(fd);
+        result
+    }
+}
+
 /// CPU time this process has used, in ns. Unlike wall time, it does not count
 /// time other processes had the CPU.
 fn cpu_ns() -> f64 {
@@ -177,6 +218,36 @@ pub fn main(args: &[String]) -> ExitCode {
                 std::thread::sleep(std::time::Duration::from_micros(500));
             }
             0
+        }
+        "connect" | "bind" => {
+            // connect|bind ADDRESS PORT tcp|udp
+            let (Some(addr), Some(port), Some(proto)) = (operands.first(), operands.get(1), operands.get(2)) else {
+                eprintln!("op: {verb} ADDRESS PORT tcp|udp");
+                return ExitCode::from(2);
+            };
+            match socket_op(verb, addr, port.parse().unwrap_or(0), proto == "udp") {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            }
+        }
+        "bench-connect" => {
+            // bench-connect ADDRESS PORT N: N tcp connects (and closes) to a listener.
+            let (Some(addr), Some(port)) = (operands.first(), operands.get(1)) else {
+                eprintln!("op: bench-connect ADDRESS PORT N");
+                return ExitCode::from(2);
+            };
+            let n = count(2);
+            let port = port.parse().unwrap_or(0);
+            let started = cpu_ns();
+            let mut errno = 0;
+            for _ in 0..n {
+                if let Err(e) = socket_op("connect", addr, port, false) {
+                    errno = e.raw_os_error().unwrap_or(-1);
+                    break;
+                }
+            }
+            outcome.ns_per_op = (cpu_ns() - started) / n as f64;
+            errno
         }
         "bench-open" => {
             // N opens and closes of one file; the first error stops the run.

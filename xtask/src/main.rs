@@ -366,7 +366,7 @@ fn print_bench_table(results: &[serde_json::Value]) {
         let of = |case: &'static str| results.iter().filter(move |r| r["kernel"] == kernel && r["case"] == case);
         println!();
         println!("kernel {kernel}");
-        for case in ["open_close", "fork_exec"] {
+        for case in ["open_close", "connect", "fork_exec"] {
             for r in of(case) {
                 println!(
                     "  {:<10} {:<24} {:>10.0} ns/op  {:>6.3}x  ({} iterations, median of {} interleaved rounds)",
@@ -378,9 +378,6 @@ fn print_bench_table(results: &[serde_json::Value]) {
                     r["rounds"]
                 );
             }
-        }
-        for r in of("connect") {
-            println!("  connect    skipped: {}", r["skipped"].as_str().unwrap_or("?"));
         }
         for r in of("violation_throughput") {
             println!(

@@ -35,6 +35,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t securityfs securityfs /sys/kernel/security
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
 echo "vm: kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm)"
 "#;
 
