@@ -59,7 +59,7 @@ fn bpf_linker() -> Result<()> {
     let lib_name = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
     let major = lib_name.trim_start_matches("LLVM-").split(['-', '.']).next().unwrap_or_default().to_string();
     say(&format!(
-        "building bpf-linker against nightly's LLVM {major} ({lib_name}); this takes about 6 minutes on 2 cores"
+        "building bpf-linker against nightly's LLVM {major} ({lib_name}); this takes 2 to 6 minutes on 2 cores"
     ));
     let rustflags = format!("-L {0} -l dylib={lib_name} -C link-arg=-Wl,-rpath,{0}", lib_dir.display());
     run(Command::new("cargo")
