@@ -240,17 +240,23 @@ pub fn resolve(subject: &Subject, object: Object, requested: u32) -> Result<Reso
     })
 }
 
+/// The verdict for something the policy does not allow: denied, or in audit mode
+/// allowed and reported.
+#[inline(always)]
+pub fn violation(subject: &Subject) -> Verdict {
+    if subject.info.mode == Mode::Audit as u8 {
+        Verdict::Audited
+    } else {
+        Verdict::Denied
+    }
+}
+
 /// The verdict for a resolution under `subject`'s mode and default.
 #[inline(always)]
 pub fn verdict(subject: &Subject, res: &Resolution) -> Verdict {
     let default_denies = subject.info.default == Default::Deny as u8;
-    let violation = res.denied != 0 || (default_denies && res.unresolved != 0);
-    if violation {
-        if subject.info.mode == Mode::Audit as u8 {
-            Verdict::Audited
-        } else {
-            Verdict::Denied
-        }
+    if res.denied != 0 || (default_denies && res.unresolved != 0) {
+        violation(subject)
     } else if res.audited != 0 {
         Verdict::AuditRule
     } else {

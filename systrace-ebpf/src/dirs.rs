@@ -7,10 +7,10 @@
 //! name, access that its current name does not have.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use systrace_common::{access, Default, Hook, Mode, Verdict};
+use systrace_common::{access, Default, Hook};
 
 use crate::{
-    decision::{check_subject, current_subject, hook_return, report, resolve, Object, Resolution, Subject},
+    decision::{check_subject, current_subject, hook_return, report, resolve, violation, Object, Resolution, Subject},
     hook::previous_verdict,
     kernel,
 };
@@ -94,7 +94,7 @@ fn new_name(subject: &Subject, hook: Hook, from: Object, to: Object, requested: 
     };
     let widened = granted(subject, &new) & !granted(subject, &old);
     if widened != 0 {
-        let v = if subject.info.mode == Mode::Audit as u8 { Verdict::Audited } else { Verdict::Denied };
+        let v = violation(subject);
         // Report the content access the new name would have gained, on the old name.
         report(subject, hook, v, widened, &old, Some(from));
         return hook_return(v);

@@ -8,10 +8,10 @@
 //! Other families (unix, netlink, ...) are not decided here yet.
 
 use aya_ebpf::{macros::lsm, maps::lpm_trie::Key, programs::LsmContext};
-use systrace_common::{net, rule_verdict, Default, Hook, Mode, NetKey, Verdict};
+use systrace_common::{net, rule_verdict, Default, Hook, NetKey, Verdict};
 
 use crate::{
-    decision::{current_subject, hook_return, report_net, NetTarget, Subject},
+    decision::{current_subject, hook_return, report_net, violation, NetTarget, Subject},
     hook::previous_verdict,
     kernel,
     maps::NET_RULES,
@@ -88,15 +88,6 @@ fn check_address(ctx: &LsmContext, hook: Hook, op: u8) -> i32 {
     let verdict = decide(&subject, op, &target);
     report_net(&subject, hook, verdict, &target);
     hook_return(verdict)
-}
-
-#[inline(always)]
-fn violation(subject: &Subject) -> Verdict {
-    if subject.info.mode == Mode::Audit as u8 {
-        Verdict::Audited
-    } else {
-        Verdict::Denied
-    }
 }
 
 #[inline(always)]
