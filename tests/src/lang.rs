@@ -252,6 +252,14 @@ fn language(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         expect(&cg, "link", &[&p("www/index.html"), &p("linkable/index-link")], 0)?;
         Ok(())
     });
+    r.case("rename_of_a_denied_file_into_an_allowed_tree_is_refused", || {
+        // www/** grants rename at the source and linkable/** grants create at the
+        // target, but the file may not be read where it is: under its new name it
+        // could be, so the rename is refused.
+        expect(&cg, "rename", &[&p("www/private/secret"), &p("linkable/moved-secret")], EPERM)?;
+        ensure!(p("www/private/secret").exists() && !p("linkable/moved-secret").exists(), "the refused rename moved the file");
+        Ok(())
+    });
     r.case("precedence_most_specific_first_then_deny", || {
         // /www/private/** (deny) is nearer than /www/** (allow).
         expect(&cg, "open", &[&p("www/private/secret"), Path::new("r")], EPERM)?;
