@@ -273,34 +273,23 @@ pub fn hook_return(verdict: Verdict) -> i32 {
     }
 }
 
-/// Decides `requested` access to `object` for the current process, reports, and
-/// returns what the hook returns. The shared body of every hook.
+/// The decision when the hook's own arguments could not be read: the confined
+/// process is refused (fail closed).
 #[inline(always)]
-pub fn check(hook: Hook, object: Object, requested: u32) -> i32 {
-    let Some(subject) = current_subject() else {
-        return 0;
-    };
-    check_subject(&subject, hook, object, requested)
-}
-
-/// The decision when the hook's own arguments could not be read: a confined
-/// process is refused (fail closed), an unconfined one is untouched.
-#[inline(always)]
-pub fn check_unreadable(hook: Hook, requested: u32) -> i32 {
-    let Some(subject) = current_subject() else {
-        return 0;
-    };
-    let res = Resolution { unresolved: requested, ..Resolution::default() };
-    let closed = Subject { info: PolicyInfo { default: Default::Deny as u8, ..subject.info }, ..subject };
-    let v = verdict(&closed, &res);
-    report(&subject, hook, v, requested, &res, None);
+pub fn check_unreadable(subject: &Subject, hook: Hook, requested: u32) -> i32 {
+    let v = violation(subject);
+    report(subject, hook, v, requested, &Resolution { unresolved: requested, ..Resolution::default() }, None);
     hook_return(v)
 }
 
+/// Decides `requested` access to `object` for a confined process, reports, and
+/// returns what the hook returns. Hooks find the subject first and read their
+/// arguments only for confined processes: unconfined ones, the common case, pay
+/// for the cgroup lookup and nothing else.
 #[inline(always)]
 pub fn check_subject(subject: &Subject, hook: Hook, object: Object, requested: u32) -> i32 {
     let Ok(res) = resolve(subject, object, requested) else {
-        return check_unreadable(hook, requested);
+        return check_unreadable(subject, hook, requested);
     };
     let v = verdict(subject, &res);
     if res.walk_bound {

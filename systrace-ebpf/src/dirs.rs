@@ -10,7 +10,10 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use systrace_common::{access, Default, Hook};
 
 use crate::{
-    decision::{check_subject, current_subject, hook_return, report, resolve, violation, Object, Resolution, Subject},
+    decision::{
+        check_subject, check_unreadable, current_subject, hook_return, report, resolve, violation, Object, Resolution,
+        Subject,
+    },
     hook::previous_verdict,
     kernel,
 };
@@ -29,7 +32,7 @@ fn dir_entry(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
     };
     match unsafe { kernel::path_parts(dir) } {
         Ok((_, mnt)) => check_subject(&subject, hook, Object { dentry, mnt }, requested),
-        Err(_) => crate::decision::check_unreadable(hook, requested),
+        Err(_) => check_unreadable(&subject, hook, requested),
     }
 }
 
@@ -90,7 +93,7 @@ fn granted(subject: &Subject, res: &Resolution) -> u32 {
 #[inline(always)]
 fn new_name(subject: &Subject, hook: Hook, from: Object, to: Object, requested: u32) -> i32 {
     let (Ok(old), Ok(new)) = (resolve(subject, from, CONTENT), resolve(subject, to, CONTENT)) else {
-        return crate::decision::check_unreadable(hook, requested);
+        return check_unreadable(subject, hook, requested);
     };
     let widened = granted(subject, &new) & !granted(subject, &old);
     if widened != 0 {
@@ -116,7 +119,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     let new_dir: kernel::PathPtr = ctx.arg(1);
     let new_dentry: kernel::DentryPtr = ctx.arg(2);
     let Ok((_, mnt)) = (unsafe { kernel::path_parts(new_dir) }) else {
-        return crate::decision::check_unreadable(Hook::PathLink, access::CREATE);
+        return check_unreadable(&subject, Hook::PathLink, access::CREATE);
     };
     // Hard links never cross mounts, so the old name is seen through the same one.
     let from = Object { dentry: old_dentry, mnt };
@@ -140,7 +143,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     let new_dentry: kernel::DentryPtr = ctx.arg(3);
     let (Ok((_, old_mnt)), Ok((_, new_mnt))) = (unsafe { kernel::path_parts(old_dir) }, unsafe { kernel::path_parts(new_dir) })
     else {
-        return crate::decision::check_unreadable(Hook::PathRename, access::RENAME);
+        return check_unreadable(&subject, Hook::PathRename, access::RENAME);
     };
     let from = Object { dentry: old_dentry, mnt: old_mnt };
     let to = Object { dentry: new_dentry, mnt: new_mnt };

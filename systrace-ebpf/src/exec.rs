@@ -6,7 +6,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use systrace_common::{access, Hook};
 
 use crate::{
-    decision::{check, check_unreadable},
+    decision::{check_subject, check_unreadable, current_subject},
     files::file_object,
     hook::previous_verdict,
     kernel,
@@ -19,9 +19,12 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    let Some(subject) = current_subject() else {
+        return 0;
+    };
     let bprm: *const u8 = ctx.arg(0);
     match unsafe { kernel::bprm_file(bprm).and_then(|file| file_object(file)) } {
-        Ok(object) => check(Hook::BprmCheckSecurity, object, access::EXEC),
-        Err(_) => check_unreadable(Hook::BprmCheckSecurity, access::EXEC),
+        Ok(object) => check_subject(&subject, Hook::BprmCheckSecurity, object, access::EXEC),
+        Err(_) => check_unreadable(&subject, Hook::BprmCheckSecurity, access::EXEC),
     }
 }

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use systrace_common::{access, Hook};
 
 use crate::{
-    decision::{check, Object},
+    decision::{check_subject, check_unreadable, current_subject, Object},
     hook::previous_verdict,
     kernel,
 };
@@ -40,18 +40,20 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let file: kernel::FilePtr = ctx.arg(0);
-    let Ok(object) = (unsafe { file_object(file) }) else {
-        return crate::decision::check_unreadable(Hook::FileOpen, access::READ);
+    let Some(subject) = current_subject() else {
+        return 0;
     };
-    let (Ok(mode), Ok(flags)) = (unsafe { kernel::file_mode(file) }, unsafe { kernel::file_flags(file) }) else {
-        return crate::decision::check_unreadable(Hook::FileOpen, access::READ);
+    let file: kernel::FilePtr = ctx.arg(0);
+    let (Ok(object), Ok(mode), Ok(flags)) =
+        (unsafe { file_object(file) }, unsafe { kernel::file_mode(file) }, unsafe { kernel::file_flags(file) })
+    else {
+        return check_unreadable(&subject, Hook::FileOpen, access::READ);
     };
     let requested = requested_access(mode, flags);
     if requested == 0 {
         return 0;
     }
-    check(Hook::FileOpen, object, requested)
+    check_subject(&subject, Hook::FileOpen, object, requested)
 }
 
 /// The object a `struct file` refers to.
@@ -75,9 +77,12 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    let Some(subject) = current_subject() else {
+        return 0;
+    };
     let path: kernel::PathPtr = ctx.arg(0);
     match unsafe { path_object(path) } {
-        Ok(object) => check(Hook::PathTruncate, object, access::WRITE),
-        Err(_) => crate::decision::check_unreadable(Hook::PathTruncate, access::WRITE),
+        Ok(object) => check_subject(&subject, Hook::PathTruncate, object, access::WRITE),
+        Err(_) => check_unreadable(&subject, Hook::PathTruncate, access::WRITE),
     }
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{macros::lsm, maps::lpm_trie::Key, programs::LsmContext};
 use systrace_common::{net, rule_verdict, Default, Hook, NetKey, Verdict};
 
 use crate::{
-    decision::{current_subject, hook_return, report_net, violation, NetTarget, Subject},
+    decision::{check_unreadable, current_subject, hook_return, report_net, violation, NetTarget, Subject},
     hook::previous_verdict,
     kernel,
     maps::NET_RULES,
@@ -78,12 +78,7 @@ fn check_address(ctx: &LsmContext, hook: Hook, op: u8) -> i32 {
     let target = match unsafe { target(sock, sockaddr, addrlen) } {
         Ok(Some(t)) => t,
         Ok(None) => return 0,
-        Err(_) => {
-            // Unreadable arguments of a confined process: refuse (fail closed).
-            let v = violation(&subject);
-            report_net(&subject, hook, v, &NetTarget { addr: [0; 16], port: 0, family: 0, proto: 0 });
-            return hook_return(v);
-        }
+        Err(_) => return check_unreadable(&subject, hook, 0),
     };
     let verdict = decide(&subject, op, &target);
     report_net(&subject, hook, verdict, &target);
