@@ -13,7 +13,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use systrace_agent::{offsets::Offset, policy::Compiled};
-use systrace_common::{names, net, Counter, FileKey, FileRule, Hook, NetKey, NetRule, PolicyInfo};
+use systrace_common::{names, net, Counter, FileKey, FileRule, Hook, NetKey, NetRule, PolicyInfo, SocketKey};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
@@ -56,6 +56,7 @@ struct Installed {
     cgroup_id: u64,
     keys: Vec<FileKey>,
     net_keys: Vec<LpmKey<NetKey>>,
+    socket_keys: Vec<SocketKey>,
 }
 
 pub struct Enforcer {
@@ -64,6 +65,8 @@ pub struct Enforcer {
     links: Vec<(&'static str, aya::programs::lsm::LsmLinkId)>,
     installed: HashMap<String, Installed>,
     next_slot: u32,
+    /// Links moved out of `links` by [`Enforcer::pin`]: they outlive the agent.
+    pinned: Vec<aya::programs::links::PinnedLink>,
 }
 
 /// Why loading failed, with the kernel's errno when there was one.
@@ -109,7 +112,30 @@ impl Enforcer {
                 program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name} to {hook}")), None))?;
             links.push((name, link));
         }
-        Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1 })
+        Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1, pinned: Vec::new() })
+    }
+
+    /// Pins every attached link in `dir`, one file per hook, so the programs keep
+    /// enforcing if this process dies. Pinned links are not detached when the
+    /// enforcer is dropped; [`Enforcer::unpin`] does that.
+    pub fn pin(&mut self, dir: &std::path::Path) -> Result<()> {
+        for (name, link) in self.links.drain(..) {
+            let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            let link = program.take_link(link)?;
+            let fd_link: aya::programs::links::FdLink = link.try_into()?;
+            let pinned = fd_link.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))?;
+            self.pinned.push(pinned);
+        }
+        Ok(())
+    }
+
+    /// Removes the pins; the links detach when their descriptors close.
+    pub fn unpin(&mut self) {
+        for pinned in self.pinned.drain(..) {
+            if let Err(e) = pinned.unpin() {
+                eprintln!("systrace-agent: removing a pin: {e}");
+            }
+        }
     }
 
     /// Benchmarks only: which programs are attached, keeping maps and policies.
@@ -149,6 +175,7 @@ impl Enforcer {
         self.next_slot += 1;
         let mut keys = Vec::with_capacity(policy.rules.len());
         let mut net_keys = Vec::with_capacity(policy.net.len());
+        let mut socket_keys = Vec::with_capacity(policy.sockets.len());
         let written = (|| -> Result<()> {
             self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, policy.info, 0)?;
             let mut rules = self.map::<FileKey, FileRule>(names::FILE_RULES)?;
@@ -166,21 +193,27 @@ impl Enforcer {
                 trie.insert(&key, *rule, 0).context("network rule")?;
                 net_keys.push(key);
             }
+            let mut sockets = self.map::<SocketKey, u8>(names::SOCKET_RULES)?;
+            for (&(family, sock_type), verdict) in &policy.sockets {
+                let key = SocketKey { policy: slot, family, sock_type };
+                sockets.insert(key, *verdict, 0).context("socket rule")?;
+                socket_keys.push(key);
+            }
             Ok(())
         })();
         if let Err(e) = written {
-            self.remove_slot(slot, &keys, &net_keys);
+            self.remove_slot(slot, &keys, &net_keys, &socket_keys);
             return Err(e.context(format!("writing policy {}", policy.name)));
         }
         let previous = self.installed.remove(&policy.name);
         if let Err(e) = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.insert(policy.cgroup_id, slot, 0)?)) {
-            self.remove_slot(slot, &keys, &net_keys);
+            self.remove_slot(slot, &keys, &net_keys, &socket_keys);
             if let Some(old) = previous {
                 self.installed.insert(policy.name.clone(), old);
             }
             return Err(e.context(format!("binding policy {} to its cgroup", policy.name)));
         }
-        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys, net_keys });
+        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys, net_keys, socket_keys });
         if let Some(old) = previous {
             self.retire(old, Some(policy.cgroup_id));
         }
@@ -206,7 +239,7 @@ impl Enforcer {
             let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
         }
         wait_for_readers();
-        self.remove_slot(old.slot, &old.keys, &old.net_keys);
+        self.remove_slot(old.slot, &old.keys, &old.net_keys, &old.socket_keys);
     }
 
     fn net_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetRule>> {
@@ -214,7 +247,12 @@ impl Enforcer {
         Ok(LpmTrie::try_from(map)?)
     }
 
-    fn remove_slot(&mut self, slot: u32, keys: &[FileKey], net_keys: &[LpmKey<NetKey>]) {
+    fn remove_slot(&mut self, slot: u32, keys: &[FileKey], net_keys: &[LpmKey<NetKey>], socket_keys: &[SocketKey]) {
+        if let Ok(mut sockets) = self.map::<SocketKey, u8>(names::SOCKET_RULES) {
+            for key in socket_keys {
+                let _ = sockets.remove(key);
+            }
+        }
         if let Ok(mut rules) = self.map::<FileKey, FileRule>(names::FILE_RULES) {
             for key in keys {
                 let _ = rules.remove(key);

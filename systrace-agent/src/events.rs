@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use serde::Serialize;
-use systrace_common::{event_flags, net, Event, Hook, Verdict, COMM_LEN, PATH_LEN};
+use systrace_common::{capability, event_flags, net, protect, socket, Event, Hook, Verdict, COMM_LEN, PATH_LEN};
 
 use crate::policy::{access_names, format_kernel_dev};
 
@@ -95,6 +95,34 @@ pub struct EventJson {
     /// Present when the parent walk hit its bound and the default verdict applied.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub walk_bound: bool,
+    /// The self-protection that refused the operation (ptrace, signal, bpf, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protection: Option<&'static str>,
+    /// `capable`: the capability asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// `task_kill`: the signal; `task_kill`, `ptrace_access_check`: the target process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// `ptrace_access_check`: "attach" or "read".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptrace_mode: Option<&'static str>,
+    /// `socket_create`: the family and type asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_family: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_type: Option<String>,
+    /// `task_alloc`: the clone flags that were refused (hex); `bpf`: the command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clone_flags: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_command: Option<u32>,
+}
+
+fn name_or_number(table: &[(&str, u16)], n: u32) -> String {
+    table.iter().find(|(_, v)| u32::from(*v) == n).map_or_else(|| n.to_string(), |(name, _)| name.to_string())
 }
 
 pub fn verdict_name(v: u8) -> &'static str {
@@ -138,6 +166,7 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         let paths = names.paths.get(policy?)?;
         paths.get(&(event.dev, event.ino)).map(|p| p.display().to_string())
     });
+    let hook = Hook::from_u16(event.hook);
     EventJson {
         kind: "event",
         time: rfc3339(clock.unix_ns(event.boot_ns)),
@@ -169,6 +198,19 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
             (_, net::IPPROTO_UDP) => Some("udp"),
             _ => Some("other"),
         },
+        protection: (event.protection != 0).then(|| protect::name(event.protection)),
+        capability: (hook == Some(Hook::Capable)).then(|| {
+            capability::NAMES.get(event.detail as usize).map_or_else(|| event.detail.to_string(), |n| n.to_string())
+        }),
+        signal: (hook == Some(Hook::TaskKill)).then_some(event.detail),
+        target_pid: matches!(hook, Some(Hook::TaskKill | Hook::PtraceAccessCheck)).then_some(event.target),
+        ptrace_mode: (hook == Some(Hook::PtraceAccessCheck))
+            .then_some(if event.detail & 0x02 != 0 { "attach" } else { "read" }),
+        socket_family: (hook == Some(Hook::SocketCreate)).then(|| name_or_number(&socket::FAMILIES, event.detail)),
+        socket_type: (hook == Some(Hook::SocketCreate)).then(|| name_or_number(&socket::TYPES, event.target)),
+        clone_flags: (hook == Some(Hook::TaskAlloc))
+            .then(|| format!("{:#x}", (u64::from(event.target) << 32) | u64::from(event.detail))),
+        bpf_command: (hook == Some(Hook::Bpf)).then_some(event.detail),
     }
 }
 
@@ -263,6 +305,29 @@ mod tests {
         assert_eq!(join_components(b"\0", 0).as_deref(), Some("/"));
         assert_eq!(join_components(b"b\0a\0", event_flags::PATH_TRUNCATED).as_deref(), Some("…/a/b"));
         assert_eq!(join_components(b"x\0", event_flags::NO_PATH), None);
+    }
+
+    #[test]
+    fn process_events_name_their_details() {
+        let mut e = sample();
+        e.flags = event_flags::NO_PATH | event_flags::NOT_FILE;
+        e.hook = Hook::Capable as u16;
+        e.detail = 21;
+        let j = to_json(&e, &Clock::with_offset(0), &PolicyNames::default());
+        assert_eq!(j.capability.as_deref(), Some("sys_admin"));
+        assert_eq!((j.signal, j.protection), (None, None));
+        e.hook = Hook::TaskKill as u16;
+        e.detail = 9;
+        e.target = 42;
+        e.protection = protect::SIGNAL;
+        let j = to_json(&e, &Clock::with_offset(0), &PolicyNames::default());
+        assert_eq!((j.signal, j.target_pid, j.protection), (Some(9), Some(42), Some("signal")));
+        e.hook = Hook::SocketCreate as u16;
+        e.detail = 17;
+        e.target = 3;
+        e.protection = 0;
+        let j = to_json(&e, &Clock::with_offset(0), &PolicyNames::default());
+        assert_eq!((j.socket_family.as_deref(), j.socket_type.as_deref()), (Some("packet"), Some("raw")));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! human-readable messages go to standard error.
 
 mod enforcer;
+mod pins;
 mod watch;
 
 use std::{
@@ -64,6 +65,8 @@ enum Command {
     },
     /// Say whether this kernel can enforce, and print the struct offsets read from its BTF.
     Probe,
+    /// Stop the enforcement a killed agent left behind: remove its pinned programs.
+    Detach,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Probe => probe(),
+        Command::Detach => detach(),
         Command::Run { policies, policy_dir, stats_interval, verifier_log, bench_detach_signal } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -83,6 +87,28 @@ fn main() -> ExitCode {
             let options = Options { stats_interval, verifier_log, bench_detach_signal };
             runtime.block_on(run(&sources, &options))
         }
+    }
+}
+
+fn detach() -> ExitCode {
+    let dirs = pins::others(Path::new(pins::PIN_ROOT), None);
+    if dirs.is_empty() {
+        eprintln!("systrace-agent: nothing pinned under {}", pins::PIN_ROOT);
+    }
+    let mut failed = false;
+    for dir in dirs {
+        match pins::remove_dir(&dir) {
+            Ok(n) => eprintln!("systrace-agent: removed {n} pinned programs in {}", dir.display()),
+            Err(e) => {
+                eprintln!("systrace-agent: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -344,14 +370,19 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_ENFORCE);
         }
     };
-    match serve(&mut enforcer, sources, compiled, options, started).await {
+    let result = serve(&mut enforcer, sources, compiled, options, started).await;
+    // A clean stop ends enforcement: the pins go, and dropping the enforcer
+    // detaches the programs and frees the maps. Only a killed agent leaves them.
+    enforcer.unpin();
+    let own = Path::new(pins::PIN_ROOT).join(std::process::id().to_string());
+    let _ = std::fs::remove_dir(own);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("systrace-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
-    // Dropping the enforcer detaches the programs and frees the maps.
 }
 
 /// Installs a compiled set, replacing what is there; returns the names for events.
@@ -370,6 +401,9 @@ fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames
             c.cgroup_id,
             c.rules.len()
         );
+        for (protection, reason) in &c.protections_off {
+            eprintln!("systrace-agent: policy {}: {protection} protection is off: {reason}", c.name);
+        }
     }
     let gone: Vec<String> =
         enforcer.installed().filter(|n| !compiled.iter().any(|c| c.name == *n)).map(str::to_string).collect();
@@ -393,9 +427,42 @@ fn policies_json(compiled: &[Compiled]) -> serde_json::Value {
     serde_json::Value::Array(
         compiled
             .iter()
-            .map(|c| json!({"name": c.name, "cgroup": c.cgroup, "cgroup_id": c.cgroup_id, "rule_anchors": c.rules.len()}))
+            .map(|c| {
+                let off: Vec<_> = c.protections_off.iter().map(|(n, why)| json!({"protection": n, "reason": why})).collect();
+                json!({
+                    "name": c.name,
+                    "cgroup": c.cgroup,
+                    "cgroup_id": c.cgroup_id,
+                    "rule_anchors": c.rules.len(),
+                    "capabilities": systrace_agent::policy::capability_names(c.info.capabilities),
+                    "protections_off": off,
+                })
+            })
             .collect(),
     )
+}
+
+/// Pins this agent's links, then removes the pins earlier agents left: their
+/// programs enforced until this moment, and ours already do. Without a bpffs
+/// the agent still enforces, but only for as long as it lives.
+fn pin(enforcer: &mut Enforcer) -> Result<Option<PathBuf>> {
+    let root = Path::new(pins::PIN_ROOT);
+    let own = match pins::prepare(root) {
+        Ok(own) => own,
+        Err(e) => {
+            eprintln!("systrace-agent: warning: not pinned, enforcement ends with this process: {e:#}");
+            return Ok(None);
+        }
+    };
+    // A failure here has taken links out of the program: fatal, not a warning.
+    enforcer.pin(&own)?;
+    for dir in pins::others(root, Some(&own)) {
+        match pins::remove_dir(&dir) {
+            Ok(n) => eprintln!("systrace-agent: took over from {}: {n} pinned programs detached", dir.display()),
+            Err(e) => eprintln!("systrace-agent: taking over from {}: {e:#}", dir.display()),
+        }
+    }
+    Ok(Some(own))
 }
 
 /// `started`: when the agent began reading policies, for the load time it reports.
@@ -409,6 +476,7 @@ async fn serve(
     let stats_interval = options.stats_interval;
     let mut names = PolicyNames::default();
     apply(enforcer, &compiled, &mut names)?;
+    let pinned = if options.bench_detach_signal { None } else { pin(enforcer)? };
     let policies = policies_json(&compiled);
     drop(compiled);
     release_memory();
@@ -428,6 +496,7 @@ async fn serve(
         "state": "enforcing",
         "generation": generation,
         "load_ms": started.elapsed().as_millis() as u64,
+        "pinned": pinned,
         "policies": policies,
     }));
     out.flush();

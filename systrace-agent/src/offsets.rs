@@ -60,7 +60,18 @@ pub fn hook_arg_count(btf: &Btf, hook: &str) -> Result<u64> {
 }
 
 /// Byte offset of `field` (dotted for nested members) in `struct strukt`.
+/// `a|b` names a member that a later kernel renamed: the first that exists wins.
 pub fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u64> {
+    if field.contains('|') {
+        let mut last = None;
+        for alternative in field.split('|') {
+            match member_offset(btf, strukt, alternative) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => last = Some(e),
+            }
+        }
+        return Err(last.unwrap_or_else(|| anyhow!("no member named in {field:?}")));
+    }
     let mut ty = find_struct(btf, strukt)?;
     let mut total_bits = 0u64;
     for part in field.split('.') {

@@ -12,7 +12,9 @@ use std::{
 };
 
 use serde::Deserialize;
-use systrace_common::{access, net, rule_verdict, FileRule, NetRule, PolicyInfo, PortRule, RuleSet};
+use systrace_common::{
+    access, capability, net, protect, rule_verdict, socket, FileRule, NetRule, PolicyInfo, PortRule, RuleSet, SocketKey,
+};
 use toml::Spanned;
 
 /// Where a diagnostic points.
@@ -152,6 +154,23 @@ struct RawPolicy {
     exec: Vec<RawExecRule>,
     #[serde(default)]
     net: Vec<RawNetRule>,
+    /// Capabilities allowed; absent: the policy's default decides every one.
+    capabilities: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    socket: Vec<RawSocketRule>,
+    /// Self-protections switched off: name -> the reason, which is required.
+    #[serde(default)]
+    protection_off: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocketRule {
+    family: Spanned<String>,
+    #[serde(rename = "type")]
+    sock_type: Option<Spanned<String>>,
+    #[serde(default)]
+    verdict: RuleVerdict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -235,6 +254,46 @@ pub struct Policy {
     pub default: DefaultVerdict,
     pub files: Vec<FileRuleSpec>,
     pub net: Vec<NetRuleSpec>,
+    /// Allowed capabilities as a bit set; `None` when the policy lists none and
+    /// its default decides.
+    pub capabilities: Option<u64>,
+    pub sockets: Vec<SocketRuleSpec>,
+    /// [`protect`] bits that stay on.
+    pub protections: u32,
+    /// Protections switched off, with the reason the policy gives.
+    pub protections_off: Vec<(String, String)>,
+}
+
+/// One socket creation rule: a family and a type, or every type of the family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketRuleSpec {
+    pub family: u16,
+    /// [`SocketKey::ANY_TYPE`] for the whole family.
+    pub sock_type: u16,
+    pub verdict: RuleVerdict,
+}
+
+/// A name from a table, or a number.
+fn named_number(text: &str, table: &[(&str, u16)], what: &str) -> Result<u16, String> {
+    let lower = text.to_ascii_lowercase();
+    if let Some((_, n)) = table.iter().find(|(name, _)| *name == lower) {
+        return Ok(*n);
+    }
+    lower.parse::<u16>().map_err(|_| {
+        let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        format!("unknown {what} {text:?}: use one of {} or a number", names.join(", "))
+    })
+}
+
+/// `net_bind_service` or `CAP_NET_BIND_SERVICE` to its number.
+pub fn capability_number(text: &str) -> Result<u32, String> {
+    let lower = text.to_ascii_lowercase();
+    let name = lower.strip_prefix("cap_").unwrap_or(&lower);
+    capability::NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map(|i| i as u32)
+        .ok_or_else(|| format!("unknown capability {text:?} (capability names are those of capabilities(7), such as net_bind_service)"))
 }
 
 /// One network rule, expanded to a single operation, family and protocol.
@@ -481,6 +540,61 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         }
     }
 
+    let capabilities = match &raw.capabilities {
+        Some(list) => {
+            let mut bits = 0u64;
+            for cap in list.get_ref() {
+                let n = capability_number(cap.get_ref()).map_err(|m| map.diagnostic(Severity::Error, cap.span(), m))?;
+                bits |= 1 << n;
+            }
+            Some(bits)
+        }
+        None => None,
+    };
+
+    let mut sockets = Vec::new();
+    for rule in &raw.socket {
+        let family = named_number(rule.family.get_ref(), &socket::FAMILIES, "socket family")
+            .map_err(|m| map.diagnostic(Severity::Error, rule.family.span(), m))?;
+        let sock_type = match &rule.sock_type {
+            Some(t) => named_number(t.get_ref(), &socket::TYPES, "socket type")
+                .map_err(|m| map.diagnostic(Severity::Error, t.span(), m))?,
+            None => SocketKey::ANY_TYPE,
+        };
+        if let Some(other) = sockets.iter().find(|o: &&SocketRuleSpec| (o.family, o.sock_type) == (family, sock_type)) {
+            if other.verdict != rule.verdict {
+                return Err(map.diagnostic(
+                    Severity::Error,
+                    rule.family.span(),
+                    "another socket rule names the same family and type with a different verdict",
+                ));
+            }
+        }
+        sockets.push(SocketRuleSpec { family, sock_type, verdict: rule.verdict });
+    }
+
+    let mut protections = protect::ALL;
+    let mut protections_off = Vec::new();
+    for (name, reason) in &raw.protection_off {
+        let Some((_, bit)) = protect::NAMES.iter().find(|(n, _)| n == name.get_ref()) else {
+            let names: Vec<&str> = protect::NAMES.iter().map(|(n, _)| *n).collect();
+            return Err(map.diagnostic(
+                Severity::Error,
+                name.span(),
+                format!("unknown protection {:?}: the protections are {}", name.get_ref(), names.join(", ")),
+            ));
+        };
+        if reason.get_ref().trim().is_empty() {
+            return Err(map.diagnostic(
+                Severity::Error,
+                reason.span(),
+                "say why this protection is off: the reason is kept in the agent's status output",
+            ));
+        }
+        protections &= !bit;
+        protections_off.push((name.get_ref().clone(), reason.get_ref().clone()));
+    }
+
     Ok(Policy {
         name,
         source: file.to_path_buf(),
@@ -490,6 +604,10 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         default: raw.default,
         files,
         net: net_rules,
+        capabilities,
+        sockets,
+        protections,
+        protections_off,
     })
 }
 
@@ -602,7 +720,48 @@ pub struct Compiled {
     pub paths: BTreeMap<(u64, u64), PathBuf>,
     /// Network LPM entries.
     pub net: BTreeMap<NetEntryKey, NetRule>,
+    /// Socket creation: (family, type or [`SocketKey::ANY_TYPE`]) -> verdict.
+    pub sockets: BTreeMap<(u16, u16), u8>,
+    /// Protections the policy switched off, with its reasons.
+    pub protections_off: Vec<(String, String)>,
     pub warnings: Vec<Diagnostic>,
+}
+
+/// Names of the capabilities in a bit set; `["all"]` for every one.
+pub fn capability_names(bits: u64) -> Vec<&'static str> {
+    if bits == u64::MAX {
+        return vec!["all"];
+    }
+    capability::NAMES.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect()
+}
+
+fn rule_verdict_value(v: RuleVerdict) -> u8 {
+    match v {
+        RuleVerdict::Allow => rule_verdict::ALLOW,
+        RuleVerdict::Deny => rule_verdict::DENY,
+        RuleVerdict::Audit => rule_verdict::AUDIT,
+    }
+}
+
+/// Socket creation entries: the explicit rules, plus the sockets that network
+/// rules allowing tcp or udp need (a `connect` over tcp allows making a stream
+/// socket of that family) where no explicit rule speaks of them.
+pub fn compile_sockets(policy: &Policy) -> BTreeMap<(u16, u16), u8> {
+    let mut out: BTreeMap<(u16, u16), u8> =
+        policy.sockets.iter().map(|r| ((r.family, r.sock_type), rule_verdict_value(r.verdict))).collect();
+    for rule in policy.net.iter().filter(|r| r.verdict != RuleVerdict::Deny) {
+        let family = rule.family as u16;
+        let sock_type = if rule.proto == net::IPPROTO_TCP { socket::SOCK_STREAM } else { socket::SOCK_DGRAM };
+        if out.contains_key(&(family, SocketKey::ANY_TYPE)) {
+            continue;
+        }
+        out.entry((family, sock_type)).or_insert(rule_verdict::ALLOW);
+        // An IPv6 socket reaches IPv4-mapped addresses, which IPv4 rules decide.
+        if family == net::AF_INET as u16 && !out.contains_key(&(net::AF_INET6 as u16, SocketKey::ANY_TYPE)) {
+            out.entry((net::AF_INET6 as u16, sock_type)).or_insert(rule_verdict::ALLOW);
+        }
+    }
+    out
 }
 
 /// Adds a rule to a rule set. Within one set deny wins over allow at run time, and
@@ -634,7 +793,13 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
             DefaultVerdict::Deny => systrace_common::Default::Deny as u8,
             DefaultVerdict::Allow => systrace_common::Default::Allow as u8,
         },
-        _pad: [0; 6],
+        _pad: [0; 2],
+        protections: policy.protections,
+        capabilities: policy.capabilities.unwrap_or(match policy.default {
+            DefaultVerdict::Deny => 0,
+            DefaultVerdict::Allow => u64::MAX,
+        }),
+        cgroup_id,
     };
     let mut rules: BTreeMap<(u64, u64), FileRule> = BTreeMap::new();
     let mut paths = BTreeMap::new();
@@ -672,6 +837,8 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
         rules,
         paths,
         net,
+        sockets: compile_sockets(policy),
+        protections_off: policy.protections_off.clone(),
         warnings,
     })
 }

@@ -20,6 +20,8 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// LPM trie: [`crate::NetKey`] (longest address prefix) -> [`crate::NetRule`].
     pub const NET_RULES: &str = "NET_RULES";
+    /// [`crate::SocketKey`] -> one of [`crate::rule_verdict`]: socket creation rules.
+    pub const SOCKET_RULES: &str = "SOCKET_RULES";
 }
 
 /// Access kinds, as bits. A rule holds the set it allows; an operation requests a set.
@@ -107,10 +109,24 @@ pub enum Hook {
     PathTruncate = 10,
     SocketBind = 11,
     SocketConnect = 12,
+    SocketSendmsg = 13,
+    SocketCreate = 14,
+    Capable = 15,
+    PtraceAccessCheck = 16,
+    TaskKill = 17,
+    Bpf = 18,
+    SbMount = 19,
+    MoveMount = 20,
+    SbUmount = 21,
+    KernelModuleRequest = 22,
+    KernelLoadData = 23,
+    KernelReadFile = 24,
+    TaskAlloc = 25,
+    UsernsCreate = 26,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 12] = [
+    pub const ALL: [Hook; 26] = [
         Hook::FileOpen,
         Hook::BprmCheckSecurity,
         Hook::PathMknod,
@@ -123,6 +139,20 @@ impl Hook {
         Hook::PathTruncate,
         Hook::SocketBind,
         Hook::SocketConnect,
+        Hook::SocketSendmsg,
+        Hook::SocketCreate,
+        Hook::Capable,
+        Hook::PtraceAccessCheck,
+        Hook::TaskKill,
+        Hook::Bpf,
+        Hook::SbMount,
+        Hook::MoveMount,
+        Hook::SbUmount,
+        Hook::KernelModuleRequest,
+        Hook::KernelLoadData,
+        Hook::KernelReadFile,
+        Hook::TaskAlloc,
+        Hook::UsernsCreate,
     ];
 
     /// The LSM hook name, which is also the program's name in the object.
@@ -140,6 +170,53 @@ impl Hook {
             Hook::PathTruncate => "path_truncate",
             Hook::SocketBind => "socket_bind",
             Hook::SocketConnect => "socket_connect",
+            Hook::SocketSendmsg => "socket_sendmsg",
+            Hook::SocketCreate => "socket_create",
+            Hook::Capable => "capable",
+            Hook::PtraceAccessCheck => "ptrace_access_check",
+            Hook::TaskKill => "task_kill",
+            Hook::Bpf => "bpf",
+            Hook::SbMount => "sb_mount",
+            Hook::MoveMount => "move_mount",
+            Hook::SbUmount => "sb_umount",
+            Hook::KernelModuleRequest => "kernel_module_request",
+            Hook::KernelLoadData => "kernel_load_data",
+            Hook::KernelReadFile => "kernel_read_file",
+            Hook::TaskAlloc => "task_alloc",
+            Hook::UsernsCreate => "userns_create",
+        }
+    }
+
+    /// Global holding the index of the previous program's return value in this
+    /// hook's context; see [`offsets::ret_arg_global`].
+    pub fn ret_global(self) -> &'static str {
+        match self {
+            Hook::FileOpen => "RET_FILE_OPEN",
+            Hook::BprmCheckSecurity => "RET_BPRM_CHECK_SECURITY",
+            Hook::PathMknod => "RET_PATH_MKNOD",
+            Hook::PathMkdir => "RET_PATH_MKDIR",
+            Hook::PathSymlink => "RET_PATH_SYMLINK",
+            Hook::PathLink => "RET_PATH_LINK",
+            Hook::PathUnlink => "RET_PATH_UNLINK",
+            Hook::PathRmdir => "RET_PATH_RMDIR",
+            Hook::PathRename => "RET_PATH_RENAME",
+            Hook::PathTruncate => "RET_PATH_TRUNCATE",
+            Hook::SocketBind => "RET_SOCKET_BIND",
+            Hook::SocketConnect => "RET_SOCKET_CONNECT",
+            Hook::SocketSendmsg => "RET_SOCKET_SENDMSG",
+            Hook::SocketCreate => "RET_SOCKET_CREATE",
+            Hook::Capable => "RET_CAPABLE",
+            Hook::PtraceAccessCheck => "RET_PTRACE_ACCESS_CHECK",
+            Hook::TaskKill => "RET_TASK_KILL",
+            Hook::Bpf => "RET_BPF",
+            Hook::SbMount => "RET_SB_MOUNT",
+            Hook::MoveMount => "RET_MOVE_MOUNT",
+            Hook::SbUmount => "RET_SB_UMOUNT",
+            Hook::KernelModuleRequest => "RET_KERNEL_MODULE_REQUEST",
+            Hook::KernelLoadData => "RET_KERNEL_LOAD_DATA",
+            Hook::KernelReadFile => "RET_KERNEL_READ_FILE",
+            Hook::TaskAlloc => "RET_TASK_ALLOC",
+            Hook::UsernsCreate => "RET_USERNS_CREATE",
         }
     }
 
@@ -156,7 +233,118 @@ pub struct PolicyInfo {
     pub mode: u8,
     /// [`Default`] as u8.
     pub default: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// [`protect`] bits that are on.
+    pub protections: u32,
+    /// Capabilities (bit n = capability n) the policy allows.
+    pub capabilities: u64,
+    /// The cgroup the policy names. Processes in it or below it are "inside":
+    /// signals and ptrace reads stay allowed there.
+    pub cgroup_id: u64,
+}
+
+/// Self-protection a policy applies to its processes, as bits of
+/// [`PolicyInfo::protections`]. All are on unless the policy switches one off.
+pub mod protect {
+    /// No ptrace attach to any other process; no ptrace reads of processes outside.
+    pub const PTRACE: u32 = 1 << 0;
+    /// No signals to processes outside the policy's cgroup (the agent above all).
+    pub const SIGNAL: u32 = 1 << 1;
+    /// No bpf() calls, and no unlinking or renaming on bpffs (the agent's pins).
+    pub const BPF: u32 = 1 << 2;
+    /// No mount, umount or move_mount.
+    pub const MOUNT: u32 = 1 << 3;
+    /// No kernel module loading, explicit or on demand, and no kexec images.
+    pub const MODULE: u32 = 1 << 4;
+    /// No writes to cgroup.procs, cgroup.threads or tasks, no CLONE_INTO_CGROUP.
+    pub const CGROUP: u32 = 1 << 5;
+    /// No new user namespaces, no clone into new user or mount namespaces.
+    pub const NAMESPACE: u32 = 1 << 6;
+    pub const ALL: u32 = PTRACE | SIGNAL | BPF | MOUNT | MODULE | CGROUP | NAMESPACE;
+
+    pub const NAMES: [(&str, u32); 7] = [
+        ("ptrace", PTRACE),
+        ("signal", SIGNAL),
+        ("bpf", BPF),
+        ("mount", MOUNT),
+        ("module", MODULE),
+        ("cgroup", CGROUP),
+        ("namespace", NAMESPACE),
+    ];
+
+    pub fn name(bit: u32) -> &'static str {
+        NAMES.iter().find(|(_, b)| *b == bit).map_or("unknown", |(n, _)| n)
+    }
+}
+
+/// Capability numbers, as `linux/capability.h` has them.
+pub mod capability {
+    /// Names without the `CAP_` prefix, lower case, indexed by number.
+    pub const NAMES: [&str; 41] = [
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "linux_immutable",
+        "net_bind_service",
+        "net_broadcast",
+        "net_admin",
+        "net_raw",
+        "ipc_lock",
+        "ipc_owner",
+        "sys_module",
+        "sys_rawio",
+        "sys_chroot",
+        "sys_ptrace",
+        "sys_pacct",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "mknod",
+        "lease",
+        "audit_write",
+        "audit_control",
+        "setfcap",
+        "mac_override",
+        "mac_admin",
+        "syslog",
+        "wake_alarm",
+        "block_suspend",
+        "audit_read",
+        "perfmon",
+        "bpf",
+        "checkpoint_restore",
+    ];
+}
+
+/// Socket families and types by name, for socket creation rules and events.
+pub mod socket {
+    pub const FAMILIES: [(&str, u16); 5] = [("unix", 1), ("inet", 2), ("inet6", 10), ("netlink", 16), ("packet", 17)];
+    pub const TYPES: [(&str, u16); 5] = [("stream", 1), ("dgram", 2), ("raw", 3), ("seqpacket", 5), ("packet", 10)];
+    pub const SOCK_STREAM: u16 = 1;
+    pub const SOCK_DGRAM: u16 = 2;
+}
+
+/// Key of `SOCKET_RULES`: which sockets a policy lets its processes create.
+/// `sock_type` [`SocketKey::ANY_TYPE`] matches every type of the family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketKey {
+    pub policy: u32,
+    pub family: u16,
+    pub sock_type: u16,
+}
+
+impl SocketKey {
+    pub const ANY_TYPE: u16 = u16::MAX;
 }
 
 /// Key of the `FILE_RULES` map: one file (by device and inode) under one policy.
@@ -205,7 +393,9 @@ pub struct FileRule {
 /// Network operations, families and protocols, as the kernel numbers them.
 pub mod net {
     pub const OP_BIND: u8 = 1;
+    /// Also decides datagrams sent to an explicit address (sendto, sendmsg).
     pub const OP_CONNECT: u8 = 2;
+    pub const AF_UNIX: u8 = 1;
     pub const AF_INET: u8 = 2;
     pub const AF_INET6: u8 = 10;
     pub const IPPROTO_TCP: u8 = 6;
@@ -293,6 +483,8 @@ pub mod event_flags {
     pub const WALK_BOUND: u8 = 1 << 1;
     /// The path did not fit; `path` holds its last components only.
     pub const PATH_TRUNCATED: u8 = 1 << 2;
+    /// The event is about a process, a capability or a socket, not a file.
+    pub const NOT_FILE: u8 = 1 << 3;
 }
 
 /// One violation or audit report, written to the `EVENTS` ring buffer.
@@ -326,7 +518,15 @@ pub struct Event {
     pub net_port: u16,
     pub net_family: u8,
     pub net_proto: u8,
-    pub _pad2: u32,
+    /// Hook-specific: the capability (capable), signal (task_kill), ptrace mode,
+    /// socket family (socket_create), clone flags' low half (task_alloc), bpf
+    /// command, kernel read/load id.
+    pub detail: u32,
+    /// Hook-specific: the target process (task_kill, ptrace), socket type
+    /// (socket_create).
+    pub target: u32,
+    /// The [`protect`] bit that decided, 0 for rule decisions.
+    pub protection: u32,
     pub comm: [u8; COMM_LEN],
     /// The path's components, leaf first, each NUL-terminated, in the first
     /// [`PATH_LEN`] bytes (`new.txt\0www\0srv\0` for `/srv/www/new.txt`). The
@@ -341,7 +541,7 @@ pub struct Event {
 pub mod offsets {
     /// (global, struct, field) for every offset the programs need. Each global is a
     /// `u64` byte offset in the eBPF object.
-    pub const ALL: [(&str, &str, &str); 17] = [
+    pub const ALL: [(&str, &str, &str); 27] = [
         ("OFF_FILE_F_MODE", "file", "f_mode"),
         ("OFF_FILE_F_FLAGS", "file", "f_flags"),
         ("OFF_FILE_F_PATH", "file", "f_path"),
@@ -359,26 +559,24 @@ pub mod offsets {
         ("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
         ("OFF_SOCKET_SK", "socket", "sk"),
         ("OFF_SOCK_SK_PROTOCOL", "sock", "sk_protocol"),
+        ("OFF_MSGHDR_MSG_NAME", "msghdr", "msg_name"),
+        ("OFF_MSGHDR_MSG_NAMELEN", "msghdr", "msg_namelen"),
+        ("OFF_TASK_STRUCT_TGID", "task_struct", "tgid"),
+        ("OFF_TASK_STRUCT_CGROUPS", "task_struct", "cgroups"),
+        ("OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
+        ("OFF_CGROUP_KN", "cgroup", "kn"),
+        // Called __parent in newer kernels (6.18 has it), where it is RCU-protected.
+        ("OFF_KERNFS_NODE_PARENT", "kernfs_node", "parent|__parent"),
+        ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
+        ("OFF_SUPER_BLOCK_S_MAGIC", "super_block", "s_magic"),
+        ("OFF_VFSMOUNT_MNT_ROOT", "vfsmount", "mnt_root"),
     ];
 
     /// Global holding, per hook, the index of the previous program's return value in
     /// the hook's context (the number of hook arguments), read from the BTF of
     /// `bpf_lsm_<hook>`: it differs between kernels for some hooks.
     pub fn ret_arg_global(hook: crate::Hook) -> &'static str {
-        match hook {
-            crate::Hook::FileOpen => "RET_FILE_OPEN",
-            crate::Hook::BprmCheckSecurity => "RET_BPRM_CHECK_SECURITY",
-            crate::Hook::PathMknod => "RET_PATH_MKNOD",
-            crate::Hook::PathMkdir => "RET_PATH_MKDIR",
-            crate::Hook::PathSymlink => "RET_PATH_SYMLINK",
-            crate::Hook::PathLink => "RET_PATH_LINK",
-            crate::Hook::PathUnlink => "RET_PATH_UNLINK",
-            crate::Hook::PathRmdir => "RET_PATH_RMDIR",
-            crate::Hook::PathRename => "RET_PATH_RENAME",
-            crate::Hook::PathTruncate => "RET_PATH_TRUNCATE",
-            crate::Hook::SocketBind => "RET_SOCKET_BIND",
-            crate::Hook::SocketConnect => "RET_SOCKET_CONNECT",
-        }
+        hook.ret_global()
     }
 }
 
@@ -392,4 +590,5 @@ mod pod {
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::SocketKey {}
 }

@@ -67,18 +67,28 @@ pub fn current_subject() -> Option<Subject> {
 /// Level 0, the root cgroup, is skipped: the agent refuses policies for it.
 #[inline(always)]
 fn nearest_ancestor_policy(current: u64) -> Option<u32> {
-    let mut found = None;
+    // A plain integer, not an Option carried through the loop: a `None` has an
+    // undefined payload, which LLVM may spill from whatever register is at hand,
+    // and the verifier refuses to let a program read an uninitialized register.
+    let mut found: u64 = NO_POLICY;
     for level in 1..MAX_CGROUP_DEPTH {
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
         if id == 0 || id == current {
             break;
         }
         if let Some(policy) = unsafe { CGROUP_POLICY.get(&id) } {
-            found = Some(*policy);
+            found = *policy as u64;
         }
     }
-    found
+    if found == NO_POLICY {
+        None
+    } else {
+        Some(found as u32)
+    }
 }
+
+/// Above every policy slot (a u32).
+const NO_POLICY: u64 = u64::MAX;
 
 /// What an operation is about: a name in the tree, seen through a mount.
 #[derive(Clone, Copy)]
@@ -190,7 +200,15 @@ unsafe fn walk_step_inner(w: &mut Walk) -> Result<bool, i64> {
         }
         return Ok(true);
     }
-    // The root of a mount: continue from where it is mounted.
+    // The root of the file system. If the mount shows the whole file system,
+    // continue from where it is mounted. A bind mount of a subdirectory is an
+    // alias: its mount point says nothing about the file's real ancestors, and
+    // climbing from it would let `mount --bind /secret /allowed/x` put a denied
+    // file under an allowed tree. The walk ends here instead.
+    if kernel::mount_root(w.mnt)? != w.dentry {
+        w.finished = WALK_DONE;
+        return Ok(false);
+    }
     match kernel::mount_point(w.mnt)? {
         Some((dentry, mnt)) => {
             w.dentry = dentry;
@@ -335,7 +353,9 @@ fn begin_event(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32) 
         (*event).net_port = 0;
         (*event).net_family = 0;
         (*event).net_proto = 0;
-        (*event)._pad2 = 0;
+        (*event).detail = 0;
+        (*event).target = 0;
+        (*event).protection = 0;
         (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*event).path[0] = 0;
     }
@@ -393,6 +413,63 @@ pub fn report_net(subject: &Subject, hook: Hook, verdict: Verdict, target: &NetT
     send_event(event);
 }
 
+/// What an event about a process, a capability or a socket carries besides the
+/// subject: see [`Event::detail`], [`Event::target`], [`Event::protection`].
+#[derive(Clone, Copy, Default)]
+pub struct Detail {
+    pub detail: u32,
+    pub target: u32,
+    pub protection: u32,
+}
+
+/// Writes an event that is not about a file, for every verdict other than a silent allow.
+#[inline(always)]
+pub fn report_other(subject: &Subject, hook: Hook, verdict: Verdict, detail: Detail) {
+    let Some(event) = begin_event(subject, hook, verdict, 0) else {
+        return;
+    };
+    unsafe {
+        (*event).flags = event_flags::NO_PATH | event_flags::NOT_FILE;
+        (*event).detail = detail.detail;
+        (*event).target = detail.target;
+        (*event).protection = detail.protection;
+    }
+    send_event(event);
+}
+
+/// Decides an operation that the self-protection bit `detail.protection`
+/// forbids: allowed when the policy switched that protection off, a violation
+/// otherwise. `quiet` skips the report (the kernel's own "noaudit" probes).
+#[inline(always)]
+pub fn check_protection(subject: &Subject, hook: Hook, detail: Detail, quiet: bool) -> i32 {
+    if subject.info.protections & detail.protection == 0 {
+        return 0;
+    }
+    let v = violation(subject);
+    if !quiet {
+        report_other(subject, hook, v, detail);
+    }
+    hook_return(v)
+}
+
+/// Whether `task` runs in the policy's cgroup or below it: climbs the task's
+/// cgroup v2 ancestry looking for the cgroup the policy names.
+#[inline(always)]
+pub fn task_inside(subject: &Subject, task: *const u8) -> Result<bool, i64> {
+    let mut node = unsafe { kernel::task_cgroup_node(task)? };
+    for _ in 0..MAX_CGROUP_DEPTH {
+        if node.is_null() {
+            return Ok(false);
+        }
+        let (id, parent) = unsafe { kernel::cgroup_node(node)? };
+        if id == subject.info.cgroup_id {
+            return Ok(true);
+        }
+        node = parent;
+    }
+    Ok(false)
+}
+
 /// State of the path writer, shared with its `bpf_loop` callback.
 #[repr(C)]
 struct PathWalk {
@@ -440,7 +517,13 @@ extern "C" fn path_step(_index: u64, ctx: *mut c_void) -> i64 {
         p.flags = event_flags::NO_PATH as u32;
         return 1;
     };
-    if parent == p.dentry {
+    // Events name the path the process used, as d_path does: at the root of
+    // the mount (a bind mount's root included), continue at its mount point.
+    let Ok(mount_root) = (unsafe { kernel::mount_root(p.mnt) }) else {
+        p.flags = event_flags::NO_PATH as u32;
+        return 1;
+    };
+    if parent == p.dentry || mount_root == p.dentry {
         // The root of a mount has no name of its own in the path: continue with
         // the name it is mounted on, or stop at the root of the whole tree.
         return match unsafe { kernel::mount_point(p.mnt) } {

@@ -14,6 +14,7 @@ use crate::{
         check_subject, check_unreadable, current_subject, hook_return, report, resolve, violation, Object, Resolution,
         Subject,
     },
+    guard,
     hook::previous_verdict,
     kernel,
 };
@@ -31,7 +32,15 @@ fn dir_entry(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
         return 0;
     };
     match unsafe { kernel::path_parts(dir) } {
-        Ok((_, mnt)) => check_subject(&subject, hook, Object { dentry, mnt }, requested),
+        Ok((dir_dentry, mnt)) => {
+            if requested & access::DELETE != 0 {
+                let guarded = guard::pin_removal(&subject, hook, dir_dentry);
+                if guarded != 0 {
+                    return guarded;
+                }
+            }
+            check_subject(&subject, hook, Object { dentry, mnt }, requested)
+        }
         Err(_) => check_unreadable(&subject, hook, requested),
     }
 }
@@ -141,10 +150,15 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     let old_dentry: kernel::DentryPtr = ctx.arg(1);
     let new_dir: kernel::PathPtr = ctx.arg(2);
     let new_dentry: kernel::DentryPtr = ctx.arg(3);
-    let (Ok((_, old_mnt)), Ok((_, new_mnt))) = (unsafe { kernel::path_parts(old_dir) }, unsafe { kernel::path_parts(new_dir) })
+    let (Ok((old_dir_dentry, old_mnt)), Ok((_, new_mnt))) =
+        (unsafe { kernel::path_parts(old_dir) }, unsafe { kernel::path_parts(new_dir) })
     else {
         return check_unreadable(&subject, Hook::PathRename, access::RENAME);
     };
+    let guarded = guard::pin_removal(&subject, Hook::PathRename, old_dir_dentry);
+    if guarded != 0 {
+        return guarded;
+    }
     let from = Object { dentry: old_dentry, mnt: old_mnt };
     let to = Object { dentry: new_dentry, mnt: new_mnt };
     let moved = check_subject(&subject, Hook::PathRename, from, access::RENAME);

@@ -5,6 +5,7 @@ use systrace_common::{access, Hook};
 
 use crate::{
     decision::{check_subject, check_unreadable, current_subject, Object},
+    guard,
     hook::previous_verdict,
     kernel,
 };
@@ -52,6 +53,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let requested = requested_access(mode, flags);
     if requested == 0 {
         return 0;
+    }
+    let guarded = guard::cgroup_write(&subject, object.dentry, requested);
+    if guarded != 0 {
+        return guarded;
     }
     check_subject(&subject, Hook::FileOpen, object, requested)
 }

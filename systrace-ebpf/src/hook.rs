@@ -24,6 +24,20 @@ ret_globals!(
     RET_PATH_TRUNCATE,
     RET_SOCKET_BIND,
     RET_SOCKET_CONNECT,
+    RET_SOCKET_SENDMSG,
+    RET_SOCKET_CREATE,
+    RET_CAPABLE,
+    RET_PTRACE_ACCESS_CHECK,
+    RET_TASK_KILL,
+    RET_BPF,
+    RET_SB_MOUNT,
+    RET_MOVE_MOUNT,
+    RET_SB_UMOUNT,
+    RET_KERNEL_MODULE_REQUEST,
+    RET_KERNEL_LOAD_DATA,
+    RET_KERNEL_READ_FILE,
+    RET_TASK_ALLOC,
+    RET_USERNS_CREATE,
 );
 
 /// Reads context slot N. One function per slot, never inlined: with the slots as
@@ -39,7 +53,7 @@ macro_rules! slot_readers {
         )*
     };
 }
-slot_readers!(slot1 = 1, slot2 = 2, slot3 = 3, slot4 = 4, slot5 = 5);
+slot_readers!(slot1 = 1, slot2 = 2, slot3 = 3, slot4 = 4, slot5 = 5, slot6 = 6);
 
 /// The return value of the BPF LSM program that ran before this one on the same
 /// hook (0 when none refused). The slot index is a frozen read-only global, so the
@@ -54,6 +68,7 @@ macro_rules! previous_verdict {
             3 => $crate::hook::slot3(args),
             4 => $crate::hook::slot4(args),
             5 => $crate::hook::slot5(args),
+            6 => $crate::hook::slot6(args),
             _ => 0,
         }
     }};

@@ -32,6 +32,16 @@ globals!(
     OFF_LINUX_BINPRM_FILE,
     OFF_SOCKET_SK,
     OFF_SOCK_SK_PROTOCOL,
+    OFF_MSGHDR_MSG_NAME,
+    OFF_MSGHDR_MSG_NAMELEN,
+    OFF_TASK_STRUCT_TGID,
+    OFF_TASK_STRUCT_CGROUPS,
+    OFF_CSS_SET_DFL_CGRP,
+    OFF_CGROUP_KN,
+    OFF_KERNFS_NODE_PARENT,
+    OFF_KERNFS_NODE_ID,
+    OFF_SUPER_BLOCK_S_MAGIC,
+    OFF_VFSMOUNT_MNT_ROOT,
 );
 
 #[inline(always)]
@@ -121,6 +131,13 @@ pub unsafe fn mount_point(mnt: VfsMountPtr) -> Result<Option<(DentryPtr, VfsMoun
     Ok(Some((dentry, parent_mount.add(off(&OFF_MOUNT_MNT)))))
 }
 
+/// `mnt->mnt_root`: the dentry a mount shows at its mount point. For a bind
+/// mount of a subdirectory it is that directory, not the file system's root.
+#[inline(always)]
+pub unsafe fn mount_root(mnt: VfsMountPtr) -> Result<DentryPtr, i64> {
+    read(mnt, off(&OFF_VFSMOUNT_MNT_ROOT))
+}
+
 /// (`inode->i_sb->s_dev`, `inode->i_ino`): the identity rules are keyed by.
 #[inline(always)]
 pub unsafe fn inode_id(inode: InodePtr) -> Result<(u64, u64), i64> {
@@ -135,6 +152,40 @@ pub unsafe fn inode_id(inode: InodePtr) -> Result<(u64, u64), i64> {
 pub unsafe fn socket_protocol(socket: *const u8) -> Result<u16, i64> {
     let sk: *const u8 = read(socket, off(&OFF_SOCKET_SK))?;
     read(sk, off(&OFF_SOCK_SK_PROTOCOL))
+}
+
+/// (`msg->msg_name`, `msg->msg_namelen`): the destination a send names, if any.
+#[inline(always)]
+pub unsafe fn msghdr_name(msg: *const u8) -> Result<(*const u8, i32), i64> {
+    Ok((read(msg, off(&OFF_MSGHDR_MSG_NAME))?, read(msg, off(&OFF_MSGHDR_MSG_NAMELEN))?))
+}
+
+/// `task->tgid`: the process id of a thread.
+#[inline(always)]
+pub unsafe fn task_tgid(task: *const u8) -> Result<u32, i64> {
+    read(task, off(&OFF_TASK_STRUCT_TGID))
+}
+
+/// `task->cgroups->dfl_cgrp->kn`: the kernfs node of the task's cgroup v2 cgroup.
+#[inline(always)]
+pub unsafe fn task_cgroup_node(task: *const u8) -> Result<*const u8, i64> {
+    let css_set: *const u8 = read(task, off(&OFF_TASK_STRUCT_CGROUPS))?;
+    let cgroup: *const u8 = read(css_set, off(&OFF_CSS_SET_DFL_CGRP))?;
+    read(cgroup, off(&OFF_CGROUP_KN))
+}
+
+/// (`kn->id`, `kn->parent`): a cgroup's id (what bpf_get_current_cgroup_id
+/// returns) and its parent's node, null at the root.
+#[inline(always)]
+pub unsafe fn cgroup_node(kn: *const u8) -> Result<(u64, *const u8), i64> {
+    Ok((read(kn, off(&OFF_KERNFS_NODE_ID))?, read(kn, off(&OFF_KERNFS_NODE_PARENT))?))
+}
+
+/// `inode->i_sb->s_magic`: which file system an inode lives on.
+#[inline(always)]
+pub unsafe fn inode_fs_magic(inode: InodePtr) -> Result<u64, i64> {
+    let sb: *const u8 = read(inode, off(&OFF_INODE_I_SB))?;
+    read(sb, off(&OFF_SUPER_BLOCK_S_MAGIC))
 }
 
 /// Reads `T` at `offset` in a kernel buffer (a `struct sockaddr` the kernel copied in).

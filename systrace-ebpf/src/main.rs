@@ -12,10 +12,13 @@ mod decision;
 mod dirs;
 mod exec;
 mod files;
+mod guard;
 mod hook;
 mod kernel;
 mod maps;
 mod network;
+mod process;
+mod system;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use systrace_common::{Event, FileKey, FileRule, NetKey, NetRule, PolicyInfo, COUNTER_SLOTS};
+use systrace_common::{Event, FileKey, FileRule, NetKey, NetRule, PolicyInfo, SocketKey, COUNTER_SLOTS};
 
 /// Upper bounds; the agent refuses policies that would not fit.
 pub const MAX_CGROUPS: u32 = 4096;
@@ -27,6 +27,12 @@ pub const MAX_NET_RULES: u32 = 16_384;
 
 #[map(name = "NET_RULES")]
 pub static NET_RULES: LpmTrie<NetKey, NetRule> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
+
+pub const MAX_SOCKET_RULES: u32 = 4096;
+
+/// Socket creation rules; the value is one of `systrace_common::rule_verdict`.
+#[map(name = "SOCKET_RULES")]
+pub static SOCKET_RULES: HashMap<SocketKey, u8> = HashMap::with_max_entries(MAX_SOCKET_RULES, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

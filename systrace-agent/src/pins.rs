@@ -1,0 +1,69 @@
+//! Pinned links: what keeps the programs enforcing when the agent dies.
+//!
+//! Each agent pins its links under `/sys/fs/bpf/systrace/<pid>/<hook>`. A link
+//! stays attached for as long as a pin or an open descriptor refers to it, so a
+//! killed or crashed agent leaves its programs enforcing the last policy it
+//! loaded (events are then counted as ring-full drops, since nobody reads them).
+//! The next agent attaches its own programs, installs its policies, and only then
+//! removes the old pins: there is no moment without enforcement. A clean stop
+//! (SIGINT, SIGTERM) removes the agent's own pins, and `systrace-agent detach`
+//! removes what a dead agent left.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Where agents pin their links.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/systrace";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C string and an out-struct of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `/sys/fs/bpf` is a bpffs (mounting one if not) and returns this
+/// agent's own, empty pin directory.
+pub fn prepare(root: &Path) -> Result<PathBuf> {
+    let bpffs = root.parent().context("pin root has no parent")?;
+    if !is_bpffs(bpffs) {
+        let target = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes())?;
+        // SAFETY: valid C strings; mounting bpffs takes no data.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            bail!("{} is not a bpffs and mounting one failed: {}", bpffs.display(), std::io::Error::last_os_error());
+        }
+    }
+    let own = root.join(std::process::id().to_string());
+    if own.exists() {
+        // A previous agent with our pid (the pid was reused) died: its pins are stale.
+        remove_dir(&own)?;
+    }
+    std::fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
+    Ok(own)
+}
+
+/// Pin directories other than `own`: those of agents that died, or of one still
+/// running (whose programs stay attached through its descriptors anyway).
+pub fn others(root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| Some(p.as_path()) != own && p.is_dir()).collect()
+}
+
+/// Removes a pin directory; each removed pin drops the link it held.
+pub fn remove_dir(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        removed += 1;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(removed)
+}
