@@ -93,6 +93,22 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the agent process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, as a crash or an attacker would; returns once the process is gone.
+    pub fn kill_hard(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends a signal to the agent.
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child.

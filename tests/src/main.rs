@@ -8,8 +8,10 @@
 
 mod agent;
 mod bench;
+mod bypass;
 mod lang;
 mod op;
+mod protect;
 mod refusal;
 mod suite;
 
@@ -23,8 +25,9 @@ fn main() -> ExitCode {
         Some("refusal") => refusal::main(&args[1..]),
         Some("lang") => lang::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
+        Some("bypass") => bypass::main(&args[1..]),
         _ => {
-            eprintln!("usage: systrace-vmtest suite|lang|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
+            eprintln!("usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)
         }
     }

@@ -107,6 +107,40 @@ fn socket_op(verb: &str, addr: &str, port: u16, udp: bool) -> std::io::Result<()
     }
 }
 
+/// Sends one datagram to ADDRESS:PORT from a fresh, unbound UDP socket.
+fn sendto(addr: &str, port: u16) -> std::io::Result<()> {
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let family = if ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on a descriptor we own, with initialised
+    // sockaddr structs passed with their sizes.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let send = |sa: *const libc::sockaddr, len: libc::socklen_t| libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, sa, len);
+        let rc = match ip {
+            std::net::IpAddr::V4(v4) => {
+                let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = port.to_be();
+                sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                send(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = port.to_be();
+                sa.sin6_addr.s6_addr = v6.octets();
+                send(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
+            }
+        };
+        let result = if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+        libc::close(fd);
+        result
+    }
+}
+
 /// CPU time this process has used, in ns. Unlike wall time, it does not count
 /// time other processes had the CPU.
 fn cpu_ns() -> f64 {
@@ -154,6 +188,11 @@ pub fn main(args: &[String]) -> ExitCode {
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default().trim().to_string();
     // SAFETY: plain syscalls without arguments.
     let (pid, tgid) = unsafe { (libc::gettid() as u32, libc::getpid() as u32) };
+    // memfd-exec needs the program's bytes, which a confined process may not read.
+    let preloaded = match (verb.as_str(), operands.first()) {
+        ("memfd-exec", Some(src)) => std::fs::read(src).ok(),
+        _ => None,
+    };
     if let Some(cg) = cgroup {
         if let Err(e) = std::fs::write(Path::new(cg).join("cgroup.procs"), tgid.to_string()) {
             eprintln!("op: joining {cg}: {e}");
@@ -313,6 +352,176 @@ pub fn main(args: &[String]) -> ExitCode {
             }
             errno
         }
+        "sendto" => {
+            // sendto ADDRESS PORT: one datagram from an unconnected UDP socket that
+            // was never bound (the kernel picks the source port).
+            let (Some(addr), Some(port)) = (operands.first(), operands.get(1)) else {
+                eprintln!("op: sendto ADDRESS PORT");
+                return ExitCode::from(2);
+            };
+            match sendto(addr, port.parse().unwrap_or(0)) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            }
+        }
+        "socket" => {
+            // socket FAMILY TYPE (numbers)
+            let n = |i: usize| operands.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(-1);
+            let fd = unsafe { libc::socket(n(0), n(1) | libc::SOCK_CLOEXEC, 0) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            errno_of(fd)
+        }
+        "kill" => {
+            // kill PID SIGNAL
+            let n = |i: usize| operands.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+            errno_of(unsafe { libc::kill(n(0), n(1)) })
+        }
+        "ptrace" => {
+            // ptrace PID: attach (PTRACE_SEIZE, which does not stop it), then detach.
+            let pid = operands.first().and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+            let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+            let errno = errno_of(rc as libc::c_int);
+            if rc == 0 {
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+            }
+            errno
+        }
+        "bpf-next-link" => {
+            // bpf(BPF_LINK_GET_NEXT_ID): the first step to finding and detaching
+            // the agent's links.
+            const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+            let mut attr = [0u32; 32];
+            let rc = unsafe {
+                libc::syscall(libc::SYS_bpf, BPF_LINK_GET_NEXT_ID, attr.as_mut_ptr(), std::mem::size_of_val(&attr))
+            };
+            errno_of(rc as libc::c_int)
+        }
+        "mount-tmpfs" => errno_of(unsafe {
+            libc::mount(c"none".as_ptr(), a.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
+        }),
+        "bind-mount" => errno_of(unsafe {
+            libc::mount(a.as_ptr(), need_b().as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+        }),
+        "init-module" => {
+            // init_module of a buffer that is no module: the kernel refuses it as
+            // malformed, unless an LSM refuses the load first.
+            let junk = [0u8; 64];
+            let rc = unsafe {
+                libc::syscall(libc::SYS_init_module, junk.as_ptr(), junk.len(), c"".as_ptr())
+            };
+            errno_of(rc as libc::c_int)
+        }
+        "unshare-open" => {
+            // unshare-open PATH: new user and mount namespaces, then read PATH.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) };
+            if rc != 0 {
+                errno_of(rc)
+            } else {
+                // Namespaces made: the open decides.
+                outcome.rounds = 1;
+                open_errno(&a, libc::O_RDONLY)
+            }
+        }
+        "join" => {
+            // join CGROUP_DIR: write our own pid to another cgroup's cgroup.procs.
+            match std::fs::write(Path::new(&operands[0]).join("cgroup.procs"), tgid.to_string()) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            }
+        }
+        "reopen" => {
+            // reopen PATH: open it for reading, then open /proc/self/fd/N for writing.
+            let fd = unsafe { libc::open(a.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                errno_of(fd)
+            } else {
+                outcome.rounds = 1;
+                open_errno(&c(&format!("/proc/self/fd/{fd}")), libc::O_WRONLY)
+            }
+        }
+        "opath-reopen" => {
+            // opath-reopen PATH: an O_PATH descriptor needs no permission; reading
+            // through /proc/self/fd/N is a real open.
+            let fd = unsafe { libc::open(a.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            if fd < 0 {
+                errno_of(fd)
+            } else {
+                outcome.rounds = 1;
+                open_errno(&c(&format!("/proc/self/fd/{fd}")), libc::O_RDONLY)
+            }
+        }
+        "openat2" => {
+            // openat2 PATH with RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS.
+            #[repr(C)]
+            struct OpenHow {
+                flags: u64,
+                mode: u64,
+                resolve: u64,
+            }
+            const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+            const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+            let how = OpenHow { flags: libc::O_RDONLY as u64, mode: 0, resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+            let fd = unsafe {
+                libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, a.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+            } as libc::c_int;
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            errno_of(fd)
+        }
+        "uring-open" => uring_open(&a),
+        "memfd-exec" => {
+            // memfd-exec PROGRAM: copy the program into an anonymous file and
+            // execute that (fexecve), as fileless malware does.
+            let Some(bytes) = preloaded else {
+                eprintln!("op: memfd-exec: cannot read the program");
+                return ExitCode::from(2);
+            };
+            let fd = unsafe { libc::memfd_create(c"payload".as_ptr(), 0) };
+            if fd < 0 {
+                errno_of(fd)
+            } else {
+                let written = unsafe { libc::write(fd, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
+                if written != bytes.len() as isize {
+                    errno_of(-1)
+                } else {
+                    let argv0 = c("true");
+                    let argv = [argv0.as_ptr(), std::ptr::null()];
+                    let envp = [std::ptr::null()];
+                    unsafe { libc::fexecve(fd, argv.as_ptr(), envp.as_ptr()) };
+                    errno_of(-1)
+                }
+            }
+        }
+        "daemonize-open" => {
+            // daemonize-open PATH: fork, setsid, fork again; the grandchild opens
+            // PATH and sends the errno back through a pipe.
+            let mut pipe = [0; 2];
+            unsafe { libc::pipe(pipe.as_mut_ptr()) };
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                unsafe {
+                    libc::setsid();
+                    if libc::fork() == 0 {
+                        let e = open_errno(&a, libc::O_RDONLY);
+                        libc::write(pipe[1], &e as *const i32 as *const libc::c_void, 4);
+                    }
+                    libc::_exit(0);
+                }
+            }
+            unsafe { libc::close(pipe[1]) };
+            let mut e: i32 = -1;
+            let n = unsafe { libc::read(pipe[0], &mut e as *mut i32 as *mut libc::c_void, 4) };
+            let mut status = 0;
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            if n == 4 {
+                e
+            } else {
+                -1
+            }
+        }
         other => {
             eprintln!("op: unknown operation {other}");
             return ExitCode::from(2);
@@ -320,4 +529,33 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     println!("{}", serde_json::to_string(&outcome).expect("serializable"));
     ExitCode::SUCCESS
+}
+
+/// Opens `path` for reading through io_uring (IORING_OP_OPENAT); 0 or the errno.
+fn uring_open(path: &CString) -> i32 {
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return e.raw_os_error().unwrap_or(-1),
+    };
+    let entry = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+        .build();
+    // SAFETY: the path outlives the submission, which completes before we return.
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        return -1;
+    }
+    if let Err(e) = ring.submit_and_wait(1) {
+        return e.raw_os_error().unwrap_or(-1);
+    }
+    let Some(done) = ring.completion().next() else {
+        return -1;
+    };
+    let fd = done.result();
+    if fd >= 0 {
+        // SAFETY: the descriptor io_uring opened for us.
+        unsafe { libc::close(fd) };
+        0
+    } else {
+        -fd
+    }
 }

@@ -184,9 +184,15 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
 /// Boots one kernel once per scenario and tallies the TEST lines: the foundation
 /// suite and the policy-language suite with the BPF LSM active, and the refusal
 /// check with it left out of `lsm=`.
-fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)> {
+fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally, Vec<(String, String)>)> {
     let kernel = setup::kernel(spec)?;
-    let scenarios = [("suite", spec.cmdline), ("lang", spec.cmdline), ("refusal", spec.cmdline_without_bpf_lsm)];
+    let scenarios = [
+        ("suite", spec.cmdline),
+        ("lang", spec.cmdline),
+        ("bypass", spec.cmdline),
+        ("refusal", spec.cmdline_without_bpf_lsm),
+    ];
+    let mut bypass = Vec::new();
     let mut tally = Tally::default();
     let started = Instant::now();
     for (scenario, cmdline) in scenarios {
@@ -213,6 +219,9 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)>
                 if let Some(rest) = line.strip_prefix("VMTEST ") {
                     summary = Some(rest.to_string());
                 }
+                if let Some((case, word)) = line.strip_prefix("BYPASS ").and_then(|r| r.split_once(' ')) {
+                    bypass.push((case.to_string(), word.to_string()));
+                }
             })?;
             let tested_nothing = run.passed + run.failed == 0;
             if !finished && panicked && tested_nothing && attempt == 1 {
@@ -229,7 +238,46 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally)>
         }
     }
     say(&format!("kernel {} ran in {:.0?}", kernel.release, started.elapsed()));
-    Ok((format!("kernel {} ({})", kernel.release, spec.debian), tally))
+    Ok((format!("kernel {} ({})", kernel.release, spec.debian), tally, bypass))
+}
+
+/// Prints the bypass suite as a case × kernel table and returns its own tally:
+/// a cell passes when the attack was denied or is out of scope; BYPASSED or a
+/// missing cell (the VM stopped before the case ran) fails.
+fn bypass_table(columns: &[(String, Vec<(String, String)>)]) -> Tally {
+    let mut cases: Vec<&str> = Vec::new();
+    for (_, rows) in columns {
+        for (case, _) in rows {
+            if !cases.contains(&case.as_str()) {
+                cases.push(case);
+            }
+        }
+    }
+    let width = cases.iter().map(|c| c.len()).max().unwrap_or(4).max(4);
+    let mut header = format!("{:width$}", "case");
+    for (kernel, _) in columns {
+        header.push_str(&format!("  {kernel:<12}"));
+    }
+    println!("{}", header.trim_end());
+    let mut tally = Tally::default();
+    for case in &cases {
+        let mut line = format!("{case:width$}");
+        for (_, rows) in columns {
+            let cell = rows.iter().find(|(c, _)| c == case).map_or("missing", |(_, w)| w.as_str());
+            if cell == "denied" || cell == "out-of-scope" {
+                tally.passed += 1;
+            } else {
+                tally.failed += 1;
+            }
+            line.push_str(&format!("  {cell:<12}"));
+        }
+        println!("{}", line.trim_end());
+    }
+    if cases.is_empty() {
+        println!("(no bypass case ran)");
+        tally.failed += 1;
+    }
+    tally
 }
 
 fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
@@ -243,9 +291,16 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
         lines.push(("host unit tests".into(), host_tests()?));
     }
     let bins = build()?;
+    let mut bypass = Vec::new();
     for spec in specs {
-        lines.push(vm_suite(spec, &bins)?);
+        let (name, tally, rows) = vm_suite(spec, &bins)?;
+        lines.push((name, tally));
+        bypass.push((spec.label.to_string(), rows));
     }
+    println!();
+    println!("bypass suite (case x kernel):");
+    let bypass_tally = bypass_table(&bypass);
+    println!("bypass suite: {} passed, {} failed", bypass_tally.passed, bypass_tally.failed);
     println!();
     let mut total = Tally::default();
     for (name, t) in &lines {
@@ -253,6 +308,12 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
         total.passed += t.passed;
         total.failed += t.failed;
     }
+    // Each bypass case is also a TEST line in its kernel's tally; a missing
+    // cell is not, so it is added here.
+    let missing = bypass_tally.failed.saturating_sub(
+        bypass.iter().flat_map(|(_, rows)| rows).filter(|(_, w)| w == "BYPASSED").count(),
+    );
+    total.failed += missing;
     println!("{} passed, {} failed", total.passed, total.failed);
     if total.failed > 0 {
         bail!("{} failed", total.failed);
