@@ -13,7 +13,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use systrace_agent::{offsets::Offset, policy::Compiled};
-use systrace_common::{names, net, Counter, FileKey, FileRule, Hook, NetKey, NetRule, PolicyInfo, SocketKey};
+use systrace_common::{names, net, Counter, FileKey, FileRule, Hook, NetKey, NetRule, PolicyInfo, SocketKey, UnixKey};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
@@ -57,6 +57,7 @@ struct Installed {
     keys: Vec<FileKey>,
     net_keys: Vec<LpmKey<NetKey>>,
     socket_keys: Vec<SocketKey>,
+    unix_keys: Vec<UnixKey>,
 }
 
 pub struct Enforcer {
@@ -176,6 +177,7 @@ impl Enforcer {
         let mut keys = Vec::with_capacity(policy.rules.len());
         let mut net_keys = Vec::with_capacity(policy.net.len());
         let mut socket_keys = Vec::with_capacity(policy.sockets.len());
+        let mut unix_keys = Vec::with_capacity(policy.unix.len());
         let written = (|| -> Result<()> {
             self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, policy.info, 0)?;
             let mut rules = self.map::<FileKey, FileRule>(names::FILE_RULES)?;
@@ -199,21 +201,34 @@ impl Enforcer {
                 sockets.insert(key, *verdict, 0).context("socket rule")?;
                 socket_keys.push(key);
             }
+            let mut unix = self.map::<UnixKey, u8>(names::UNIX_RULES)?;
+            for (name, verdict) in &policy.unix {
+                let mut key = UnixKey {
+                    policy: slot,
+                    op: net::OP_CONNECT,
+                    _pad: 0,
+                    len: name.len() as u16,
+                    name: [0; systrace_common::UNIX_PATH_MAX],
+                };
+                key.name[..name.len()].copy_from_slice(name);
+                unix.insert(key, *verdict, 0).context("unix socket rule")?;
+                unix_keys.push(key);
+            }
             Ok(())
         })();
         if let Err(e) = written {
-            self.remove_slot(slot, &keys, &net_keys, &socket_keys);
+            self.remove_slot(slot, &keys, &net_keys, &socket_keys, &unix_keys);
             return Err(e.context(format!("writing policy {}", policy.name)));
         }
         let previous = self.installed.remove(&policy.name);
         if let Err(e) = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.insert(policy.cgroup_id, slot, 0)?)) {
-            self.remove_slot(slot, &keys, &net_keys, &socket_keys);
+            self.remove_slot(slot, &keys, &net_keys, &socket_keys, &unix_keys);
             if let Some(old) = previous {
                 self.installed.insert(policy.name.clone(), old);
             }
             return Err(e.context(format!("binding policy {} to its cgroup", policy.name)));
         }
-        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys, net_keys, socket_keys });
+        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys, net_keys, socket_keys, unix_keys });
         if let Some(old) = previous {
             self.retire(old, Some(policy.cgroup_id));
         }
@@ -239,7 +254,7 @@ impl Enforcer {
             let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
         }
         wait_for_readers();
-        self.remove_slot(old.slot, &old.keys, &old.net_keys, &old.socket_keys);
+        self.remove_slot(old.slot, &old.keys, &old.net_keys, &old.socket_keys, &old.unix_keys);
     }
 
     fn net_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetRule>> {
@@ -247,7 +262,12 @@ impl Enforcer {
         Ok(LpmTrie::try_from(map)?)
     }
 
-    fn remove_slot(&mut self, slot: u32, keys: &[FileKey], net_keys: &[LpmKey<NetKey>], socket_keys: &[SocketKey]) {
+    fn remove_slot(&mut self, slot: u32, keys: &[FileKey], net_keys: &[LpmKey<NetKey>], socket_keys: &[SocketKey], unix_keys: &[UnixKey]) {
+        if let Ok(mut unix) = self.map::<UnixKey, u8>(names::UNIX_RULES) {
+            for key in unix_keys {
+                let _ = unix.remove(key);
+            }
+        }
         if let Ok(mut sockets) = self.map::<SocketKey, u8>(names::SOCKET_RULES) {
             for key in socket_keys {
                 let _ = sockets.remove(key);

@@ -186,14 +186,15 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         requested: access_names(event.requested),
         walk_bound: event.flags & event_flags::WALK_BOUND != 0,
         address: net_address(event),
-        port: (event.net_family != 0).then_some(event.net_port),
+        port: (event.net_family != 0 && event.net_family != net::AF_UNIX).then_some(event.net_port),
         family: match event.net_family {
+            net::AF_UNIX => Some("unix"),
             net::AF_INET => Some("inet"),
             net::AF_INET6 => Some("inet6"),
             _ => None,
         },
         protocol: match (event.net_family, event.net_proto) {
-            (0, _) => None,
+            (0 | net::AF_UNIX, _) => None,
             (_, net::IPPROTO_TCP) => Some("tcp"),
             (_, net::IPPROTO_UDP) => Some("udp"),
             _ => Some("other"),
@@ -214,9 +215,20 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
     }
 }
 
+/// A unix peer's name: its path, or `@name` for an abstract one (as ss prints it).
+fn unix_name(event: &Event) -> String {
+    let len = usize::from(event.net_port).min(systrace_common::UNIX_PATH_MAX);
+    let name = &event.path[..len];
+    match name.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => c_string(name),
+    }
+}
+
 fn net_address(event: &Event) -> Option<String> {
     let a = event.net_addr;
     match event.net_family {
+        net::AF_UNIX => Some(unix_name(event)),
         net::AF_INET => Some(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()),
         net::AF_INET6 => Some(std::net::Ipv6Addr::from(a).to_string()),
         _ => None,

@@ -185,6 +185,7 @@ pub enum NetOp {
 pub enum Family {
     Inet,
     Inet6,
+    Unix,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,6 +211,10 @@ struct RawNetRule {
     protocol: Option<Protocol>,
     address: Option<Spanned<String>>,
     ports: Option<Spanned<RawPorts>>,
+    /// Unix sockets: the peer's path, or its abstract name (without the NUL).
+    path: Option<Spanned<String>>,
+    #[serde(rename = "abstract")]
+    abstract_name: Option<Spanned<String>>,
     #[serde(default)]
     verdict: RuleVerdict,
 }
@@ -258,10 +263,20 @@ pub struct Policy {
     /// its default decides.
     pub capabilities: Option<u64>,
     pub sockets: Vec<SocketRuleSpec>,
+    pub unix: Vec<UnixRuleSpec>,
     /// [`protect`] bits that stay on.
     pub protections: u32,
     /// Protections switched off, with the reason the policy gives.
     pub protections_off: Vec<(String, String)>,
+}
+
+/// One unix socket rule: a peer's name as the kernel keeps it (a path with its
+/// terminating NUL, an abstract name after a leading NUL; empty for every
+/// named peer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixRuleSpec {
+    pub name: Vec<u8>,
+    pub verdict: RuleVerdict,
 }
 
 /// One socket creation rule: a family and a type, or every type of the family.
@@ -496,9 +511,15 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
     }
 
     let mut net_rules = Vec::new();
+    let mut unix = Vec::new();
     for rule in &raw.net {
         if rule.operations.get_ref().is_empty() {
             return Err(map.diagnostic(Severity::Error, rule.operations.span(), "operations is empty: list bind, connect or both"));
+        }
+        let named = rule.path.as_ref().or(rule.abstract_name.as_ref());
+        if rule.family == Some(Family::Unix) || named.is_some() {
+            unix.push(parse_unix_rule(&map, rule)?);
+            continue;
         }
         let (addr_family, addr, prefix) = match &rule.address {
             Some(a) => {
@@ -517,6 +538,7 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
             (Some(Family::Inet), None) => vec![net::AF_INET],
             (Some(Family::Inet6), None) => vec![net::AF_INET6],
             (None, None) => vec![net::AF_INET, net::AF_INET6],
+            (Some(Family::Unix), None) => unreachable!("unix rules are parsed by parse_unix_rule"),
         };
         let protos = match rule.protocol {
             Some(Protocol::Tcp) => vec![net::IPPROTO_TCP],
@@ -606,9 +628,79 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         net: net_rules,
         capabilities,
         sockets,
+        unix,
         protections,
         protections_off,
     })
+}
+
+/// Validates a `family = "unix"` network rule.
+fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<UnixRuleSpec, Diagnostic> {
+    let err = |span: Range<usize>, msg: &str| map.diagnostic(Severity::Error, span, msg.to_string());
+    if let Some(path) = rule.path.as_ref().or(rule.abstract_name.as_ref()) {
+        if rule.family.is_some_and(|f| f != Family::Unix) {
+            return Err(err(path.span(), "a path or abstract name is for unix sockets: the rule's family must be unix"));
+        }
+    }
+    if rule.operations.get_ref().iter().any(|op| *op != NetOp::Connect) {
+        return Err(err(
+            rule.operations.span(),
+            "unix rules decide connect (and datagrams sent) only; binding a path socket creates a file, which [[file]] rules with create decide",
+        ));
+    }
+    if let Some(a) = &rule.address {
+        return Err(err(a.span(), "a unix rule names a path or an abstract name, not an address"));
+    }
+    if let Some(p) = &rule.ports {
+        return Err(err(p.span(), "unix sockets have no ports"));
+    }
+    if rule.protocol.is_some() {
+        return Err(err(rule.operations.span(), "unix rules take no protocol"));
+    }
+    let name = match (&rule.path, &rule.abstract_name) {
+        (Some(_), Some(a)) => return Err(err(a.span(), "give either path or abstract, not both")),
+        (Some(path), None) => {
+            if !path.get_ref().starts_with('/') {
+                return Err(err(path.span(), "a unix socket path must be absolute"));
+            }
+            let mut bytes = path.get_ref().as_bytes().to_vec();
+            bytes.push(0);
+            bytes
+        }
+        (None, Some(name)) => {
+            if name.get_ref().is_empty() {
+                return Err(err(name.span(), "an abstract name cannot be empty"));
+            }
+            let mut bytes = vec![0];
+            bytes.extend_from_slice(name.get_ref().as_bytes());
+            bytes
+        }
+        (None, None) => Vec::new(),
+    };
+    if name.len() > systrace_common::UNIX_PATH_MAX {
+        let span = rule.path.as_ref().or(rule.abstract_name.as_ref()).map_or(0..0, |s| s.span());
+        return Err(err(span, "a unix socket name has at most 107 bytes"));
+    }
+    Ok(UnixRuleSpec { name, verdict: rule.verdict })
+}
+
+/// Unix rule entries: name -> verdict; when two rules name the same peer, deny
+/// wins over audit, audit over allow.
+pub fn compile_unix(rules: &[UnixRuleSpec]) -> BTreeMap<Vec<u8>, u8> {
+    let rank = |v: u8| match v {
+        rule_verdict::DENY => 2,
+        rule_verdict::AUDIT => 1,
+        _ => 0,
+    };
+    let mut out: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+    for r in rules {
+        let v = rule_verdict_value(r.verdict);
+        let slot = out.entry(r.name.clone()).or_insert(v);
+        if rank(v) > rank(*slot) {
+            *slot = v;
+        }
+    }
+    out
 }
 
 /// Key of a compiled network entry: (op, family, proto, address, prefix bits).
@@ -722,6 +814,8 @@ pub struct Compiled {
     pub net: BTreeMap<NetEntryKey, NetRule>,
     /// Socket creation: (family, type or [`SocketKey::ANY_TYPE`]) -> verdict.
     pub sockets: BTreeMap<(u16, u16), u8>,
+    /// Unix socket peers: name (empty: every named peer) -> verdict.
+    pub unix: BTreeMap<Vec<u8>, u8>,
     /// Protections the policy switched off, with its reasons.
     pub protections_off: Vec<(String, String)>,
     pub warnings: Vec<Diagnostic>,
@@ -760,6 +854,10 @@ pub fn compile_sockets(policy: &Policy) -> BTreeMap<(u16, u16), u8> {
         if family == net::AF_INET as u16 && !out.contains_key(&(net::AF_INET6 as u16, SocketKey::ANY_TYPE)) {
             out.entry((net::AF_INET6 as u16, sock_type)).or_insert(rule_verdict::ALLOW);
         }
+    }
+    let unix = (net::AF_UNIX as u16, SocketKey::ANY_TYPE);
+    if policy.unix.iter().any(|r| r.verdict != RuleVerdict::Deny) && !policy.sockets.iter().any(|r| r.family == unix.0) {
+        out.entry(unix).or_insert(rule_verdict::ALLOW);
     }
     out
 }
@@ -838,6 +936,7 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
         paths,
         net,
         sockets: compile_sockets(policy),
+        unix: compile_unix(&policy.unix),
         protections_off: policy.protections_off.clone(),
         warnings,
     })
@@ -1160,6 +1259,84 @@ ports = 443
         assert_eq!((host.ports[1].lo, host.ports[1].hi, host.ports[1].verdict), (8000, 8099, rule_verdict::ALLOW));
         let v6 = c.keys().filter(|k| k.1 == net::AF_INET6).count();
         assert_eq!(v6, 4);
+    }
+
+    const HEAD: &str = "cgroup = \"c\"\nmode = \"enforce\"\ndefault = \"deny\"\n";
+
+    #[test]
+    fn capabilities_list_or_follow_the_default() {
+        let p = parse_str(&format!("{HEAD}capabilities = [\"net_bind_service\", \"CAP_CHOWN\"]\n")).unwrap();
+        assert_eq!(p.capabilities, Some((1 << 10) | 1));
+        assert_eq!(parse_str(HEAD).unwrap().capabilities, None);
+        let (line, col, msg) = error_at(&format!("{HEAD}capabilities = [\"chown\", \"fly\"]\n"));
+        assert_eq!((line, col), (4, 26));
+        assert!(msg.contains("unknown capability"), "{msg}");
+        let table = Table(HashMap::new());
+        let deny = compile(&parse_str(HEAD).unwrap(), &table).unwrap();
+        assert_eq!(deny.info.capabilities, 0);
+        let allow = compile(&parse_str(&HEAD.replace("deny", "allow")).unwrap(), &table).unwrap();
+        assert_eq!(allow.info.capabilities, u64::MAX);
+        assert_eq!(capability_names(allow.info.capabilities), vec!["all"]);
+    }
+
+    #[test]
+    fn protections_are_on_unless_switched_off_with_a_reason() {
+        let p = parse_str(HEAD).unwrap();
+        assert_eq!(p.protections, protect::ALL);
+        let p = parse_str(&format!("{HEAD}[protection_off]\nmount = \"runs containers\"\n")).unwrap();
+        assert_eq!(p.protections, protect::ALL & !protect::MOUNT);
+        assert_eq!(p.protections_off, vec![("mount".to_string(), "runs containers".to_string())]);
+        let (line, col, msg) = error_at(&format!("{HEAD}[protection_off]\nmount = \" \"\n"));
+        assert_eq!((line, col), (5, 9));
+        assert!(msg.contains("say why"), "{msg}");
+        let (line, col, msg) = error_at(&format!("{HEAD}[protection_off]\nselinux = \"x\"\n"));
+        assert_eq!((line, col), (5, 1));
+        assert!(msg.contains("unknown protection"), "{msg}");
+    }
+
+    #[test]
+    fn socket_rules_explicit_and_implied() {
+        let text = format!(
+            "{HEAD}[[socket]]\nfamily = \"packet\"\nverdict = \"deny\"\n\
+             [[socket]]\nfamily = \"inet\"\ntype = \"raw\"\nverdict = \"deny\"\n\
+             [[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"10.0.0.0/8\"\n\
+             [[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"/run/x.sock\"\n"
+        );
+        let p = parse_str(&text).unwrap();
+        let s = compile_sockets(&p);
+        assert_eq!(s[&(17, SocketKey::ANY_TYPE)], rule_verdict::DENY);
+        assert_eq!(s[&(2, 3)], rule_verdict::DENY);
+        // tcp to an IPv4 net: stream sockets of inet, and of inet6 for mapped addresses.
+        assert_eq!(s[&(2, 1)], rule_verdict::ALLOW);
+        assert_eq!(s[&(10, 1)], rule_verdict::ALLOW);
+        assert!(!s.contains_key(&(2, 2)));
+        assert_eq!(s[&(1, SocketKey::ANY_TYPE)], rule_verdict::ALLOW);
+        let (_, _, msg) = error_at(&format!("{HEAD}[[socket]]\nfamily = \"bluetooth\"\n"));
+        assert!(msg.contains("unknown socket family"), "{msg}");
+    }
+
+    #[test]
+    fn unix_rules_name_paths_and_abstract_names() {
+        let text = format!(
+            "{HEAD}[[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"/run/a.sock\"\n\
+             [[net]]\noperations = [\"connect\"]\nabstract = \"bus\"\nverdict = \"deny\"\n\
+             [[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\nverdict = \"audit\"\n"
+        );
+        let p = parse_str(&text).unwrap();
+        let u = compile_unix(&p.unix);
+        assert_eq!(u[b"/run/a.sock\0".as_slice()], rule_verdict::ALLOW);
+        assert_eq!(u[b"\0bus".as_slice()], rule_verdict::DENY);
+        assert_eq!(u[b"".as_slice()], rule_verdict::AUDIT);
+        assert!(p.net.is_empty());
+        let (line, _, msg) =
+            error_at(&format!("{HEAD}[[net]]\noperations = [\"bind\"]\nfamily = \"unix\"\npath = \"/run/a\"\n"));
+        assert_eq!(line, 5);
+        assert!(msg.contains("[[file]] rules with create"), "{msg}");
+        let (_, _, msg) = error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"run/a\"\n"));
+        assert!(msg.contains("absolute"), "{msg}");
+        let (_, _, msg) =
+            error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nfamily = \"inet\"\npath = \"/run/a\"\n"));
+        assert!(msg.contains("family must be unix"), "{msg}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub mod names {
     pub const NET_RULES: &str = "NET_RULES";
     /// [`crate::SocketKey`] -> one of [`crate::rule_verdict`]: socket creation rules.
     pub const SOCKET_RULES: &str = "SOCKET_RULES";
+    /// [`crate::UnixKey`] -> one of [`crate::rule_verdict`]: unix socket peers.
+    pub const UNIX_RULES: &str = "UNIX_RULES";
 }
 
 /// Access kinds, as bits. A rule holds the set it allows; an operation requests a set.
@@ -123,10 +125,12 @@ pub enum Hook {
     KernelReadFile = 24,
     TaskAlloc = 25,
     UsernsCreate = 26,
+    UnixStreamConnect = 27,
+    UnixMaySend = 28,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 26] = [
+    pub const ALL: [Hook; 28] = [
         Hook::FileOpen,
         Hook::BprmCheckSecurity,
         Hook::PathMknod,
@@ -153,6 +157,8 @@ impl Hook {
         Hook::KernelReadFile,
         Hook::TaskAlloc,
         Hook::UsernsCreate,
+        Hook::UnixStreamConnect,
+        Hook::UnixMaySend,
     ];
 
     /// The LSM hook name, which is also the program's name in the object.
@@ -184,6 +190,8 @@ impl Hook {
             Hook::KernelReadFile => "kernel_read_file",
             Hook::TaskAlloc => "task_alloc",
             Hook::UsernsCreate => "userns_create",
+            Hook::UnixStreamConnect => "unix_stream_connect",
+            Hook::UnixMaySend => "unix_may_send",
         }
     }
 
@@ -217,6 +225,8 @@ impl Hook {
             Hook::KernelReadFile => "RET_KERNEL_READ_FILE",
             Hook::TaskAlloc => "RET_TASK_ALLOC",
             Hook::UsernsCreate => "RET_USERNS_CREATE",
+            Hook::UnixStreamConnect => "RET_UNIX_STREAM_CONNECT",
+            Hook::UnixMaySend => "RET_UNIX_MAY_SEND",
         }
     }
 
@@ -331,6 +341,22 @@ pub mod socket {
     pub const TYPES: [(&str, u16); 5] = [("stream", 1), ("dgram", 2), ("raw", 3), ("seqpacket", 5), ("packet", 10)];
     pub const SOCK_STREAM: u16 = 1;
     pub const SOCK_DGRAM: u16 = 2;
+}
+
+/// Bytes of `sun_path` in a `struct sockaddr_un`.
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Key of `UNIX_RULES`: the name a unix socket peer was bound to, exactly as
+/// the kernel keeps it: a path with its terminating NUL, or an abstract name
+/// with its leading NUL. `len` 0 (and an empty name) matches every named peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnixKey {
+    pub policy: u32,
+    pub op: u8,
+    pub _pad: u8,
+    pub len: u16,
+    pub name: [u8; UNIX_PATH_MAX],
 }
 
 /// Key of `SOCKET_RULES`: which sockets a policy lets its processes create.
@@ -513,7 +539,8 @@ pub struct Event {
     pub flags: u8,
     pub _pad: u32,
     /// Network operations: the peer or local address (IPv4 in the first 4 bytes),
-    /// port (host order), family and protocol; zero otherwise.
+    /// port (host order), family and protocol; zero otherwise. For unix sockets
+    /// the peer's name is in `path` and `net_port` holds its length.
     pub net_addr: [u8; 16],
     pub net_port: u16,
     pub net_family: u8,
@@ -541,7 +568,7 @@ pub struct Event {
 pub mod offsets {
     /// (global, struct, field) for every offset the programs need. Each global is a
     /// `u64` byte offset in the eBPF object.
-    pub const ALL: [(&str, &str, &str); 27] = [
+    pub const ALL: [(&str, &str, &str); 30] = [
         ("OFF_FILE_F_MODE", "file", "f_mode"),
         ("OFF_FILE_F_FLAGS", "file", "f_flags"),
         ("OFF_FILE_F_PATH", "file", "f_path"),
@@ -570,6 +597,9 @@ pub mod offsets {
         ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
         ("OFF_SUPER_BLOCK_S_MAGIC", "super_block", "s_magic"),
         ("OFF_VFSMOUNT_MNT_ROOT", "vfsmount", "mnt_root"),
+        ("OFF_UNIX_SOCK_ADDR", "unix_sock", "addr"),
+        ("OFF_UNIX_ADDRESS_LEN", "unix_address", "len"),
+        ("OFF_UNIX_ADDRESS_NAME", "unix_address", "name"),
     ];
 
     /// Global holding, per hook, the index of the previous program's return value in
@@ -591,4 +621,5 @@ mod pod {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetRule {}
     unsafe impl aya::Pod for super::SocketKey {}
+    unsafe impl aya::Pod for super::UnixKey {}
 }

@@ -10,8 +10,8 @@ use aya_ebpf::helpers::{
     generated::bpf_loop,
 };
 use systrace_common::{
-    event_flags, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, RuleSet, Verdict, MAX_WALK_DEPTH,
-    PATH_LEN,
+    event_flags, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, RuleSet, UnixKey, Verdict, MAX_WALK_DEPTH,
+    PATH_LEN, UNIX_PATH_MAX,
 };
 
 use crate::{
@@ -468,6 +468,22 @@ pub fn task_inside(subject: &Subject, task: *const u8) -> Result<bool, i64> {
         node = parent;
     }
     Ok(false)
+}
+
+/// Writes an event about a unix socket peer, named by `key`.
+#[inline(always)]
+pub fn report_unix(subject: &Subject, hook: Hook, verdict: Verdict, key: &UnixKey) {
+    let Some(event) = begin_event(subject, hook, verdict, 0) else {
+        return;
+    };
+    unsafe {
+        (*event).flags = event_flags::NO_PATH | event_flags::NOT_FILE;
+        (*event).net_family = systrace_common::net::AF_UNIX;
+        (*event).net_port = key.len;
+        let name = &mut (*event).path;
+        name[..UNIX_PATH_MAX].copy_from_slice(&key.name);
+    }
+    send_event(event);
 }
 
 /// State of the path writer, shared with its `bpf_loop` callback.

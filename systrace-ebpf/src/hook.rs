@@ -38,6 +38,8 @@ ret_globals!(
     RET_KERNEL_READ_FILE,
     RET_TASK_ALLOC,
     RET_USERNS_CREATE,
+    RET_UNIX_STREAM_CONNECT,
+    RET_UNIX_MAY_SEND,
 );
 
 /// Reads context slot N. One function per slot, never inlined: with the slots as

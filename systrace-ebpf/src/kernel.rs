@@ -42,6 +42,9 @@ globals!(
     OFF_KERNFS_NODE_ID,
     OFF_SUPER_BLOCK_S_MAGIC,
     OFF_VFSMOUNT_MNT_ROOT,
+    OFF_UNIX_SOCK_ADDR,
+    OFF_UNIX_ADDRESS_LEN,
+    OFF_UNIX_ADDRESS_NAME,
 );
 
 #[inline(always)]
@@ -145,6 +148,29 @@ pub unsafe fn inode_id(inode: InodePtr) -> Result<(u64, u64), i64> {
     let sb: *const u8 = read(inode, off(&OFF_INODE_I_SB))?;
     let dev: u32 = read(sb, off(&OFF_SUPER_BLOCK_S_DEV))?;
     Ok((dev as u64, ino))
+}
+
+/// `socket->sk`.
+#[inline(always)]
+pub unsafe fn socket_sock(socket: *const u8) -> Result<*const u8, i64> {
+    read(socket, off(&OFF_SOCKET_SK))
+}
+
+/// The name a unix socket is bound to: (`&addr->name.sun_path`, bytes of it in
+/// use), or `None` for an unnamed socket (socketpair, never bound). `sk` is the
+/// `struct sock` a `struct unix_sock` starts with.
+#[inline(always)]
+pub unsafe fn unix_name(sk: *const u8) -> Result<Option<(*const u8, u32)>, i64> {
+    let addr: *const u8 = read(sk, off(&OFF_UNIX_SOCK_ADDR))?;
+    if addr.is_null() {
+        return Ok(None);
+    }
+    let len: i32 = read(addr, off(&OFF_UNIX_ADDRESS_LEN))?;
+    // len counts sun_family (2 bytes) too.
+    if len <= 2 {
+        return Ok(None);
+    }
+    Ok(Some((addr.add(off(&OFF_UNIX_ADDRESS_NAME) + 2), (len - 2) as u32)))
 }
 
 /// `sock->sk->sk_protocol` (IPPROTO_*).

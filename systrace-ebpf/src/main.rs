@@ -19,6 +19,7 @@ mod maps;
 mod network;
 mod process;
 mod system;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use systrace_common::{Event, FileKey, FileRule, NetKey, NetRule, PolicyInfo, SocketKey, COUNTER_SLOTS};
+use systrace_common::{Event, FileKey, FileRule, NetKey, NetRule, PolicyInfo, SocketKey, UnixKey, COUNTER_SLOTS};
 
 /// Upper bounds; the agent refuses policies that would not fit.
 pub const MAX_CGROUPS: u32 = 4096;
@@ -33,6 +33,16 @@ pub const MAX_SOCKET_RULES: u32 = 4096;
 /// Socket creation rules; the value is one of `systrace_common::rule_verdict`.
 #[map(name = "SOCKET_RULES")]
 pub static SOCKET_RULES: HashMap<SocketKey, u8> = HashMap::with_max_entries(MAX_SOCKET_RULES, 0);
+
+pub const MAX_UNIX_RULES: u32 = 4096;
+
+/// Unix socket peers by name; the value is one of `systrace_common::rule_verdict`.
+#[map(name = "UNIX_RULES")]
+pub static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX_RULES, 0);
+
+/// Room to build a [`UnixKey`] in: one per CPU, as it is large for the stack.
+#[map(name = "UNIX_KEY")]
+pub static UNIX_KEY: PerCpuArray<UnixKey> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -364,6 +364,28 @@ pub fn main(args: &[String]) -> ExitCode {
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             }
         }
+        "unix-connect" | "unix-send" => {
+            // unix-connect|unix-send PATH|@ABSTRACT: a stream connect, or one
+            // datagram from an unbound socket.
+            use std::os::linux::net::SocketAddrExt;
+            use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
+            let name = operands[0].as_str();
+            let addr = match name.strip_prefix('@') {
+                Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
+                None => SocketAddr::from_pathname(name),
+            };
+            let result = addr.and_then(|addr| {
+                if verb == "unix-connect" {
+                    UnixStream::connect_addr(&addr).map(drop)
+                } else {
+                    UnixDatagram::unbound()?.send_to_addr(b"x", &addr).map(drop)
+                }
+            });
+            match result {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            }
+        }
         "socket" => {
             // socket FAMILY TYPE (numbers)
             let n = |i: usize| operands.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(-1);

@@ -43,6 +43,16 @@ family = "inet"
 type = "raw"
 verdict = "deny"
 
+[[net]]
+operations = ["connect"]
+family = "unix"
+path = "/tmp/protect/allowed.sock"
+
+[[net]]
+operations = ["connect"]
+family = "unix"
+abstract = "systrace-allowed"
+
 [protection_off]
 ptrace = "the test attaches to a sibling"
 mount = "the test mounts a tmpfs"
@@ -156,6 +166,8 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         Ok(())
     });
 
+    r.case("unix_sockets_by_path_and_abstract_name", || unix_sockets(&mut agent, &open_cg, dir));
+
     r.case("protections_switched_off_with_a_reason", || {
         let status = agent.wait_for(EVENT_WAIT, |v| v["type"] == "status" && v["state"] == "enforcing")?;
         let open = status["policies"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == "protect-open")).cloned();
@@ -266,5 +278,38 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
     ensure!(status.success(), "systrace-agent detach: {status}");
     ensure!(pinned_dirs().is_empty(), "pins after detach: {:?}", pinned_dirs());
     eventually(cg, &["open", t, "r"], 0).context("after detach")?;
+    Ok(())
+}
+
+/// Unix peers by the name they are bound to, path or abstract, for stream
+/// connects and datagrams; the listeners run outside any confined cgroup.
+fn unix_sockets(agent: &mut Agent, cg: &Path, dir: &Path) -> Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+    for name in ["allowed.sock", "denied.sock", "dgram.sock"] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let _allowed = UnixListener::bind(dir.join("allowed.sock"))?;
+    let _denied = UnixListener::bind(dir.join("denied.sock"))?;
+    let _dgram = UnixDatagram::bind(dir.join("dgram.sock"))?;
+    let _abstract_allowed = UnixListener::bind_addr(&SocketAddr::from_abstract_name(b"systrace-allowed")?)?;
+    let _abstract_denied = UnixListener::bind_addr(&SocketAddr::from_abstract_name(b"systrace-denied")?)?;
+    expect(cg, &["unix-connect", "/tmp/protect/allowed.sock"], 0)?;
+    let out = expect(cg, &["unix-connect", "/tmp/protect/denied.sock"], EPERM)?;
+    let pid = out.pid;
+    let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid)?;
+    ensure!(
+        ev["hook"] == "unix_stream_connect" && ev["address"] == "/tmp/protect/denied.sock" && ev["family"] == "unix",
+        "unix connect event: {ev}"
+    );
+    expect(cg, &["unix-connect", "@systrace-allowed"], 0)?;
+    let out = expect(cg, &["unix-connect", "@systrace-denied"], EPERM)?;
+    let pid = out.pid;
+    let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid)?;
+    ensure!(ev["address"] == "@systrace-denied", "abstract connect event: {ev}");
+    let out = expect(cg, &["unix-send", "/tmp/protect/dgram.sock"], EPERM)?;
+    let pid = out.pid;
+    let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid)?;
+    ensure!(ev["hook"] == "unix_may_send", "unix datagram event: {ev}");
     Ok(())
 }

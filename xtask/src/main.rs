@@ -338,6 +338,7 @@ try() {
   fi
   sleep 0.3
 }
+AGENT=$(pidof systrace-agent)
 echo "demo: --- inside cgroup systrace-demo ---"
 try 'cat /srv/demo/index.html'
 try 'echo "GET /" >> /srv/demo/access.log'
@@ -345,6 +346,7 @@ try 'cat /srv/demo/secret.txt'
 try 'echo defaced > /srv/demo/index.html'
 try 'echo "<?php system(\$_GET[c]);" > /srv/demo/shell.php'
 try 'cat /srv/demo/access.log'
+try "kill -9 $AGENT   # the agent's pid"
 echo "demo: --- outside the cgroup, the same reads are untouched ---"
 if cat /srv/demo/secret.txt > /dev/null; then echo "demo: allowed | cat /srv/demo/secret.txt (unconfined)"; fi
 echo "demo: stopping the agent (Ctrl-C)"
