@@ -113,6 +113,11 @@ impl Enforcer {
                 program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name} to {hook}")), None))?;
             links.push((name, link));
         }
+        // No SIGIO may reach the agent (see file_send_sigiotask).
+        let agent = bpf.map_mut(names::AGENT).ok_or_else(|| fail(anyhow!("map {} missing", names::AGENT), None))?;
+        aya::maps::Array::<_, u32>::try_from(agent)
+            .and_then(|mut a| a.set(0, std::process::id(), 0))
+            .map_err(|e| fail(anyhow!(e).context("recording the agent's pid"), None))?;
         Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1, pinned: Vec::new() })
     }
 

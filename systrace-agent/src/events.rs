@@ -203,8 +203,9 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         capability: (hook == Some(Hook::Capable)).then(|| {
             capability::NAMES.get(event.detail as usize).map_or_else(|| event.detail.to_string(), |n| n.to_string())
         }),
-        signal: (hook == Some(Hook::TaskKill)).then_some(event.detail),
-        target_pid: matches!(hook, Some(Hook::TaskKill | Hook::PtraceAccessCheck)).then_some(event.target),
+        signal: matches!(hook, Some(Hook::TaskKill | Hook::FileSendSigiotask)).then_some(event.detail),
+        target_pid: matches!(hook, Some(Hook::TaskKill | Hook::PtraceAccessCheck | Hook::FileSendSigiotask))
+            .then_some(event.target),
         ptrace_mode: (hook == Some(Hook::PtraceAccessCheck))
             .then_some(if event.detail & 0x02 != 0 { "attach" } else { "read" }),
         socket_family: (hook == Some(Hook::SocketCreate)).then(|| name_or_number(&socket::FAMILIES, event.detail)),

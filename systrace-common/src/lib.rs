@@ -24,6 +24,8 @@ pub mod names {
     pub const SOCKET_RULES: &str = "SOCKET_RULES";
     /// [`crate::UnixKey`] -> one of [`crate::rule_verdict`]: unix socket peers.
     pub const UNIX_RULES: &str = "UNIX_RULES";
+    /// One u32: the agent's process id, which no SIGIO may reach.
+    pub const AGENT: &str = "AGENT";
 }
 
 /// Access kinds, as bits. A rule holds the set it allows; an operation requests a set.
@@ -127,10 +129,11 @@ pub enum Hook {
     UsernsCreate = 26,
     UnixStreamConnect = 27,
     UnixMaySend = 28,
+    FileSendSigiotask = 29,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 28] = [
+    pub const ALL: [Hook; 29] = [
         Hook::FileOpen,
         Hook::BprmCheckSecurity,
         Hook::PathMknod,
@@ -159,6 +162,7 @@ impl Hook {
         Hook::UsernsCreate,
         Hook::UnixStreamConnect,
         Hook::UnixMaySend,
+        Hook::FileSendSigiotask,
     ];
 
     /// The LSM hook name, which is also the program's name in the object.
@@ -192,6 +196,7 @@ impl Hook {
             Hook::UsernsCreate => "userns_create",
             Hook::UnixStreamConnect => "unix_stream_connect",
             Hook::UnixMaySend => "unix_may_send",
+            Hook::FileSendSigiotask => "file_send_sigiotask",
         }
     }
 
@@ -227,6 +232,7 @@ impl Hook {
             Hook::UsernsCreate => "RET_USERNS_CREATE",
             Hook::UnixStreamConnect => "RET_UNIX_STREAM_CONNECT",
             Hook::UnixMaySend => "RET_UNIX_MAY_SEND",
+            Hook::FileSendSigiotask => "RET_FILE_SEND_SIGIOTASK",
         }
     }
 

@@ -40,6 +40,7 @@ ret_globals!(
     RET_USERNS_CREATE,
     RET_UNIX_STREAM_CONNECT,
     RET_UNIX_MAY_SEND,
+    RET_FILE_SEND_SIGIOTASK,
 );
 
 /// Reads context slot N. One function per slot, never inlined: with the slots as

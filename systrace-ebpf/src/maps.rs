@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use systrace_common::{Event, FileKey, FileRule, NetKey, NetRule, PolicyInfo, SocketKey, UnixKey, COUNTER_SLOTS};
 
@@ -43,6 +43,10 @@ pub static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX
 /// Room to build a [`UnixKey`] in: one per CPU, as it is large for the stack.
 #[map(name = "UNIX_KEY")]
 pub static UNIX_KEY: PerCpuArray<UnixKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The agent's process id (slot 0), set by the agent at start.
+#[map(name = "AGENT")]
+pub static AGENT: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

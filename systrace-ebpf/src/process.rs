@@ -11,7 +11,10 @@ use crate::{
     decision::{check_protection, current_subject, hook_return, report_other, task_inside, violation, Detail},
     hook::previous_verdict,
     kernel,
+    maps::AGENT,
 };
+
+const EPERM: i32 = 1;
 
 const PTRACE_MODE_ATTACH: u32 = 0x02;
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
@@ -80,6 +83,43 @@ fn kill(ctx: &LsmContext) -> i32 {
     let target = unsafe { kernel::task_tgid(task) }.unwrap_or(0);
     let detail = Detail { detail: sig as u32, target, protection: protect::SIGNAL };
     check_protection(&subject, Hook::TaskKill, detail, false)
+}
+
+/// A signal delivered by SIGIO: a process makes itself (or another) the owner of
+/// a file with F_SETOWN, picks the signal with F_SETSIG, and the kernel sends it
+/// when the file becomes ready, without asking `task_kill`. The sender is
+/// whoever set the owner, not the current process, so the signal protection
+/// cannot tell which policy applies; the agent at least is never a target.
+#[lsm(hook = "file_send_sigiotask")]
+#[inline(always)]
+pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
+    match previous_verdict!(ctx, RET_FILE_SEND_SIGIOTASK) {
+        0 => sigio(&ctx),
+        previous => previous,
+    }
+}
+
+#[inline(always)]
+fn sigio(ctx: &LsmContext) -> i32 {
+    let agent = match AGENT.get(0) {
+        Some(&pid) if pid != 0 => pid,
+        _ => return 0,
+    };
+    let task: *const u8 = ctx.arg(0);
+    let Ok(target) = (unsafe { kernel::task_tgid(task) }) else {
+        return 0;
+    };
+    if target != agent {
+        return 0;
+    }
+    let sig: i32 = ctx.arg(2);
+    if let Some(subject) = current_subject() {
+        // Most often the confined process that armed the file is also the one
+        // that makes it ready (writes to the pipe); then the report names it.
+        let detail = Detail { detail: sig as u32, target, protection: protect::SIGNAL };
+        report_other(&subject, Hook::FileSendSigiotask, violation(&subject), detail);
+    }
+    -EPERM
 }
 
 #[lsm(hook = "task_alloc")]

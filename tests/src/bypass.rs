@@ -48,6 +48,11 @@ access = ["read"]
 [[exec]]
 path = "/bin/busybox"
 
+# Reading the cgroup tree lets clone3 reach the point where it would move the child.
+[[file]]
+path = "/sys/fs/cgroup/**"
+access = ["read"]
+
 [[net]]
 operations = ["connect"]
 protocol = "udp"
@@ -276,6 +281,23 @@ fn bypass_suite(agent_bin: &Path, r: &mut Runner) -> Result<()> {
                 Ok(outcome)
             }),
         ),
+        (
+            "sigio_kill_agent",
+            Box::new(|b: &mut Bypass| {
+                // A signal the kernel sends on its own when a file the attacker
+                // armed becomes ready: no kill() call for task_kill to see.
+                let pid = agent_pid.to_string();
+                let out = b.op(&["sigio-kill", &pid])?;
+                ensure!(out.rounds == 1, "arming the pipe failed: errno {}", out.errno);
+                std::thread::sleep(Duration::from_millis(300));
+                if !b.agent.alive() {
+                    return Ok(Outcome::Bypassed("SIGIO killed the agent".into()));
+                }
+                b.denial("file_send_sigiotask", Some(out.pid), None)?;
+                Ok(Outcome::Denied)
+            }),
+        ),
+        ("clone_into_cgroup", Box::new(|b: &mut Bypass| b.attack(&["clone-into", ELSEWHERE], EPERM, "task_alloc"))),
         ("bpf_detach", Box::new(|b: &mut Bypass| b.attack(&["bpf-next-link", "-"], EPERM, "bpf"))),
         (
             "udp_sendto",

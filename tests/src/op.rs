@@ -386,6 +386,69 @@ pub fn main(args: &[String]) -> ExitCode {
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             }
         }
+        "sigio-kill" => {
+            // sigio-kill PID: arm a pipe so that data arriving sends SIGKILL to
+            // PID (F_SETOWN, F_SETSIG, O_ASYNC), then write to it. The write
+            // succeeds either way; whether PID survived is the result.
+            const F_SETSIG: libc::c_int = 10;
+            let pid = operands.first().and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+            let mut fds = [0; 2];
+            unsafe {
+                libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC);
+                let armed = libc::fcntl(fds[0], libc::F_SETOWN, pid) == 0
+                    && libc::fcntl(fds[0], F_SETSIG, libc::SIGKILL) == 0
+                    && libc::fcntl(fds[0], libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0;
+                if !armed {
+                    errno_of(-1)
+                } else {
+                    outcome.rounds = 1;
+                    errno_of(libc::write(fds[1], b"x".as_ptr().cast(), 1) as libc::c_int)
+                }
+            }
+        }
+        "clone-into" => {
+            // clone-into CGROUP_DIR: clone3 with CLONE_INTO_CGROUP, starting the
+            // child in another cgroup; the child exits at once.
+            #[repr(C)]
+            #[derive(Default)]
+            struct CloneArgs {
+                flags: u64,
+                pidfd: u64,
+                child_tid: u64,
+                parent_tid: u64,
+                exit_signal: u64,
+                stack: u64,
+                stack_size: u64,
+                tls: u64,
+                set_tid: u64,
+                set_tid_size: u64,
+                cgroup: u64,
+            }
+            const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+            let dir = unsafe { libc::open(a.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+            if dir < 0 {
+                errno_of(dir)
+            } else {
+                outcome.rounds = 1;
+                let args = CloneArgs {
+                    flags: CLONE_INTO_CGROUP,
+                    exit_signal: libc::SIGCHLD as u64,
+                    cgroup: dir as u64,
+                    ..CloneArgs::default()
+                };
+                let child = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+                if child == 0 {
+                    unsafe { libc::_exit(0) };
+                }
+                if child > 0 {
+                    let mut status = 0;
+                    unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) };
+                    0
+                } else {
+                    errno_of(-1)
+                }
+            }
+        }
         "socket" => {
             // socket FAMILY TYPE (numbers)
             let n = |i: usize| operands.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(-1);
