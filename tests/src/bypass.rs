@@ -98,12 +98,19 @@ impl Bypass<'_> {
     /// Runs the attack `args`; denied when it fails with `errno` and the agent
     /// reports `hook` refusing that process.
     fn attack(&mut self, args: &[&str], errno: i32, hook: &str) -> Result<Outcome> {
+        self.attack_on(args, errno, hook, None)
+    }
+
+    /// Like [`Bypass::attack`], for attacks whose refused operation may run in
+    /// another process (a grandchild, an io_uring worker): the report is matched
+    /// by the inode it names.
+    fn attack_on(&mut self, args: &[&str], errno: i32, hook: &str, ino: Option<u64>) -> Result<Outcome> {
         let out = self.op(args)?;
         if out.errno == 0 {
             return Ok(Outcome::Bypassed(format!("{args:?} succeeded")));
         }
         ensure!(out.errno == errno, "{args:?}: errno {} (expected {errno})", out.errno);
-        self.denial(hook, Some(out.pid), None)?;
+        self.denial(hook, if ino.is_some() { None } else { Some(out.pid) }, ino)?;
         Ok(Outcome::Denied)
     }
 }
@@ -210,31 +217,11 @@ fn bypass_suite(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         ("proc_self_fd_reopen", Box::new(|b: &mut Bypass| b.attack(&["reopen", "/tmp/bp/readonly.txt"], EPERM, "file_open"))),
         (
             "o_path_reopen",
-            Box::new(|b: &mut Bypass| {
-                let out = b.op(&["opath-reopen", s])?;
-                ensure!(out.rounds == 1, "the O_PATH open itself failed: errno {}", out.errno);
-                if out.errno == 0 {
-                    return Ok(Outcome::Bypassed("read through /proc/self/fd of an O_PATH descriptor".into()));
-                }
-                ensure!(out.errno == EPERM, "reopen errno {}", out.errno);
-                b.denial("file_open", Some(out.pid), Some(secret_ino))?;
-                Ok(Outcome::Denied)
-            }),
+            Box::new(|b: &mut Bypass| b.attack_on(&["opath-reopen", s], EPERM, "file_open", Some(secret_ino))),
         ),
         ("openat2_resolve", Box::new(|b: &mut Bypass| b.attack(&["openat2", s], EPERM, "file_open"))),
-        (
-            "io_uring_open",
-            Box::new(|b: &mut Bypass| {
-                let out = b.op(&["uring-open", s])?;
-                if out.errno == 0 {
-                    return Ok(Outcome::Bypassed("IORING_OP_OPENAT opened the secret".into()));
-                }
-                ensure!(out.errno == EPERM, "io_uring open: errno {}", out.errno);
-                // The open may run in an io-wq worker thread: match the inode.
-                b.denial("file_open", None, Some(secret_ino))?;
-                Ok(Outcome::Denied)
-            }),
-        ),
+        // The open may run in an io-wq worker thread.
+        ("io_uring_open", Box::new(|b: &mut Bypass| b.attack_on(&["uring-open", s], EPERM, "file_open", Some(secret_ino)))),
         (
             "memfd_fexecve",
             Box::new(|b: &mut Bypass| {
@@ -256,15 +243,7 @@ fn bypass_suite(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         ("script_with_allowed_interpreter", Box::new(|b: &mut Bypass| b.attack(&["exec", "/tmp/bp/allowed/script.sh"], EPERM, "file_open"))),
         (
             "fork_double_fork_setsid",
-            Box::new(|b: &mut Bypass| {
-                let out = b.op(&["daemonize-open", s])?;
-                if out.errno == 0 {
-                    return Ok(Outcome::Bypassed("a daemonized grandchild read the secret".into()));
-                }
-                ensure!(out.errno == EPERM, "grandchild errno {}", out.errno);
-                b.denial("file_open", None, Some(secret_ino))?;
-                Ok(Outcome::Denied)
-            }),
+            Box::new(|b: &mut Bypass| b.attack_on(&["daemonize-open", s], EPERM, "file_open", Some(secret_ino))),
         ),
         ("write_pid_to_other_cgroup", Box::new(|b: &mut Bypass| b.attack(&["join", ELSEWHERE], EPERM, "file_open"))),
         ("unshare_then_access", Box::new(|b: &mut Bypass| b.attack(&["unshare-open", s], EPERM, "userns_create"))),

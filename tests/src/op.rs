@@ -68,71 +68,56 @@ pub fn start_loop(cgroup: &Path, allowed: &Path, denied: &Path) -> anyhow::Resul
 
 /// Opens a socket of the address's family and binds or connects it.
 fn socket_op(verb: &str, addr: &str, port: u16, udp: bool) -> std::io::Result<()> {
-    let ip: std::net::IpAddr = addr.parse().map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let ty = if udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+    // SAFETY: bind and connect on a descriptor with_socket owns, with a sockaddr
+    // it initialised and its size.
+    with_socket(addr, port, ty, |fd, sa, len| unsafe {
+        if verb == "bind" {
+            libc::bind(fd, sa, len)
+        } else {
+            libc::connect(fd, sa, len)
+        }
+    })
+}
+
+/// Sends one datagram to ADDRESS:PORT from a fresh, unbound UDP socket.
+fn sendto(addr: &str, port: u16) -> std::io::Result<()> {
+    // SAFETY: as in socket_op; the one-byte buffer outlives the call.
+    with_socket(addr, port, libc::SOCK_DGRAM, |fd, sa, len| unsafe {
+        libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, sa, len) as libc::c_int
+    })
+}
+
+/// Opens a socket of type `ty` in the family of `addr`, calls `call` with it and
+/// the `sockaddr` for ADDRESS:PORT, and closes it.
+fn with_socket(
+    addr: &str,
+    port: u16,
+    ty: libc::c_int,
+    call: impl FnOnce(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> std::io::Result<()> {
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let family = if ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket syscalls on a descriptor we own; the sockaddr structs
-    // are initialised and passed with their sizes.
+    // SAFETY: a descriptor we own, closed once; zeroed sockaddr structs are valid.
     unsafe {
         let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let call = |sa: *const libc::sockaddr, len: libc::socklen_t| {
-            if verb == "bind" {
-                libc::bind(fd, sa, len)
-            } else {
-                libc::connect(fd, sa, len)
-            }
-        };
         let rc = match ip {
             std::net::IpAddr::V4(v4) => {
                 let mut sa: libc::sockaddr_in = std::mem::zeroed();
                 sa.sin_family = libc::AF_INET as libc::sa_family_t;
                 sa.sin_port = port.to_be();
                 sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
-                call(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
+                call(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
             }
             std::net::IpAddr::V6(v6) => {
                 let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
                 sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 sa.sin6_port = port.to_be();
                 sa.sin6_addr.s6_addr = v6.octets();
-                call(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
-            }
-        };
-        let result = if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
-        libc::close(fd);
-        result
-    }
-}
-
-/// Sends one datagram to ADDRESS:PORT from a fresh, unbound UDP socket.
-fn sendto(addr: &str, port: u16) -> std::io::Result<()> {
-    let ip: std::net::IpAddr = addr.parse().map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let family = if ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket syscalls on a descriptor we own, with initialised
-    // sockaddr structs passed with their sizes.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let send = |sa: *const libc::sockaddr, len: libc::socklen_t| libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, sa, len);
-        let rc = match ip {
-            std::net::IpAddr::V4(v4) => {
-                let mut sa: libc::sockaddr_in = std::mem::zeroed();
-                sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                sa.sin_port = port.to_be();
-                sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
-                send(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
-            }
-            std::net::IpAddr::V6(v6) => {
-                let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
-                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sa.sin6_port = port.to_be();
-                sa.sin6_addr.s6_addr = v6.octets();
-                send(&sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
+                call(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as libc::socklen_t)
             }
         };
         let result = if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };

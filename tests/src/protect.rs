@@ -82,6 +82,17 @@ family = "packet"
 verdict = "deny"
 "#;
 
+/// Audit mode: what the closed policy refuses is allowed here, and reported.
+const AUDIT_POLICY: &str = r#"
+name = "protect-audit"
+cgroup = "systrace-protect-audit"
+mode = "audit"
+default = "deny"
+
+[[exec]]
+path = "/bin/busybox"
+"#;
+
 fn cgroup(name: &str) -> Result<PathBuf> {
     let path = Path::new("/sys/fs/cgroup").join(name);
     fs::create_dir_all(&path)?;
@@ -134,10 +145,13 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     fs::create_dir_all(dir.join("mnt"))?;
     let open_cg = cgroup("systrace-protect-open")?;
     let closed_cg = cgroup("systrace-protect-closed")?;
+    let audit_cg = cgroup("systrace-protect-audit")?;
     let (open_policy, closed_policy) = (dir.join("open.toml"), dir.join("closed.toml"));
+    let audit_policy = dir.join("audit.toml");
     fs::write(&open_policy, OPEN_POLICY)?;
     fs::write(&closed_policy, CLOSED_POLICY)?;
-    let mut agent = Agent::start(agent_bin, &[&open_policy, &closed_policy])?;
+    fs::write(&audit_policy, AUDIT_POLICY)?;
+    let mut agent = Agent::start(agent_bin, &[&open_policy, &closed_policy, &audit_policy])?;
 
     r.case("capabilities_listed_are_allowed_others_denied", || {
         expect(&open_cg, &["bind", "127.0.0.1", "80", "tcp"], 0)?;
@@ -202,6 +216,24 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         let pid = out.pid;
         let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "kernel_load_data")?;
         ensure!(ev["protection"] == "module", "kernel_load_data event: {ev}");
+        Ok(())
+    });
+
+    r.case("audit_mode_allows_and_reports_the_new_hooks", || {
+        // Unlisted capability, no bind rule, no socket rule, mount protection on:
+        // all allowed in audit mode, each reported with verdict "audit".
+        let out = expect(&audit_cg, &["bind", "127.0.0.1", "80", "tcp"], 0)?;
+        let pid = out.pid;
+        for hook in ["capable", "socket_create", "socket_bind"] {
+            let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == hook)?;
+            ensure!(ev["verdict"] == "audit", "{hook} event in audit mode: {ev}");
+        }
+        let mnt = dir.join("mnt");
+        let out = expect(&audit_cg, &["mount-tmpfs", mnt.to_str().unwrap()], 0)?;
+        let _ = Command::new("umount").arg(&mnt).status();
+        let pid = out.pid;
+        let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "sb_mount")?;
+        ensure!(ev["verdict"] == "audit" && ev["protection"] == "mount", "sb_mount event in audit mode: {ev}");
         Ok(())
     });
 
