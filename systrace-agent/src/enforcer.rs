@@ -68,6 +68,8 @@ pub struct Enforcer {
     next_slot: u32,
     /// Links moved out of `links` by [`Enforcer::pin`]: they outlive the agent.
     pinned: Vec<aya::programs::links::PinnedLink>,
+    /// Kernel ids of the programs behind the pinned links.
+    pinned_ids: Vec<u32>,
 }
 
 /// Why loading failed, with the kernel's errno when there was one.
@@ -118,7 +120,7 @@ impl Enforcer {
         aya::maps::Array::<_, u32>::try_from(agent)
             .and_then(|mut a| a.set(0, std::process::id(), 0))
             .map_err(|e| fail(anyhow!(e).context("recording the agent's pid"), None))?;
-        Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1, pinned: Vec::new() })
+        Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1, pinned: Vec::new(), pinned_ids: Vec::new() })
     }
 
     /// Pins every attached link in `dir`, one file per hook, so the programs keep
@@ -129,10 +131,18 @@ impl Enforcer {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             let link = program.take_link(link)?;
             let fd_link: aya::programs::links::FdLink = link.try_into()?;
+            if let Ok(info) = fd_link.info() {
+                self.pinned_ids.push(info.program_id());
+            }
             let pinned = fd_link.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))?;
             self.pinned.push(pinned);
         }
         Ok(())
+    }
+
+    /// Kernel ids of the pinned programs, to wait for their release.
+    pub fn pinned_ids(&self) -> &[u32] {
+        &self.pinned_ids
     }
 
     /// Removes the pins; the links detach when their descriptors close.
@@ -207,10 +217,10 @@ impl Enforcer {
                 socket_keys.push(key);
             }
             let mut unix = self.map::<UnixKey, u8>(names::UNIX_RULES)?;
-            for (name, verdict) in &policy.unix {
+            for ((op, name), verdict) in &policy.unix {
                 let mut key = UnixKey {
                     policy: slot,
-                    op: net::OP_CONNECT,
+                    op: *op,
                     _pad: 0,
                     len: name.len() as u16,
                     name: [0; systrace_common::UNIX_PATH_MAX],

@@ -96,13 +96,25 @@ fn detach() -> ExitCode {
         eprintln!("systrace-agent: nothing pinned under {}", pins::PIN_ROOT);
     }
     let mut failed = false;
+    let mut ids = Vec::new();
     for dir in dirs {
+        ids.extend(pins::program_ids(&dir));
         match pins::remove_dir(&dir) {
             Ok(n) => eprintln!("systrace-agent: removed {n} pinned programs in {}", dir.display()),
             Err(e) => {
                 eprintln!("systrace-agent: {e:#}");
                 failed = true;
             }
+        }
+    }
+    if !ids.is_empty() {
+        eprintln!("systrace-agent: waiting for the kernel to detach {} programs", ids.len());
+        let started = std::time::Instant::now();
+        if pins::wait_released(&ids, Duration::from_secs(120)) {
+            eprintln!("systrace-agent: detached after {:.1?}", started.elapsed());
+        } else {
+            eprintln!("systrace-agent: some programs are still attached after 120 s");
+            failed = true;
         }
     }
     if failed {
@@ -376,6 +388,13 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
     enforcer.unpin();
     let own = Path::new(pins::PIN_ROOT).join(std::process::id().to_string());
     let _ = std::fs::remove_dir(own);
+    let ids = enforcer.pinned_ids().to_vec();
+    drop(enforcer);
+    // The kernel releases links in the background; return once it has, so that
+    // "the agent exited" means "nothing is enforced any more".
+    if !ids.is_empty() && !pins::wait_released(&ids, Duration::from_secs(60)) {
+        eprintln!("systrace-agent: some programs were still attached 60 s after detaching");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

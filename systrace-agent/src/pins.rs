@@ -56,6 +56,39 @@ pub fn others(root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
     entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| Some(p.as_path()) != own && p.is_dir()).collect()
 }
 
+/// The kernel ids of the programs whose links are pinned in `dir`.
+pub fn program_ids(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| aya::programs::links::PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|pinned| aya::programs::links::FdLink::from(pinned).info().ok())
+        .map(|info| info.program_id())
+        .collect()
+}
+
+/// Waits until none of the programs `ids` is loaded any more. A link whose
+/// last reference is gone is released from a kernel work queue; its id goes
+/// first, and the program is taken off the hook's trampoline after, seconds
+/// later on a busy or emulated machine. A program's id goes only once nothing
+/// can call it any more, so that is what this waits for. Returns whether they
+/// all went within `timeout`.
+pub fn wait_released(ids: &[u32], timeout: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let live = aya::programs::loaded_programs().filter_map(Result::ok).filter(|p| ids.contains(&p.id())).count();
+        if live == 0 {
+            return true;
+        }
+        if started.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Removes a pin directory; each removed pin drops the link it held.
 pub fn remove_dir(dir: &Path) -> Result<usize> {
     let mut removed = 0;

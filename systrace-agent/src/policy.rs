@@ -275,6 +275,8 @@ pub struct Policy {
 /// named peer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixRuleSpec {
+    /// `net::OP_CONNECT` or `net::OP_BIND` (abstract names only).
+    pub op: u8,
     pub name: Vec<u8>,
     pub verdict: RuleVerdict,
 }
@@ -518,7 +520,7 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         }
         let named = rule.path.as_ref().or(rule.abstract_name.as_ref());
         if rule.family == Some(Family::Unix) || named.is_some() {
-            unix.push(parse_unix_rule(&map, rule)?);
+            unix.extend(parse_unix_rule(&map, rule)?);
             continue;
         }
         let (addr_family, addr, prefix) = match &rule.address {
@@ -634,18 +636,18 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
     })
 }
 
-/// Validates a `family = "unix"` network rule.
-fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<UnixRuleSpec, Diagnostic> {
+/// Validates a `family = "unix"` network rule; one spec per operation.
+fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<Vec<UnixRuleSpec>, Diagnostic> {
     let err = |span: Range<usize>, msg: &str| map.diagnostic(Severity::Error, span, msg.to_string());
     if let Some(path) = rule.path.as_ref().or(rule.abstract_name.as_ref()) {
         if rule.family.is_some_and(|f| f != Family::Unix) {
             return Err(err(path.span(), "a path or abstract name is for unix sockets: the rule's family must be unix"));
         }
     }
-    if rule.operations.get_ref().iter().any(|op| *op != NetOp::Connect) {
+    if rule.path.is_some() && rule.operations.get_ref().contains(&NetOp::Bind) {
         return Err(err(
             rule.operations.span(),
-            "unix rules decide connect (and datagrams sent) only; binding a path socket creates a file, which [[file]] rules with create decide",
+            "binding a unix path socket creates a file, which [[file]] rules with create decide; bind rules name abstract sockets",
         ));
     }
     if let Some(a) = &rule.address {
@@ -681,21 +683,30 @@ fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<UnixRuleSpec, D
         let span = rule.path.as_ref().or(rule.abstract_name.as_ref()).map_or(0..0, |s| s.span());
         return Err(err(span, "a unix socket name has at most 107 bytes"));
     }
-    Ok(UnixRuleSpec { name, verdict: rule.verdict })
+    Ok(rule
+        .operations
+        .get_ref()
+        .iter()
+        .map(|op| UnixRuleSpec {
+            op: if *op == NetOp::Bind { net::OP_BIND } else { net::OP_CONNECT },
+            name: name.clone(),
+            verdict: rule.verdict,
+        })
+        .collect())
 }
 
-/// Unix rule entries: name -> verdict; when two rules name the same peer, deny
-/// wins over audit, audit over allow.
-pub fn compile_unix(rules: &[UnixRuleSpec]) -> BTreeMap<Vec<u8>, u8> {
+/// Unix rule entries: (operation, name) -> verdict; when two rules name the same
+/// socket, deny wins over audit, audit over allow.
+pub fn compile_unix(rules: &[UnixRuleSpec]) -> BTreeMap<(u8, Vec<u8>), u8> {
     let rank = |v: u8| match v {
         rule_verdict::DENY => 2,
         rule_verdict::AUDIT => 1,
         _ => 0,
     };
-    let mut out: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+    let mut out: BTreeMap<(u8, Vec<u8>), u8> = BTreeMap::new();
     for r in rules {
         let v = rule_verdict_value(r.verdict);
-        let slot = out.entry(r.name.clone()).or_insert(v);
+        let slot = out.entry((r.op, r.name.clone())).or_insert(v);
         if rank(v) > rank(*slot) {
             *slot = v;
         }
@@ -814,8 +825,8 @@ pub struct Compiled {
     pub net: BTreeMap<NetEntryKey, NetRule>,
     /// Socket creation: (family, type or [`SocketKey::ANY_TYPE`]) -> verdict.
     pub sockets: BTreeMap<(u16, u16), u8>,
-    /// Unix socket peers: name (empty: every named peer) -> verdict.
-    pub unix: BTreeMap<Vec<u8>, u8>,
+    /// Unix sockets: (operation, name; empty: every name) -> verdict.
+    pub unix: BTreeMap<(u8, Vec<u8>), u8>,
     /// Protections the policy switched off, with its reasons.
     pub protections_off: Vec<(String, String)>,
     pub warnings: Vec<Diagnostic>,
@@ -1324,9 +1335,14 @@ ports = 443
         );
         let p = parse_str(&text).unwrap();
         let u = compile_unix(&p.unix);
-        assert_eq!(u[b"/run/a.sock\0".as_slice()], rule_verdict::ALLOW);
-        assert_eq!(u[b"\0bus".as_slice()], rule_verdict::DENY);
-        assert_eq!(u[b"".as_slice()], rule_verdict::AUDIT);
+        let c = net::OP_CONNECT;
+        assert_eq!(u[&(c, b"/run/a.sock\0".to_vec())], rule_verdict::ALLOW);
+        assert_eq!(u[&(c, b"\0bus".to_vec())], rule_verdict::DENY);
+        assert_eq!(u[&(c, Vec::new())], rule_verdict::AUDIT);
+        let p = parse_str(&format!("{HEAD}[[net]]\noperations = [\"bind\", \"connect\"]\nabstract = \"me\"\n")).unwrap();
+        let u = compile_unix(&p.unix);
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[&(net::OP_BIND, b"\0me".to_vec())], rule_verdict::ALLOW);
         assert!(p.net.is_empty());
         let (line, _, msg) =
             error_at(&format!("{HEAD}[[net]]\noperations = [\"bind\"]\nfamily = \"unix\"\npath = \"/run/a\"\n"));

@@ -130,10 +130,13 @@ pub enum Hook {
     UnixStreamConnect = 27,
     UnixMaySend = 28,
     FileSendSigiotask = 29,
+    TaskSetnice = 30,
+    TaskSetscheduler = 31,
+    TaskPrlimit = 32,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 29] = [
+    pub const ALL: [Hook; 32] = [
         Hook::FileOpen,
         Hook::BprmCheckSecurity,
         Hook::PathMknod,
@@ -163,6 +166,9 @@ impl Hook {
         Hook::UnixStreamConnect,
         Hook::UnixMaySend,
         Hook::FileSendSigiotask,
+        Hook::TaskSetnice,
+        Hook::TaskSetscheduler,
+        Hook::TaskPrlimit,
     ];
 
     /// The LSM hook name, which is also the program's name in the object.
@@ -197,6 +203,9 @@ impl Hook {
             Hook::UnixStreamConnect => "unix_stream_connect",
             Hook::UnixMaySend => "unix_may_send",
             Hook::FileSendSigiotask => "file_send_sigiotask",
+            Hook::TaskSetnice => "task_setnice",
+            Hook::TaskSetscheduler => "task_setscheduler",
+            Hook::TaskPrlimit => "task_prlimit",
         }
     }
 
@@ -233,6 +242,9 @@ impl Hook {
             Hook::UnixStreamConnect => "RET_UNIX_STREAM_CONNECT",
             Hook::UnixMaySend => "RET_UNIX_MAY_SEND",
             Hook::FileSendSigiotask => "RET_FILE_SEND_SIGIOTASK",
+            Hook::TaskSetnice => "RET_TASK_SETNICE",
+            Hook::TaskSetscheduler => "RET_TASK_SETSCHEDULER",
+            Hook::TaskPrlimit => "RET_TASK_PRLIMIT",
         }
     }
 
@@ -264,7 +276,8 @@ pub struct PolicyInfo {
 pub mod protect {
     /// No ptrace attach to any other process; no ptrace reads of processes outside.
     pub const PTRACE: u32 = 1 << 0;
-    /// No signals to processes outside the policy's cgroup (the agent above all).
+    /// No signals to processes outside the policy's cgroup (the agent above all),
+    /// and no changing their priority, scheduling or resource limits.
     pub const SIGNAL: u32 = 1 << 1;
     /// No bpf() calls, and no unlinking or renaming on bpffs (the agent's pins).
     pub const BPF: u32 = 1 << 2;

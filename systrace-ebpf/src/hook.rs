@@ -41,6 +41,9 @@ ret_globals!(
     RET_UNIX_STREAM_CONNECT,
     RET_UNIX_MAY_SEND,
     RET_FILE_SEND_SIGIOTASK,
+    RET_TASK_SETNICE,
+    RET_TASK_SETSCHEDULER,
+    RET_TASK_PRLIMIT,
 );
 
 /// Reads context slot N. One function per slot, never inlined: with the slots as

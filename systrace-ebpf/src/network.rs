@@ -20,15 +20,33 @@ use crate::{
     hook::previous_verdict,
     kernel,
     maps::{NET_RULES, SOCKET_RULES},
+    unix,
 };
 
 #[lsm(hook = "socket_bind")]
 #[inline(always)]
 pub fn socket_bind(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_SOCKET_BIND) {
-        0 => check_address(&ctx, Hook::SocketBind, net::OP_BIND),
+        0 => check_bind(&ctx),
         previous => previous,
     }
+}
+
+#[inline(always)]
+fn check_bind(ctx: &LsmContext) -> i32 {
+    let Some(subject) = current_subject() else {
+        return 0;
+    };
+    let sockaddr: *const u8 = ctx.arg(1);
+    let addrlen: i32 = ctx.arg(2);
+    if addrlen >= 2 {
+        match unsafe { kernel::read_at::<u16>(sockaddr, 0) } {
+            Ok(family) if family == net::AF_UNIX as u16 => return unix::check_bind(&subject, sockaddr, addrlen),
+            Ok(_) => {}
+            Err(_) => return check_unreadable(&subject, Hook::SocketBind, 0),
+        }
+    }
+    decide_address(&subject, Hook::SocketBind, net::OP_BIND, ctx.arg(0), sockaddr, addrlen)
 }
 
 #[lsm(hook = "socket_connect")]

@@ -69,20 +69,75 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
 /// asks whether a process exists) and stays allowed.
 #[inline(always)]
 fn kill(ctx: &LsmContext) -> i32 {
+    let sig: i32 = ctx.arg(2);
+    if sig == 0 {
+        return 0;
+    }
+    outside_only(Hook::TaskKill, ctx.arg(0), sig as u32)
+}
+
+/// Refuses, under the signal protection, an action on `task` unless it runs in
+/// the policy's cgroup or below.
+#[inline(always)]
+fn outside_only(hook: Hook, task: *const u8, detail: u32) -> i32 {
     let Some(subject) = current_subject() else {
         return 0;
     };
-    if subject.info.protections & protect::SIGNAL == 0 {
-        return 0;
-    }
-    let task: *const u8 = ctx.arg(0);
-    let sig: i32 = ctx.arg(2);
-    if sig == 0 || matches!(task_inside(&subject, task), Ok(true)) {
+    if subject.info.protections & protect::SIGNAL == 0 || matches!(task_inside(&subject, task), Ok(true)) {
         return 0;
     }
     let target = unsafe { kernel::task_tgid(task) }.unwrap_or(0);
-    let detail = Detail { detail: sig as u32, target, protection: protect::SIGNAL };
-    check_protection(&subject, Hook::TaskKill, detail, false)
+    check_protection(&subject, hook, Detail { detail, target, protection: protect::SIGNAL }, false)
+}
+
+/// setpriority(2) on another process: the agent starved of CPU would stop
+/// reporting.
+#[lsm(hook = "task_setnice")]
+#[inline(always)]
+pub fn task_setnice(ctx: LsmContext) -> i32 {
+    match previous_verdict!(ctx, RET_TASK_SETNICE) {
+        0 => {
+            let nice: i32 = ctx.arg(1);
+            outside_only(Hook::TaskSetnice, ctx.arg(0), nice as u32)
+        }
+        previous => previous,
+    }
+}
+
+/// sched_setscheduler, sched_setattr, sched_setaffinity on another process.
+#[lsm(hook = "task_setscheduler")]
+#[inline(always)]
+pub fn task_setscheduler(ctx: LsmContext) -> i32 {
+    match previous_verdict!(ctx, RET_TASK_SETSCHEDULER) {
+        0 => outside_only(Hook::TaskSetscheduler, ctx.arg(0), 0),
+        previous => previous,
+    }
+}
+
+/// prlimit(2) on another process (the kernel asks only then). Setting a CPU
+/// limit is a way to have the kernel kill the agent; the hook names only the
+/// target's credentials, not the process, so every write to another process's
+/// limits is refused, inside the cgroup too. Reads stay allowed.
+#[lsm(hook = "task_prlimit")]
+#[inline(always)]
+pub fn task_prlimit(ctx: LsmContext) -> i32 {
+    const LSM_PRLIMIT_WRITE: u32 = 2;
+    match previous_verdict!(ctx, RET_TASK_PRLIMIT) {
+        0 => {
+            let flags: u32 = ctx.arg(2);
+            if flags & LSM_PRLIMIT_WRITE == 0 {
+                return 0;
+            }
+            match current_subject() {
+                Some(subject) => {
+                    let detail = Detail { detail: flags, target: 0, protection: protect::SIGNAL };
+                    check_protection(&subject, Hook::TaskPrlimit, detail, false)
+                }
+                None => 0,
+            }
+        }
+        previous => previous,
+    }
 }
 
 /// A signal delivered by SIGIO: a process makes itself (or another) the owner of

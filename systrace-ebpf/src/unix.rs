@@ -4,7 +4,10 @@
 //! one the peer really has (the server's bind), not a string the client passed:
 //! a relative path, a symlink or /proc/self/cwd tricks change nothing. Stream
 //! and seqpacket connects pass `unix_stream_connect`; datagram connects and
-//! every datagram sent pass `unix_may_send`.
+//! every datagram sent pass `unix_may_send`. Binds of abstract names are decided
+//! here too (from `socket_bind`), so a confined process cannot squat a name a
+//! service outside expects to own; binding a path is making a file, which the
+//! file hooks decide.
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use systrace_common::{net, rule_verdict, Default, Hook, UnixKey, Verdict, UNIX_PATH_MAX};
@@ -47,23 +50,44 @@ pub fn unix_may_send(ctx: LsmContext) -> i32 {
     }
 }
 
-/// Decides reaching the peer `sk`: its exact name's rule, then a rule for every
-/// named peer, then the policy's default. Unnamed peers (a socketpair's other
-/// end) are not asked about: nothing names them in a policy.
+/// Reaching the peer `sk`. Unnamed peers (a socketpair's other end) are not
+/// asked about: nothing names them in a policy.
 #[inline(always)]
 fn check_peer(subject: &Subject, hook: Hook, sk: *const u8) -> i32 {
-    let (name, len) = match unsafe { kernel::unix_name(sk) } {
-        Ok(Some(named)) => named,
-        Ok(None) => return 0,
-        Err(_) => return check_unreadable(subject, hook, 0),
-    };
+    match unsafe { kernel::unix_name(sk) } {
+        Ok(Some((name, len))) => check_name(subject, hook, net::OP_CONNECT, name, len),
+        Ok(None) => 0,
+        Err(_) => check_unreadable(subject, hook, 0),
+    }
+}
+
+/// `bind()` of a unix socket to `sockaddr` (the kernel's copy, `addrlen` bytes).
+/// Abstract names only: a path bind creates a file, and an autobind (no name
+/// given) lets the kernel pick a fresh one.
+#[inline(always)]
+pub fn check_bind(subject: &Subject, sockaddr: *const u8, addrlen: i32) -> i32 {
+    if addrlen <= 2 {
+        return 0;
+    }
+    let name = unsafe { sockaddr.add(2) };
+    match unsafe { kernel::read_at::<u8>(name, 0) } {
+        Ok(0) => check_name(subject, Hook::SocketBind, net::OP_BIND, name, (addrlen - 2) as u32),
+        Ok(_) => 0,
+        Err(_) => check_unreadable(subject, Hook::SocketBind, 0),
+    }
+}
+
+/// Decides `op` on the unix name at `name` (`len` bytes, kernel memory): its
+/// exact name's rule, then a rule for every name, then the policy's default.
+#[inline(always)]
+fn check_name(subject: &Subject, hook: Hook, op: u8, name: *const u8, len: u32) -> i32 {
     let Some(key) = UNIX_KEY.get_ptr_mut(0) else {
         return check_unreadable(subject, hook, 0);
     };
     let key = unsafe { &mut *key };
     let size = if len as usize > UNIX_PATH_MAX { UNIX_PATH_MAX as u32 } else { len };
     key.policy = subject.policy;
-    key.op = net::OP_CONNECT;
+    key.op = op;
     key._pad = 0;
     key.len = size as u16;
     key.name = [0; UNIX_PATH_MAX];
@@ -74,7 +98,7 @@ fn check_peer(subject: &Subject, hook: Hook, sk: *const u8) -> i32 {
     }
     let mut rule = unsafe { UNIX_RULES.get(&*key) }.copied();
     if rule.is_none() {
-        let any = UnixKey { policy: subject.policy, op: net::OP_CONNECT, _pad: 0, len: 0, name: [0; UNIX_PATH_MAX] };
+        let any = UnixKey { policy: subject.policy, op, _pad: 0, len: 0, name: [0; UNIX_PATH_MAX] };
         rule = unsafe { UNIX_RULES.get(&any) }.copied();
     }
     let verdict = match rule {

@@ -276,6 +276,20 @@ fn bypass_suite(agent_bin: &Path, r: &mut Runner) -> Result<()> {
                 Ok(Outcome::Denied)
             }),
         ),
+        (
+            "prlimit_cpu_agent",
+            Box::new(|b: &mut Bypass| {
+                let pid = agent_pid.to_string();
+                b.attack(&["prlimit-cpu", &pid], EPERM, "task_prlimit")
+            }),
+        ),
+        (
+            "renice_agent",
+            Box::new(|b: &mut Bypass| {
+                let pid = agent_pid.to_string();
+                b.attack(&["renice", &pid], EPERM, "task_setnice")
+            }),
+        ),
         ("clone_into_cgroup", Box::new(|b: &mut Bypass| b.attack(&["clone-into", ELSEWHERE], EPERM, "task_alloc"))),
         ("bpf_detach", Box::new(|b: &mut Bypass| b.attack(&["bpf-next-link", "-"], EPERM, "bpf"))),
         (

@@ -349,6 +349,28 @@ pub fn main(args: &[String]) -> ExitCode {
                 Err(e) => e.raw_os_error().unwrap_or(-1),
             }
         }
+        "unix-bind" => {
+            // unix-bind @ABSTRACT
+            use std::os::linux::net::SocketAddrExt;
+            use std::os::unix::net::{SocketAddr, UnixListener};
+            let name = operands[0].trim_start_matches('@');
+            match SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixListener::bind_addr(&a)) {
+                Ok(_) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            }
+        }
+        "prlimit-cpu" => {
+            // prlimit-cpu PID: a CPU-time limit of one second on PID, which has
+            // the kernel kill PID once it has used that much.
+            let pid = operands.first().and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+            let limit = libc::rlimit64 { rlim_cur: 1, rlim_max: 1 };
+            errno_of(unsafe { libc::prlimit64(pid, libc::RLIMIT_CPU, &limit, std::ptr::null_mut()) })
+        }
+        "renice" => {
+            // renice PID: the lowest priority for PID.
+            let pid = operands.first().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+            errno_of(unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 19) })
+        }
         "unix-connect" | "unix-send" => {
             // unix-connect|unix-send PATH|@ABSTRACT: a stream connect, or one
             // datagram from an unbound socket.

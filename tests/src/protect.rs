@@ -53,6 +53,11 @@ operations = ["connect"]
 family = "unix"
 abstract = "systrace-allowed"
 
+[[net]]
+operations = ["bind"]
+family = "unix"
+abstract = "systrace-mine"
+
 [protection_off]
 ptrace = "the test attaches to a sibling"
 mount = "the test mounts a tmpfs"
@@ -108,20 +113,6 @@ fn expect(cg: &Path, args: &[&str], errno: i32) -> Result<op::Outcome> {
     let out = run_op(cg, args)?;
     ensure!(out.errno == errno, "{args:?} in {}: errno {} (expected {errno})", cg.display(), out.errno);
     Ok(out)
-}
-
-/// Like [`expect`], retrying for a few seconds: the kernel releases a link whose
-/// last reference went away from a work queue, a moment later.
-fn eventually(cg: &Path, args: &[&str], errno: i32) -> Result<op::Outcome> {
-    let mut last = None;
-    for _ in 0..30 {
-        match expect(cg, args, errno) {
-            Ok(out) => return Ok(out),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(last.expect("tried at least once"))
 }
 
 /// A process sleeping in `cg` (or outside any confined cgroup for `None`).
@@ -301,7 +292,7 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
     let (code, _) = second.stop()?;
     ensure!(code == 0, "second agent exit code {code}");
     ensure!(pinned_dirs().is_empty(), "pins after a clean stop: {:?}", pinned_dirs());
-    eventually(cg, &["open", t, "r"], 0).context("after a clean stop nothing is enforced")?;
+    expect(cg, &["open", t, "r"], 0).context("after a clean stop nothing is enforced")?;
 
     let third = Agent::start(agent_bin, &[policy])?;
     third.kill_hard()?;
@@ -309,7 +300,7 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
     let status = Command::new(agent_bin).arg("detach").status()?;
     ensure!(status.success(), "systrace-agent detach: {status}");
     ensure!(pinned_dirs().is_empty(), "pins after detach: {:?}", pinned_dirs());
-    eventually(cg, &["open", t, "r"], 0).context("after detach")?;
+    expect(cg, &["open", t, "r"], 0).context("after detach, which waits for the kernel to release the links")?;
     Ok(())
 }
 
@@ -343,5 +334,11 @@ fn unix_sockets(agent: &mut Agent, cg: &Path, dir: &Path) -> Result<()> {
     let pid = out.pid;
     let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid)?;
     ensure!(ev["hook"] == "unix_may_send", "unix datagram event: {ev}");
+    // Abstract names may be bound only as the policy says: no squatting.
+    expect(cg, &["unix-bind", "@systrace-mine"], 0)?;
+    let out = expect(cg, &["unix-bind", "@systrace-squatted"], EPERM)?;
+    let pid = out.pid;
+    let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid)?;
+    ensure!(ev["hook"] == "socket_bind" && ev["address"] == "@systrace-squatted", "abstract bind event: {ev}");
     Ok(())
 }
