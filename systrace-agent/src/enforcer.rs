@@ -130,7 +130,7 @@ impl Enforcer {
         for (name, link) in self.links.drain(..) {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             let link = program.take_link(link)?;
-            let fd_link: aya::programs::links::FdLink = link.try_into()?;
+            let fd_link = aya::programs::links::FdLink::from(link);
             if let Ok(info) = fd_link.info() {
                 self.pinned_ids.push(info.program_id());
             }

@@ -184,7 +184,15 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
 /// Boots one kernel once per scenario and tallies the TEST lines: the foundation
 /// suite and the policy-language suite with the BPF LSM active, and the refusal
 /// check with it left out of `lsm=`.
-fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally, Vec<(String, String)>)> {
+/// One kernel's results: its name, the tally of TEST lines, and the bypass
+/// table's (case, outcome) rows.
+struct KernelRun {
+    name: String,
+    tally: Tally,
+    bypass: Vec<(String, String)>,
+}
+
+fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
     let kernel = setup::kernel(spec)?;
     let scenarios = [
         ("suite", spec.cmdline),
@@ -238,7 +246,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<(String, Tally, 
         }
     }
     say(&format!("kernel {} ran in {:.0?}", kernel.release, started.elapsed()));
-    Ok((format!("kernel {} ({})", kernel.release, spec.debian), tally, bypass))
+    Ok(KernelRun { name: format!("kernel {} ({})", kernel.release, spec.debian), tally, bypass })
 }
 
 /// Prints the bypass suite as a case × kernel table and returns its own tally:
@@ -293,9 +301,9 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
     let bins = build()?;
     let mut bypass = Vec::new();
     for spec in specs {
-        let (name, tally, rows) = vm_suite(spec, &bins)?;
-        lines.push((name, tally));
-        bypass.push((spec.label.to_string(), rows));
+        let run = vm_suite(spec, &bins)?;
+        lines.push((run.name, run.tally));
+        bypass.push((spec.label.to_string(), run.bypass));
     }
     println!();
     println!("bypass suite (case x kernel):");
