@@ -65,7 +65,8 @@ enum Command {
     },
     /// Say whether this kernel can enforce, and print the struct offsets read from its BTF.
     Probe,
-    /// Stop the enforcement a killed agent left behind: remove its pinned programs.
+    /// Stop the enforcement a killed agent left behind: remove its pinned programs
+    /// (those of a running agent are left alone) and wait until they are detached.
     Detach,
 }
 
@@ -98,6 +99,12 @@ fn detach() -> ExitCode {
     let mut failed = false;
     let mut ids = Vec::new();
     for dir in dirs {
+        if pins::owner_alive(&dir) {
+            // Its programs stay attached through its descriptors anyway; stopping
+            // it (SIGTERM) is how its enforcement ends.
+            eprintln!("systrace-agent: {} belongs to a running agent; left alone (stop it with SIGTERM)", dir.display());
+            continue;
+        }
         ids.extend(pins::program_ids(&dir));
         match pins::remove_dir(&dir) {
             Ok(n) => eprintln!("systrace-agent: removed {n} pinned programs in {}", dir.display()),

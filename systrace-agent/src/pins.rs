@@ -89,6 +89,15 @@ pub fn wait_released(ids: &[u32], timeout: std::time::Duration) -> bool {
     }
 }
 
+/// Whether the agent that made the pin directory `dir` (named by its pid) is
+/// still running.
+pub fn owner_alive(dir: &Path) -> bool {
+    let Some(pid) = dir.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "systrace-agent")
+}
+
 /// Removes a pin directory; each removed pin drops the link it held.
 pub fn remove_dir(dir: &Path) -> Result<usize> {
     let mut removed = 0;

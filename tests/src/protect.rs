@@ -295,6 +295,11 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
     expect(cg, &["open", t, "r"], 0).context("after a clean stop nothing is enforced")?;
 
     let third = Agent::start(agent_bin, &[policy])?;
+    // A running agent's pins are not detach's to remove.
+    let status = Command::new(agent_bin).arg("detach").status()?;
+    ensure!(status.success(), "systrace-agent detach with an agent running: {status}");
+    ensure!(Path::new(PIN_ROOT).join(third.pid().to_string()).exists(), "detach removed a running agent's pins");
+    expect(cg, &["open", t, "r"], EPERM).context("detach with an agent running")?;
     third.kill_hard()?;
     expect(cg, &["open", t, "r"], EPERM)?;
     let status = Command::new(agent_bin).arg("detach").status()?;
