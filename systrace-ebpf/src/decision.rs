@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{
     generated::bpf_loop,
 };
 use systrace_common::{
-    event_flags, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, RuleSet, UnixKey, Verdict, MAX_WALK_DEPTH,
+    event_flags, rule_verdict, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, RuleSet, UnixKey, Verdict, MAX_WALK_DEPTH,
     PATH_LEN, UNIX_PATH_MAX,
 };
 
@@ -269,6 +269,20 @@ pub fn violation(subject: &Subject) -> Verdict {
     }
 }
 
+/// The verdict of a rule found in a map (one of `rule_verdict`), or of the
+/// policy's default when no rule matched. For rules that decide an operation
+/// as a whole: network, socket creation, unix names.
+#[inline(always)]
+pub fn rule_decision(subject: &Subject, rule: Option<u8>) -> Verdict {
+    match rule {
+        Some(rule_verdict::ALLOW) => Verdict::Allowed,
+        Some(rule_verdict::AUDIT) => Verdict::AuditRule,
+        Some(_) => violation(subject),
+        None if subject.info.default == Default::Allow as u8 => Verdict::Allowed,
+        None => violation(subject),
+    }
+}
+
 /// The verdict for a resolution under `subject`'s mode and default.
 #[inline(always)]
 pub fn verdict(subject: &Subject, res: &Resolution) -> Verdict {
@@ -450,6 +464,16 @@ pub fn check_protection(subject: &Subject, hook: Hook, detail: Detail, quiet: bo
         report_other(subject, hook, v, detail);
     }
     hook_return(v)
+}
+
+/// Refuses the operation for the current process if it is confined and
+/// `protection` is on: for hooks whose mere call is what a protection forbids.
+#[inline(always)]
+pub fn forbid_current(hook: Hook, protection: u32, detail: u32) -> i32 {
+    match current_subject() {
+        Some(subject) => check_protection(&subject, hook, Detail { detail, target: 0, protection }, false),
+        None => 0,
+    }
 }
 
 /// Whether `task` runs in the policy's cgroup or below it: climbs the task's

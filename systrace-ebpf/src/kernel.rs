@@ -176,8 +176,7 @@ pub unsafe fn unix_name(sk: *const u8) -> Result<Option<(*const u8, u32)>, i64> 
 /// `sock->sk->sk_protocol` (IPPROTO_*).
 #[inline(always)]
 pub unsafe fn socket_protocol(socket: *const u8) -> Result<u16, i64> {
-    let sk: *const u8 = read(socket, off(&OFF_SOCKET_SK))?;
-    read(sk, off(&OFF_SOCK_SK_PROTOCOL))
+    read(socket_sock(socket)?, off(&OFF_SOCK_SK_PROTOCOL))
 }
 
 /// (`msg->msg_name`, `msg->msg_namelen`): the destination a send names, if any.

@@ -11,11 +11,12 @@
 //! socket is no way around a connect rule.
 
 use aya_ebpf::{macros::lsm, maps::lpm_trie::Key, programs::LsmContext};
-use systrace_common::{net, rule_verdict, Default, Hook, NetKey, SocketKey, Verdict};
+use systrace_common::{net, Hook, NetKey, SocketKey, Verdict};
 
 use crate::{
     decision::{
-        check_unreadable, current_subject, hook_return, report_net, report_other, violation, Detail, NetTarget, Subject,
+        check_unreadable, current_subject, hook_return, report_net, report_other, rule_decision, Detail, NetTarget,
+        Subject,
     },
     hook::previous_verdict,
     kernel,
@@ -155,13 +156,7 @@ fn decide(subject: &Subject, op: u8, target: &NetTarget) -> Verdict {
             }
         }
     }
-    match decided {
-        Some(rule_verdict::ALLOW) => Verdict::Allowed,
-        Some(rule_verdict::AUDIT) => Verdict::AuditRule,
-        Some(_) => violation(subject),
-        None if subject.info.default == Default::Allow as u8 => Verdict::Allowed,
-        None => violation(subject),
-    }
+    rule_decision(subject, decided)
 }
 
 #[lsm(hook = "socket_create")]
@@ -193,13 +188,7 @@ fn check_create(ctx: &LsmContext) -> i32 {
         key.sock_type = SocketKey::ANY_TYPE;
         rule = unsafe { SOCKET_RULES.get(&key) }.copied();
     }
-    let verdict = match rule {
-        Some(rule_verdict::ALLOW) => Verdict::Allowed,
-        Some(rule_verdict::AUDIT) => Verdict::AuditRule,
-        Some(_) => violation(&subject),
-        None if subject.info.default == Default::Allow as u8 => Verdict::Allowed,
-        None => violation(&subject),
-    };
+    let verdict = rule_decision(&subject, rule);
     let detail = Detail { detail: family as u32, target: sock_type as u32, protection: 0 };
     report_other(&subject, Hook::SocketCreate, verdict, detail);
     hook_return(verdict)

@@ -8,7 +8,9 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use systrace_common::{protect, Hook};
 
 use crate::{
-    decision::{check_protection, current_subject, hook_return, report_other, task_inside, violation, Detail},
+    decision::{
+        check_protection, current_subject, forbid_current, hook_return, report_other, task_inside, violation, Detail,
+    },
     hook::previous_verdict,
     kernel,
     maps::AGENT,
@@ -128,13 +130,7 @@ pub fn task_prlimit(ctx: LsmContext) -> i32 {
             if flags & LSM_PRLIMIT_WRITE == 0 {
                 return 0;
             }
-            match current_subject() {
-                Some(subject) => {
-                    let detail = Detail { detail: flags, target: 0, protection: protect::SIGNAL };
-                    check_protection(&subject, Hook::TaskPrlimit, detail, false)
-                }
-                None => 0,
-            }
+            forbid_current(Hook::TaskPrlimit, protect::SIGNAL, flags)
         }
         previous => previous,
     }
@@ -219,13 +215,7 @@ fn clone_flags(ctx: &LsmContext) -> i32 {
 #[inline(always)]
 pub fn userns_create(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_USERNS_CREATE) {
-        0 => match current_subject() {
-            Some(subject) => {
-                let detail = Detail { protection: protect::NAMESPACE, ..Detail::default() };
-                check_protection(&subject, Hook::UsernsCreate, detail, false)
-            }
-            None => 0,
-        },
+        0 => forbid_current(Hook::UsernsCreate, protect::NAMESPACE, 0),
         previous => previous,
     }
 }

@@ -6,22 +6,13 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use systrace_common::{protect, Hook};
 
 use crate::{
-    decision::{check_protection, current_subject, Detail},
+    decision::forbid_current,
     hook::previous_verdict,
 };
 
 /// `kernel_read_file_id` / `kernel_load_data_id` value for firmware, which
 /// drivers load on behalf of whatever process touched the device.
 const FIRMWARE: u32 = 1;
-
-/// Refuses the operation for confined processes when `protection` is on.
-#[inline(always)]
-fn forbid(hook: Hook, protection: u32, detail: u32) -> i32 {
-    match current_subject() {
-        Some(subject) => check_protection(&subject, hook, Detail { detail, target: 0, protection }, false),
-        None => 0,
-    }
-}
 
 /// Any bpf() command: a confined process could otherwise find the agent's
 /// links and detach them, or read its maps.
@@ -31,7 +22,7 @@ pub fn bpf(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_BPF) {
         0 => {
             let cmd: i32 = ctx.arg(0);
-            forbid(Hook::Bpf, protect::BPF, cmd as u32)
+            forbid_current(Hook::Bpf, protect::BPF, cmd as u32)
         }
         previous => previous,
     }
@@ -45,7 +36,7 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_SB_MOUNT) {
         0 => {
             let flags: u64 = ctx.arg(3);
-            forbid(Hook::SbMount, protect::MOUNT, flags as u32)
+            forbid_current(Hook::SbMount, protect::MOUNT, flags as u32)
         }
         previous => previous,
     }
@@ -56,7 +47,7 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_MOVE_MOUNT) {
-        0 => forbid(Hook::MoveMount, protect::MOUNT, 0),
+        0 => forbid_current(Hook::MoveMount, protect::MOUNT, 0),
         previous => previous,
     }
 }
@@ -67,7 +58,7 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_SB_UMOUNT) {
         0 => {
             let flags: i32 = ctx.arg(1);
-            forbid(Hook::SbUmount, protect::MOUNT, flags as u32)
+            forbid_current(Hook::SbUmount, protect::MOUNT, flags as u32)
         }
         previous => previous,
     }
@@ -79,7 +70,7 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
 #[inline(always)]
 pub fn kernel_module_request(ctx: LsmContext) -> i32 {
     match previous_verdict!(ctx, RET_KERNEL_MODULE_REQUEST) {
-        0 => forbid(Hook::KernelModuleRequest, protect::MODULE, 0),
+        0 => forbid_current(Hook::KernelModuleRequest, protect::MODULE, 0),
         previous => previous,
     }
 }
@@ -94,7 +85,7 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
             if id == FIRMWARE {
                 return 0;
             }
-            forbid(Hook::KernelLoadData, protect::MODULE, id)
+            forbid_current(Hook::KernelLoadData, protect::MODULE, id)
         }
         previous => previous,
     }
@@ -110,7 +101,7 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
             if id == FIRMWARE {
                 return 0;
             }
-            forbid(Hook::KernelReadFile, protect::MODULE, id)
+            forbid_current(Hook::KernelReadFile, protect::MODULE, id)
         }
         previous => previous,
     }

@@ -10,10 +10,10 @@
 //! file hooks decide.
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
-use systrace_common::{net, rule_verdict, Default, Hook, UnixKey, Verdict, UNIX_PATH_MAX};
+use systrace_common::{net, Hook, UnixKey, UNIX_PATH_MAX};
 
 use crate::{
-    decision::{check_unreadable, current_subject, hook_return, report_unix, violation, Subject},
+    decision::{check_unreadable, current_subject, hook_return, report_unix, rule_decision, Subject},
     hook::previous_verdict,
     kernel,
     maps::{UNIX_KEY, UNIX_RULES},
@@ -101,13 +101,7 @@ fn check_name(subject: &Subject, hook: Hook, op: u8, name: *const u8, len: u32) 
         let any = UnixKey { policy: subject.policy, op, _pad: 0, len: 0, name: [0; UNIX_PATH_MAX] };
         rule = unsafe { UNIX_RULES.get(&any) }.copied();
     }
-    let verdict = match rule {
-        Some(rule_verdict::ALLOW) => Verdict::Allowed,
-        Some(rule_verdict::AUDIT) => Verdict::AuditRule,
-        Some(_) => violation(subject),
-        None if subject.info.default == Default::Allow as u8 => Verdict::Allowed,
-        None => violation(subject),
-    };
+    let verdict = rule_decision(subject, rule);
     report_unix(subject, hook, verdict, key);
     hook_return(verdict)
 }
