@@ -1,24 +1,45 @@
 //! Loads the embedded BPF programs, fills their maps from compiled policies, and
 //! hands out the event ring buffer. Dropping the [`Enforcer`] detaches everything.
+//!
+//! Policies are installed as a whole set: every policy of the new set is written
+//! under fresh slots, the targets and the bindings of existing cgroups go into
+//! the half of the binding tables that is not in force, and one write to
+//! `ACTIVE` puts the new set in force for every cgroup at once. The old set is
+//! removed only after an RCU grace period, when no program can still be reading
+//! it. If anything fails before the switch (a map fills up, say), what was
+//! written is removed and the old set stays in force.
 
-use std::collections::HashMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
     },
-    programs::Lsm,
+    programs::{BtfTracePoint, Lsm},
     Btf, Ebpf, EbpfLoader,
 };
-use systrace_agent::{offsets::Offset, policy::Compiled};
-use systrace_common::{names, net, Counter, FileKey, FileRule, Hook, NetKey, NetRule, PolicyInfo, SocketKey, UnixKey};
+use systrace_agent::{
+    cgroups,
+    offsets::KernelLayout,
+    policy::{unit_entry, Compiled, Target},
+};
+use systrace_common::{
+    names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo,
+    ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, CGROUP_PATH_LEN, UNIT_NAME_LEN,
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
 /// The do-nothing program the benchmark attaches to measure the floor.
 const BENCH_NOOP: &str = "bench_noop_file_open";
+
+/// Tracepoints that bind cgroups as they appear, go, and are renamed.
+const CGROUP_TRACEPOINTS: [&str; 3] = ["cgroup_mkdir", "cgroup_rmdir", "cgroup_rename"];
 
 /// What [`Enforcer::set_attachment`] attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,26 +71,46 @@ impl Attachment {
     }
 }
 
-/// A policy as it sits in the maps.
-struct Installed {
+/// One policy as it sits in the maps.
+struct Slot {
     slot: u32,
-    cgroup_id: u64,
-    keys: Vec<FileKey>,
-    net_keys: Vec<LpmKey<NetKey>>,
-    socket_keys: Vec<SocketKey>,
-    unix_keys: Vec<UnixKey>,
+    names: Vec<NameKey>,
+    inodes: Vec<InodeKey>,
+    net: Vec<LpmKey<NetKey>>,
+    sockets: Vec<SocketKey>,
+    unix: Vec<UnixKey>,
+}
+
+/// A set of policies written under its slots, not yet (or no longer) in force.
+#[derive(Default)]
+struct Written {
+    slots: Vec<Slot>,
+}
+
+/// What an install put in force, per policy (in the order given).
+pub struct Installed {
+    pub slots: Vec<u32>,
+    /// (policy index, cgroup id, path) of the cgroups bound now.
+    pub bound: Vec<(usize, u64, String)>,
+    /// Per policy: kernel identity -> path, for the deny rules that follow inodes.
+    pub inode_paths: Vec<Vec<(FileId, PathBuf)>>,
 }
 
 pub struct Enforcer {
     bpf: Ebpf,
+    layout: KernelLayout,
     /// Attached programs (name, link); see [`Enforcer::set_attachment`].
     links: Vec<(&'static str, aya::programs::lsm::LsmLinkId)>,
-    installed: HashMap<String, Installed>,
-    next_slot: u32,
+    tracepoints: Vec<(&'static str, aya::programs::tp_btf::BtfTracePointLinkId)>,
     /// Links moved out of `links` by [`Enforcer::pin`]: they outlive the agent.
     pinned: Vec<aya::programs::links::PinnedLink>,
     /// Kernel ids of the programs behind the pinned links.
     pinned_ids: Vec<u32>,
+    /// The half of the binding tables in force.
+    active: u32,
+    in_force: Written,
+    next_slot: u32,
+    name_key: [u64; 2],
 }
 
 /// Why loading failed, with the kernel's errno when there was one.
@@ -80,55 +121,132 @@ pub struct LoadFailure {
     pub verifier_log: Option<String>,
 }
 
+/// 128 bits from the kernel's random pool.
+fn random_key() -> [u64; 2] {
+    let mut key = [0u64; 2];
+    // SAFETY: the buffer is valid for its size.
+    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), std::mem::size_of_val(&key), 0) };
+    if n != std::mem::size_of_val(&key) as isize {
+        // getrandom cannot fail for 16 bytes once the pool is ready; fall back to time and pid.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        key = [t, u64::from(std::process::id()) ^ t.rotate_left(17)];
+    }
+    key
+}
+
 impl Enforcer {
-    /// Loads and attaches every program. Nothing is confined until a policy is installed.
-    pub fn load(offsets: &[Offset]) -> Result<Self, LoadFailure> {
+    /// Loads and attaches every program. Nothing is confined until policies are installed.
+    pub fn load(layout: &KernelLayout) -> Result<Self, LoadFailure> {
         let fail = |error: anyhow::Error, verifier_log: Option<String>| LoadFailure {
             errno: error.chain().find_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error()),
             error,
             verifier_log,
         };
-        let values: Vec<(&'static str, u64)> = offsets.iter().map(|o| (o.global, o.bytes)).collect();
+        let name_key = random_key();
         let mut loader = EbpfLoader::new();
-        for (global, bytes) in &values {
-            loader.override_global(global, bytes, true);
-        }
+        loader.override_global(names::OFFSETS, &layout.offsets, true);
+        loader.override_global(names::OFFSET_FORMS, &layout.forms, true);
+        loader.override_global(names::HOOK_ARGS, layout.hook_args.as_slice(), true);
+        loader.override_global(names::NAME_KEY, &name_key, true);
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
+        let stats = std::env::var_os("SYSTRACE_LOAD_STATS").is_some();
         let mut links = Vec::new();
-        for hook in Hook::ALL {
-            // Each program is named after the hook it attaches to.
-            let (name, hook) = (hook.name(), hook.name());
+        for &hook in Hook::ALL {
+            if !layout.has(hook) {
+                continue;
+            }
+            let name = hook.name();
             let program: &mut Lsm = bpf
                 .program_mut(name)
                 .ok_or_else(|| fail(anyhow!("program {name} missing from the object"), None))?
                 .try_into()
                 .map_err(|e| fail(anyhow!("{name}: {e}"), None))?;
-            if let Err(e) = program.load(hook, &btf) {
+            let started = std::time::Instant::now();
+            if let Err(e) = program.load(name, &btf) {
                 let log = match &e {
                     aya::programs::ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
                     _ => None,
                 };
                 return Err(fail(anyhow!(e).context(format!("loading LSM program {name}")), log));
             }
-            let link =
-                program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name} to {hook}")), None))?;
-            links.push((name, link));
+            if stats {
+                let info = program.info().ok();
+                eprintln!(
+                    "systrace-agent: loaded {name} in {:.0?}: {:?} instructions verified, {:?} translated",
+                    started.elapsed(),
+                    info.as_ref().and_then(|i| i.verified_instruction_count()),
+                    info.as_ref().map(|i| i.size_translated()),
+                );
+            }
+            if hook.enforcing() {
+                let link = program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name}")), None))?;
+                links.push((name, link));
+            }
+        }
+        let mut tracepoints = Vec::new();
+        for name in CGROUP_TRACEPOINTS {
+            let program: &mut BtfTracePoint = bpf
+                .program_mut(name)
+                .ok_or_else(|| fail(anyhow!("program {name} missing from the object"), None))?
+                .try_into()
+                .map_err(|e| fail(anyhow!("{name}: {e}"), None))?;
+            if let Err(e) = program.load(name, &btf) {
+                let log = match &e {
+                    aya::programs::ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
+                    _ => None,
+                };
+                return Err(fail(anyhow!(e).context(format!("loading tracepoint program {name}")), log));
+            }
+            let link = program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name}")), None))?;
+            tracepoints.push((name, link));
         }
         // No SIGIO may reach the agent (see file_send_sigiotask).
         let agent = bpf.map_mut(names::AGENT).ok_or_else(|| fail(anyhow!("map {} missing", names::AGENT), None))?;
-        aya::maps::Array::<_, u32>::try_from(agent)
+        Array::<_, u32>::try_from(agent)
             .and_then(|mut a| a.set(0, std::process::id(), 0))
             .map_err(|e| fail(anyhow!(e).context("recording the agent's pid"), None))?;
-        Ok(Enforcer { bpf, links, installed: HashMap::new(), next_slot: 1, pinned: Vec::new(), pinned_ids: Vec::new() })
+        Ok(Enforcer {
+            bpf,
+            layout: layout.clone(),
+            links,
+            tracepoints,
+            pinned: Vec::new(),
+            pinned_ids: Vec::new(),
+            active: 0,
+            in_force: Written::default(),
+            next_slot: 1,
+            name_key,
+        })
     }
 
-    /// Pins every attached link in `dir`, one file per hook, so the programs keep
-    /// enforcing if this process dies. Pinned links are not detached when the
+    /// The key of the path-component hash the programs were loaded with.
+    pub fn name_key(&self) -> [u64; 2] {
+        self.name_key
+    }
+
+    /// Hooks this kernel lacks (with the version that has them).
+    pub fn missing_hooks(&self) -> &[Hook] {
+        &self.layout.missing_hooks
+    }
+
+    /// Pins every attached link in `dir`, one file per program, so the programs
+    /// keep enforcing if this process dies. Pinned links are not detached when the
     /// enforcer is dropped; [`Enforcer::unpin`] does that.
-    pub fn pin(&mut self, dir: &std::path::Path) -> Result<()> {
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
         for (name, link) in self.links.drain(..) {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            let link = program.take_link(link)?;
+            let fd_link = aya::programs::links::FdLink::from(link);
+            if let Ok(info) = fd_link.info() {
+                self.pinned_ids.push(info.program_id());
+            }
+            let pinned = fd_link.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))?;
+            self.pinned.push(pinned);
+        }
+        for (name, link) in self.tracepoints.drain(..) {
+            let program: &mut BtfTracePoint =
+                self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             let link = program.take_link(link)?;
             let fd_link = aya::programs::links::FdLink::from(link);
             if let Ok(info) = fd_link.info() {
@@ -161,7 +279,11 @@ impl Enforcer {
             program.detach(link)?;
         }
         let names: Vec<(&'static str, &'static str)> = match attachment {
-            Attachment::Enforcing => Hook::ALL.iter().map(|h| (h.name(), h.name())).collect(),
+            Attachment::Enforcing => Hook::ALL
+                .iter()
+                .filter(|h| h.enforcing() && self.layout.has(**h))
+                .map(|h| (h.name(), h.name()))
+                .collect(),
             Attachment::Detached => vec![],
             Attachment::Noop => vec![(BENCH_NOOP, "file_open")],
         };
@@ -181,41 +303,146 @@ impl Enforcer {
         Ok(BpfHashMap::try_from(map)?)
     }
 
-    /// Installs (or replaces) a policy. The rules go in under a fresh slot first and
-    /// the cgroup is pointed at that slot last, in one map update: an operation sees
-    /// either the old policy or the new one, never a half-written one. The old slot
-    /// is freed only after an RCU grace period, when no program can still be
-    /// reading it. Returns the slot.
-    pub fn install(&mut self, policy: &Compiled) -> Result<u32> {
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        let mut keys = Vec::with_capacity(policy.rules.len());
-        let mut net_keys = Vec::with_capacity(policy.net.len());
-        let mut socket_keys = Vec::with_capacity(policy.sockets.len());
-        let mut unix_keys = Vec::with_capacity(policy.unix.len());
-        let written = (|| -> Result<()> {
-            self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, policy.info, 0)?;
-            let mut rules = self.map::<FileKey, FileRule>(names::FILE_RULES)?;
-            for (&(dev, ino), rule) in &policy.rules {
-                let key = FileKey { policy: slot, _pad: 0, dev, ino };
-                rules.insert(key, *rule, 0).with_context(|| format!("file rule for inode {ino}"))?;
-                keys.push(key);
+    fn net_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetRule>> {
+        let map = self.bpf.map_mut(names::NET_RULES).ok_or_else(|| anyhow!("map {} missing", names::NET_RULES))?;
+        Ok(LpmTrie::try_from(map)?)
+    }
+
+    /// Puts `policies` in force as a whole, replacing the set in force. On
+    /// error, the set in force stays.
+    pub fn install(&mut self, policies: &[Compiled], cgroup_root: &Path) -> Result<Installed> {
+        let half = 1 - self.active;
+        let identities = self.probe_identities(policies)?;
+        let mut written = Written::default();
+        let result = self.write_set(policies, &identities, half, cgroup_root, &mut written);
+        let bound = match result {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.clear_half(half);
+                self.remove_written(&written);
+                return Err(e);
             }
+        };
+        // The switch: one array write puts every binding of the new set in force.
+        if let Err(e) = Array::<_, u32>::try_from(self.bpf.map_mut(names::ACTIVE).context("map ACTIVE missing")?)
+            .and_then(|mut a| a.set(0, half, 0))
+        {
+            self.clear_half(half);
+            self.remove_written(&written);
+            return Err(anyhow!(e).context("switching to the new policies"));
+        }
+        let old_half = self.active;
+        self.active = half;
+        let old = std::mem::replace(&mut self.in_force, written);
+        wait_for_readers();
+        self.clear_half(old_half);
+        self.remove_written(&old);
+        Ok(Installed {
+            slots: self.in_force.slots.iter().map(|s| s.slot).collect(),
+            bound,
+            inode_paths: identities.into_iter().map(|ids| ids.into_iter().map(|(id, path, _)| (id, path)).collect()).collect(),
+        })
+    }
+
+    /// Writes every policy under new slots and fills `half` of the binding
+    /// tables; returns the cgroups bound.
+    fn write_set(
+        &mut self,
+        policies: &[Compiled],
+        identities: &[Vec<(FileId, PathBuf, FileRule)>],
+        half: u32,
+        cgroup_root: &Path,
+        written: &mut Written,
+    ) -> Result<Vec<(usize, u64, String)>> {
+        // A reload that failed after writing part of this half, or bindings
+        // the kernel made there meanwhile: start clean.
+        self.clear_half(half);
+        let mut slots = Vec::new();
+        for (policy, ids) in policies.iter().zip(identities) {
+            let slot = self.next_slot;
+            self.next_slot = self.next_slot.checked_add(1).context("policy slots exhausted")?;
+            written.slots.push(Slot { slot, names: vec![], inodes: vec![], net: vec![], sockets: vec![], unix: vec![] });
+            let record = written.slots.last_mut().expect("just pushed");
+            self.write_policy(policy, ids, slot, record).with_context(|| format!("writing policy {}", policy.name))?;
+            slots.push(slot);
+        }
+        for (policy, &slot) in policies.iter().zip(&slots) {
+            match &policy.target {
+                Target::Cgroup(path) => {
+                    let mut key = TargetKey { half, path: [0; CGROUP_PATH_LEN] };
+                    key.path[..path.len()].copy_from_slice(path.as_bytes());
+                    self.map::<TargetKey, u32>(names::TARGETS)?.insert(key, slot, 0).context("cgroup target")?;
+                }
+                target => {
+                    let (name, kind, manager) = unit_entry(target).expect("a unit target");
+                    let mut key = UnitKey { half, name: [0; UNIT_NAME_LEN] };
+                    key.name[..name.len()].copy_from_slice(name.as_bytes());
+                    let mut value = UnitTarget { slot, kind, _pad: [0; 3], manager: [0; 32] };
+                    value.manager[..manager.len()].copy_from_slice(manager.as_bytes());
+                    self.map::<UnitKey, UnitTarget>(names::UNITS)?.insert(key, value, 0).context("unit target")?;
+                }
+            }
+        }
+        // Cgroups that exist now. Ones made from here on are bound by the
+        // kernel from the targets just written.
+        let targets: Vec<Target> = policies.iter().map(|p| p.target.clone()).collect();
+        let found = cgroups::find(cgroup_root, &targets);
+        let mut bindings = self.map::<BindingKey, u32>(names::BINDINGS)?;
+        for &(i, id, _) in &found {
+            bindings.insert(BindingKey { half, _pad: 0, cgroup_id: id }, slots[i], 0).context("binding a cgroup")?;
+        }
+        Ok(found)
+    }
+
+    fn write_policy(
+        &mut self,
+        policy: &Compiled,
+        identities: &[(FileId, PathBuf, FileRule)],
+        slot: u32,
+        record: &mut Slot,
+    ) -> Result<()> {
+        let info = PolicyInfo {
+            flags: if identities.is_empty() {
+                policy.info.flags & !systrace_common::policy_flags::INODE_RULES
+            } else {
+                policy.info.flags | systrace_common::policy_flags::INODE_RULES
+            },
+            ..policy.info
+        };
+        {
+            let mut rules = self.map::<NameKey, NameNode>(names::NAME_RULES)?;
+            for (&(parent, hash), node) in &policy.tree.entries {
+                let key = NameKey { policy: slot, parent, hash };
+                rules.insert(key, *node, 0).context("file rule")?;
+                record.names.push(key);
+            }
+        }
+        {
+            let mut rules = self.map::<InodeKey, FileRule>(names::INODE_RULES)?;
+            for (id, _, rule) in identities {
+                let key = InodeKey { policy: slot, generation: id.generation, dev: id.dev, ino: id.ino };
+                rules.insert(key, *rule, 0).context("inode rule")?;
+                record.inodes.push(key);
+            }
+        }
+        {
             let mut trie = self.net_map()?;
             for (&(op, family, proto, addr, prefix), rule) in &policy.net {
-                let key = LpmKey::new(
-                    net::FIXED_PREFIX_BITS + prefix,
-                    NetKey { policy: slot, op, family, proto, _pad: 0, addr },
-                );
+                let key =
+                    LpmKey::new(net::FIXED_PREFIX_BITS + prefix, NetKey { policy: slot, op, family, proto, _pad: 0, addr });
                 trie.insert(&key, *rule, 0).context("network rule")?;
-                net_keys.push(key);
+                record.net.push(key);
             }
+        }
+        {
             let mut sockets = self.map::<SocketKey, u8>(names::SOCKET_RULES)?;
-            for (&(family, sock_type), verdict) in &policy.sockets {
-                let key = SocketKey { policy: slot, family, sock_type };
+            for (&(family, sock_type, protocol), verdict) in &policy.sockets {
+                let key = SocketKey { policy: slot, family, sock_type, protocol, _pad: 0 };
                 sockets.insert(key, *verdict, 0).context("socket rule")?;
-                socket_keys.push(key);
+                record.sockets.push(key);
             }
+        }
+        {
             let mut unix = self.map::<UnixKey, u8>(names::UNIX_RULES)?;
             for ((op, name), verdict) in &policy.unix {
                 let mut key = UnixKey {
@@ -227,80 +454,121 @@ impl Enforcer {
                 };
                 key.name[..name.len()].copy_from_slice(name);
                 unix.insert(key, *verdict, 0).context("unix socket rule")?;
-                unix_keys.push(key);
+                record.unix.push(key);
             }
-            Ok(())
-        })();
-        if let Err(e) = written {
-            self.remove_slot(slot, &keys, &net_keys, &socket_keys, &unix_keys);
-            return Err(e.context(format!("writing policy {}", policy.name)));
         }
-        let previous = self.installed.remove(&policy.name);
-        if let Err(e) = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.insert(policy.cgroup_id, slot, 0)?)) {
-            self.remove_slot(slot, &keys, &net_keys, &socket_keys, &unix_keys);
-            if let Some(old) = previous {
-                self.installed.insert(policy.name.clone(), old);
-            }
-            return Err(e.context(format!("binding policy {} to its cgroup", policy.name)));
-        }
-        self.installed.insert(policy.name.clone(), Installed { slot, cgroup_id: policy.cgroup_id, keys, net_keys, socket_keys, unix_keys });
-        if let Some(old) = previous {
-            self.retire(old, Some(policy.cgroup_id));
-        }
-        Ok(slot)
+        // Last: a slot without its info is never looked at by the programs.
+        self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
+        Ok(())
     }
 
-    /// Stops confining a policy's cgroup and frees its rules.
-    pub fn uninstall(&mut self, name: &str) {
-        if let Some(old) = self.installed.remove(name) {
-            self.retire(old, None);
+    /// Removes every binding, target and unit entry of `half`.
+    fn clear_half(&mut self, half: u32) {
+        fn clear<K: aya::Pod, V: aya::Pod>(enforcer: &mut Enforcer, name: &str, of_half: impl Fn(&K) -> bool) {
+            if let Ok(mut map) = enforcer.map::<K, V>(name) {
+                let keys: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| of_half(k)).collect();
+                for key in keys {
+                    let _ = map.remove(&key);
+                }
+            }
+        }
+        clear::<BindingKey, u32>(self, names::BINDINGS, |k| k.half == half);
+        clear::<TargetKey, u32>(self, names::TARGETS, |k| k.half == half);
+        clear::<UnitKey, UnitTarget>(self, names::UNITS, |k| k.half == half);
+    }
+
+    fn remove_written(&mut self, written: &Written) {
+        for slot in &written.slots {
+            if let Ok(mut policies) = self.map::<u32, PolicyInfo>(names::POLICIES) {
+                let _ = policies.remove(&slot.slot);
+            }
+            if let Ok(mut map) = self.map::<NameKey, NameNode>(names::NAME_RULES) {
+                for key in &slot.names {
+                    let _ = map.remove(key);
+                }
+            }
+            if let Ok(mut map) = self.map::<InodeKey, FileRule>(names::INODE_RULES) {
+                for key in &slot.inodes {
+                    let _ = map.remove(key);
+                }
+            }
+            if let Ok(mut map) = self.map::<SocketKey, u8>(names::SOCKET_RULES) {
+                for key in &slot.sockets {
+                    let _ = map.remove(key);
+                }
+            }
+            if let Ok(mut map) = self.map::<UnixKey, u8>(names::UNIX_RULES) {
+                for key in &slot.unix {
+                    let _ = map.remove(key);
+                }
+            }
+            if let Ok(mut trie) = self.net_map() {
+                for key in &slot.net {
+                    let _ = trie.remove(key);
+                }
+            }
         }
     }
 
-    /// Names of the installed policies.
-    pub fn installed(&self) -> impl Iterator<Item = &str> {
-        self.installed.keys().map(String::as_str)
+    /// For each policy, the identity the kernel gives each existing path its
+    /// deny rules name, with the rule. Paths that do not exist have none (yet):
+    /// their rules still apply by name.
+    fn probe_identities(&mut self, policies: &[Compiled]) -> Result<Vec<Vec<(FileId, PathBuf, FileRule)>>> {
+        let mut paths: BTreeMap<PathBuf, Option<FileId>> = BTreeMap::new();
+        for p in policies {
+            for path in p.inode_anchors.keys() {
+                paths.insert(path.clone(), None);
+            }
+        }
+        if !paths.is_empty() {
+            let program: &mut Lsm = self
+                .bpf
+                .program_mut(Hook::InodeGetattr.name())
+                .context("the identity probe program is missing")?
+                .try_into()?;
+            let link = program.attach().context("attaching the identity probe")?;
+            let result = (|| -> Result<()> {
+                for (path, id) in paths.iter_mut() {
+                    *id = self.identity(path)?;
+                }
+                Ok(())
+            })();
+            let program: &mut Lsm = self.bpf.program_mut(Hook::InodeGetattr.name()).context("probe program")?.try_into()?;
+            let _ = program.detach(link);
+            self.set_probe(ProbeRequest::default())?;
+            result?;
+        }
+        Ok(policies
+            .iter()
+            .map(|p| {
+                p.inode_anchors
+                    .iter()
+                    .filter_map(|(path, rule)| paths.get(path).copied().flatten().map(|id| (id, path.clone(), *rule)))
+                    .collect()
+            })
+            .collect())
     }
 
-    /// Unbinds `old`'s cgroup (unless `still_bound` now points elsewhere), waits
-    /// for programs that may hold the old slot to finish, then deletes its entries.
-    fn retire(&mut self, old: Installed, still_bound: Option<u64>) {
-        if still_bound != Some(old.cgroup_id) {
-            let _ = self.map::<u64, u32>(names::CGROUP_POLICY).and_then(|mut m| Ok(m.remove(&old.cgroup_id)?));
-        }
-        wait_for_readers();
-        self.remove_slot(old.slot, &old.keys, &old.net_keys, &old.socket_keys, &old.unix_keys);
+    fn set_probe(&mut self, request: ProbeRequest) -> Result<()> {
+        let map = self.bpf.map_mut(names::PROBE).context("map PROBE missing")?;
+        Array::<_, ProbeRequest>::try_from(map)?.set(0, request, 0)?;
+        Ok(())
     }
 
-    fn net_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetRule>> {
-        let map = self.bpf.map_mut(names::NET_RULES).ok_or_else(|| anyhow!("map {} missing", names::NET_RULES))?;
-        Ok(LpmTrie::try_from(map)?)
-    }
-
-    fn remove_slot(&mut self, slot: u32, keys: &[FileKey], net_keys: &[LpmKey<NetKey>], socket_keys: &[SocketKey], unix_keys: &[UnixKey]) {
-        if let Ok(mut unix) = self.map::<UnixKey, u8>(names::UNIX_RULES) {
-            for key in unix_keys {
-                let _ = unix.remove(key);
-            }
+    /// The kernel's identity of the file at `path`, or `None` if there is none.
+    fn identity(&mut self, path: &Path) -> Result<Option<FileId>> {
+        static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.set_probe(ProbeRequest { tgid: std::process::id(), _pad: 0, nonce })?;
+        if std::fs::metadata(path).is_err() {
+            return Ok(None);
         }
-        if let Ok(mut sockets) = self.map::<SocketKey, u8>(names::SOCKET_RULES) {
-            for key in socket_keys {
-                let _ = sockets.remove(key);
-            }
+        let map = self.bpf.map(names::PROBE_RESULT).context("map PROBE_RESULT missing")?;
+        let result: ProbeResult = Array::<_, ProbeResult>::try_from(map)?.get(&0, 0)?;
+        if result.nonce != nonce {
+            bail!("the kernel did not report the identity of {}", path.display());
         }
-        if let Ok(mut rules) = self.map::<FileKey, FileRule>(names::FILE_RULES) {
-            for key in keys {
-                let _ = rules.remove(key);
-            }
-        }
-        if let Ok(mut trie) = self.net_map() {
-            for key in net_keys {
-                let _ = trie.remove(key);
-            }
-        }
-        if let Ok(mut policies) = self.map::<u32, PolicyInfo>(names::POLICIES) {
-            let _ = policies.remove(&slot);
-        }
+        Ok(Some(result.id))
     }
 
     /// Takes the event ring buffer; call once.
@@ -325,7 +593,10 @@ fn wait_for_readers() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
-    if rc != 0 {
+    // With one CPU online the kernel skips the grace period, yet a reader
+    // preempted inside a program may still be running: give it time.
+    let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    if rc != 0 || one_cpu {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -69,6 +69,8 @@ pub struct EventJson {
     pub kind: &'static str,
     /// RFC 3339, UTC, nanoseconds.
     pub time: String,
+    /// Nanoseconds since boot (`CLOCK_BOOTTIME`), as the kernel stamped it.
+    pub boot_ns: u64,
     pub hook: &'static str,
     pub verdict: &'static str,
     pub policy: String,
@@ -92,9 +94,11 @@ pub struct EventJson {
     pub family: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
-    /// Present when the parent walk hit its bound and the default verdict applied.
+    /// Present when the file's path could not be known (a disconnected dentry,
+    /// a mount outside the caller's namespace, a tree deeper than the walk's
+    /// bound): deny rules were assumed to apply.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub walk_bound: bool,
+    pub walk_undecided: bool,
     /// The self-protection that refused the operation (ptrace, signal, bpf, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protection: Option<&'static str>,
@@ -114,11 +118,23 @@ pub struct EventJson {
     pub socket_family: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_protocol: Option<String>,
+    /// `file_ioctl`: the command refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ioctl: Option<String>,
     /// `task_alloc`: the clone flags that were refused (hex); `bpf`: the command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clone_flags: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_command: Option<u32>,
+}
+
+fn protocol_name(n: u32) -> String {
+    if n == u32::from(socket::IPPROTO_MPTCP) {
+        return "mptcp".into();
+    }
+    name_or_number(&socket::PROTOCOLS, n)
 }
 
 fn name_or_number(table: &[(&str, u16)], n: u32) -> String {
@@ -137,6 +153,43 @@ pub fn verdict_name(v: u8) -> &'static str {
 
 pub fn hook_name(h: u16) -> &'static str {
     Hook::from_u16(h).map_or("unknown", Hook::name)
+}
+
+/// A cgroup the kernel bound to a policy as it appeared.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct BoundJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub boot_ns: u64,
+    pub policy: String,
+    pub policy_id: u32,
+    pub cgroup_id: u64,
+    /// The process that made the cgroup (systemd, say).
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What a ring record becomes.
+pub enum Record {
+    Event(EventJson),
+    Bound(BoundJson),
+}
+
+pub fn render(event: &Event, clock: &Clock, names: &PolicyNames) -> Record {
+    if event.hook == systrace_common::source::CGROUP_BOUND {
+        return Record::Bound(BoundJson {
+            kind: "bound",
+            time: rfc3339(clock.unix_ns(event.boot_ns)),
+            boot_ns: event.boot_ns,
+            policy: names.by_slot.get(&event.policy).cloned().unwrap_or_default(),
+            policy_id: event.policy,
+            cgroup_id: event.cgroup_id,
+            pid: event.tgid,
+            comm: c_string(&event.comm[..COMM_LEN]),
+        });
+    }
+    Record::Event(to_json(event, clock, names))
 }
 
 /// Joins the kernel's leaf-first, NUL-separated path components into a path.
@@ -167,9 +220,13 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         paths.get(&(event.dev, event.ino)).map(|p| p.display().to_string())
     });
     let hook = Hook::from_u16(event.hook);
+    // Socket kinds: creation, or a socket received or used that no address rule decides.
+    let socket_event = event.flags & event_flags::NOT_FILE != 0 && event.protection == 0 && event.net_family == 0
+        && matches!(hook, Some(Hook::SocketCreate | Hook::FileReceive | Hook::SocketBind | Hook::SocketConnect | Hook::SocketSendmsg));
     EventJson {
         kind: "event",
         time: rfc3339(clock.unix_ns(event.boot_ns)),
+        boot_ns: event.boot_ns,
         hook: hook_name(event.hook),
         verdict: verdict_name(event.verdict),
         policy: policy.cloned().unwrap_or_default(),
@@ -184,7 +241,7 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         ino: event.ino,
         path,
         requested: access_names(event.requested),
-        walk_bound: event.flags & event_flags::WALK_BOUND != 0,
+        walk_undecided: event.flags & event_flags::WALK_UNDECIDED != 0,
         address: net_address(event),
         port: (event.net_family != 0 && event.net_family != net::AF_UNIX).then_some(event.net_port),
         family: match event.net_family {
@@ -197,6 +254,8 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
             (0 | net::AF_UNIX, _) => None,
             (_, net::IPPROTO_TCP) => Some("tcp"),
             (_, net::IPPROTO_UDP) => Some("udp"),
+            (_, net::IPPROTO_SCTP) => Some("sctp"),
+            (_, net::IPPROTO_UDPLITE) => Some("udplite"),
             _ => Some("other"),
         },
         protection: (event.protection != 0).then(|| protect::name(event.protection)),
@@ -208,8 +267,11 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
             .then_some(event.target),
         ptrace_mode: (hook == Some(Hook::PtraceAccessCheck))
             .then_some(if event.detail & 0x02 != 0 { "attach" } else { "read" }),
-        socket_family: (hook == Some(Hook::SocketCreate)).then(|| name_or_number(&socket::FAMILIES, event.detail)),
-        socket_type: (hook == Some(Hook::SocketCreate)).then(|| name_or_number(&socket::TYPES, event.target)),
+        socket_family: socket_event.then(|| name_or_number(&socket::FAMILIES, event.detail)),
+        socket_type: socket_event.then(|| name_or_number(&socket::TYPES, event.target & 0xffff)),
+        socket_protocol: socket_event.then(|| protocol_name(event.target >> 16)),
+        ioctl: (matches!(hook, Some(Hook::FileIoctl | Hook::FileIoctlCompat)) && event.protection != 0)
+            .then(|| format!("{:#x}", event.detail)),
         clone_flags: (hook == Some(Hook::TaskAlloc))
             .then(|| format!("{:#x}", (u64::from(event.target) << 32) | u64::from(event.detail))),
         bpf_command: (hook == Some(Hook::Bpf)).then_some(event.detail),

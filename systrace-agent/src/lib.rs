@@ -2,6 +2,7 @@
 //! struct offsets read from BTF, and the event format. The loader and the CLI in
 //! `main.rs` are thin layers on top.
 
+pub mod cgroups;
 pub mod events;
 pub mod offsets;
 pub mod policy;

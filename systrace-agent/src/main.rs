@@ -18,9 +18,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use systrace_agent::{
-    events::{self, Clock, PolicyNames},
+    cgroups::cgroup2_root,
+    events::{self, Clock, PolicyNames, Record},
     offsets,
-    policy::{self, Compiled, Diagnostic, Severity, SystemResolver},
+    policy::{self, Compiled, Diagnostic, Host, Policy, Severity, SystemResolver},
 };
 use systrace_common::Counter;
 use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
@@ -54,6 +55,10 @@ enum Command {
         /// Print the verifier's log when a program fails to load.
         #[arg(long)]
         verifier_log: bool,
+        /// On SIGTERM, leave the programs pinned and enforcing for the next agent,
+        /// which takes them over (a restart or an upgrade); SIGINT still detaches.
+        #[arg(long)]
+        handover: bool,
         /// Benchmarks only: SIGUSR2 cycles attached -> detached -> a no-op program -> attached.
         #[arg(long, hide = true)]
         bench_detach_signal: bool,
@@ -76,7 +81,7 @@ fn main() -> ExitCode {
         Command::Check { files } => check(&files),
         Command::Probe => probe(),
         Command::Detach => detach(),
-        Command::Run { policies, policy_dir, stats_interval, verifier_log, bench_detach_signal } => {
+        Command::Run { policies, policy_dir, stats_interval, verifier_log, handover, bench_detach_signal } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -85,7 +90,7 @@ fn main() -> ExitCode {
                 }
             };
             let sources = Sources { files: policies, dir: policy_dir };
-            let options = Options { stats_interval, verifier_log, bench_detach_signal };
+            let options = Options { stats_interval, verifier_log, handover, bench_detach_signal };
             runtime.block_on(run(&sources, &options))
         }
     }
@@ -131,57 +136,84 @@ fn detach() -> ExitCode {
     }
 }
 
-/// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
-fn cgroup2_root() -> PathBuf {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|line| {
-                let (left, right) = line.split_once(" - ")?;
-                let mount_point = left.split(' ').nth(4)?;
-                (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-            })
-        })
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+/// What parsing needs to know about this host.
+fn host() -> Host {
+    Host { cgroup_root: cgroup2_root(), local_addresses: local_addresses() }
 }
 
-fn read_and_parse(file: &Path, cgroup_root: &Path) -> Result<policy::Policy, Diagnostic> {
+/// This host's interface addresses, for `address = "local"`.
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, which freeifaddrs releases below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: cursor walks the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it names.
+            match unsafe { (*entry.ifa_addr).sa_family } as i32 {
+                libc::AF_INET => {
+                    let sa = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let sa = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: the list came from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn read_and_parse(file: &Path, host: &Host) -> Result<Policy, Diagnostic> {
     let text = std::fs::read_to_string(file).map_err(|e| Diagnostic {
         severity: Severity::Error,
         location: policy::Location { file: file.to_path_buf(), line: 1, column: 1 },
         message: format!("cannot read: {e}"),
     })?;
-    policy::parse(file, &text, cgroup_root)
+    policy::parse(file, &text, host)
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
-    let root = cgroup2_root();
+    let host = host();
     let mut errors = 0;
     let mut parsed = Vec::new();
     for file in files {
-        match read_and_parse(file, &root) {
+        match read_and_parse(file, &host) {
             Ok(policy) => {
-                // Resolution problems are warnings for `check`: a path may appear later,
-                // and the cgroup may be created when its service starts.
+                // Not errors: rules follow names, and a path or a cgroup may
+                // appear later (the rule and the binding apply as it does).
                 for spec in &policy.files {
                     if let Err(e) = std::fs::metadata(&spec.path) {
                         let d = Diagnostic {
                             severity: Severity::Warning,
                             location: spec.location.clone(),
-                            message: format!("{}: {e}", spec.path.display()),
+                            message: format!("{}: {e}; the rule applies once it exists", spec.path.display()),
                         };
                         eprintln!("{d}");
                     }
                 }
-                if !policy.cgroup.is_dir() {
-                    let l = &policy.target_location;
-                    eprintln!(
-                        "{}:{}:{}: warning: cgroup {} does not exist (yet)",
-                        l.file.display(),
-                        l.line,
-                        l.column,
-                        policy.cgroup.display()
-                    );
+                if let policy::Target::Cgroup(path) = &policy.target {
+                    if !host.cgroup_root.join(path.trim_start_matches('/')).is_dir() {
+                        let l = &policy.target_location;
+                        eprintln!(
+                            "{}:{}:{}: warning: cgroup {path} does not exist (yet); it is confined as soon as it is made",
+                            l.file.display(),
+                            l.line,
+                            l.column,
+                        );
+                    }
                 }
                 println!("{}: ok ({} file rules)", file.display(), policy.files.len());
                 parsed.push(policy);
@@ -211,19 +243,32 @@ struct Sources {
 }
 
 impl Sources {
-    fn list(&self) -> Vec<PathBuf> {
+    /// The policy files. A directory that cannot be read is an error, not an
+    /// empty set: a renamed or unreadable directory must not unconfine anything.
+    fn list(&self) -> Result<Vec<PathBuf>, Diagnostic> {
         let mut all = self.files.clone();
         if let Some(dir) = &self.dir {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
+            let entries = std::fs::read_dir(dir).map_err(|e| Diagnostic {
+                severity: Severity::Error,
+                location: policy::Location { file: dir.clone(), line: 1, column: 1 },
+                message: format!("cannot read the policy directory: {e}"),
+            })?;
+            let mut found = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| Diagnostic {
+                    severity: Severity::Error,
+                    location: policy::Location { file: dir.clone(), line: 1, column: 1 },
+                    message: format!("cannot read the policy directory: {e}"),
+                })?;
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "toml") {
+                    found.push(path);
+                }
+            }
             found.sort();
             all.extend(found);
         }
-        all
+        Ok(all)
     }
 
     /// Directories to watch for changes.
@@ -240,21 +285,32 @@ impl Sources {
     }
 }
 
-/// Parses, checks and compiles every policy; all of them or none.
-fn compile_all(sources: &Sources) -> Result<Vec<Compiled>, Vec<Diagnostic>> {
-    let root = cgroup2_root();
+/// Parses and checks every policy; all of them or none.
+fn parse_all(sources: &Sources) -> Result<Vec<Policy>, Vec<Diagnostic>> {
+    let host = host();
+    let files = sources.list().map_err(|d| vec![d])?;
     let mut parsed = Vec::new();
     let mut errors = Vec::new();
-    for file in sources.list() {
-        match read_and_parse(&file, &root) {
+    for file in files {
+        match read_and_parse(&file, &host) {
             Ok(p) => parsed.push(p),
             Err(d) => errors.push(d),
         }
     }
     errors.extend(policy::check_conflicts(&parsed));
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Compiles parsed policies for the running programs (whose hash key they need).
+fn compile_all(parsed: &[Policy], key: [u64; 2]) -> Result<Vec<Compiled>, Vec<Diagnostic>> {
     let mut compiled = Vec::new();
-    for p in &parsed {
-        match policy::compile(p, &SystemResolver) {
+    let mut errors = Vec::new();
+    for p in parsed {
+        match policy::compile(p, &SystemResolver, key) {
             Ok(c) => compiled.push(c),
             Err(d) => errors.push(d),
         }
@@ -306,8 +362,8 @@ fn explain(failure: &LoadFailure) -> String {
 
 fn load_enforcer(verifier_log: bool) -> Result<Enforcer, String> {
     preflight()?;
-    let offsets = offsets::resolve(Path::new(offsets::VMLINUX_BTF)).map_err(|e| format!("{e:#}"))?;
-    Enforcer::load(&offsets).map_err(|failure| {
+    let layout = offsets::resolve(Path::new(offsets::VMLINUX_BTF)).map_err(|e| format!("{e:#}"))?;
+    Enforcer::load(&layout).map_err(|failure| {
         if verifier_log {
             if let Some(log) = &failure.verifier_log {
                 eprintln!("{log}");
@@ -319,9 +375,19 @@ fn load_enforcer(verifier_log: bool) -> Result<Enforcer, String> {
 
 fn probe() -> ExitCode {
     match offsets::resolve(Path::new(offsets::VMLINUX_BTF)) {
-        Ok(offsets) => {
-            for o in &offsets {
-                println!("{} = {}", o.global, o.bytes);
+        Ok(layout) => {
+            for (o, &(strukt, field)) in layout.offsets.iter().zip(systrace_common::OFFSET_FIELDS) {
+                println!("{strukt}.{field} = {o}");
+            }
+            for &hook in systrace_common::Hook::ALL {
+                if !layout.has(hook) {
+                    println!("hook {}: not in this kernel (since {})", hook.name(), hook.since().unwrap_or("?"));
+                    continue;
+                }
+                let slot = &layout.hook_args[hook.slot()..hook.slot() + systrace_common::HOOK_ARG_SLOTS];
+                let args: Vec<String> =
+                    hook.args().iter().enumerate().map(|(k, a)| format!("{a}@{}", slot[1 + k])).collect();
+                println!("hook {}: {} arguments; reads {}", hook.name(), slot[0], args.join(" "));
             }
         }
         Err(e) => println!("offsets: {e:#}"),
@@ -367,14 +433,15 @@ const EVENT_BATCH: usize = 512;
 struct Options {
     stats_interval: u64,
     verifier_log: bool,
+    handover: bool,
     bench_detach_signal: bool,
 }
 
 async fn run(sources: &Sources, options: &Options) -> ExitCode {
     let started = std::time::Instant::now();
     // Validate everything before touching the kernel: a bad file loads nothing.
-    let compiled = match compile_all(sources) {
-        Ok(c) => c,
+    let parsed = match parse_all(sources) {
+        Ok(p) => p,
         Err(errors) => {
             for e in errors {
                 eprintln!("{e}");
@@ -389,7 +456,25 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_ENFORCE);
         }
     };
+    let compiled = match compile_all(&parsed, enforcer.name_key()) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(parsed);
     let result = serve(&mut enforcer, sources, compiled, options, started).await;
+    let handed_over = matches!(result, Ok(Stop::Handover));
+    if handed_over {
+        // The pins stay: the programs keep enforcing the policies in force until
+        // the next agent takes them over.
+        eprintln!("systrace-agent: leaving the programs pinned for the next agent");
+        std::mem::forget(enforcer);
+        return ExitCode::SUCCESS;
+    }
     // A clean stop ends enforcement: the pins go, and dropping the enforcer
     // detaches the programs and frees the maps. Only a killed agent leaves them.
     enforcer.unpin();
@@ -403,7 +488,7 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
         eprintln!("systrace-agent: some programs were still attached 60 s after detaching");
     }
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("systrace-agent: {e:#}");
             ExitCode::FAILURE
@@ -411,34 +496,44 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
     }
 }
 
-/// Installs a compiled set, replacing what is there; returns the names for events.
-fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames) -> Result<()> {
+/// How the agent stopped.
+enum Stop {
+    /// SIGINT or SIGTERM: detach.
+    Detach,
+    /// SIGTERM with `--handover`: leave the programs enforcing.
+    Handover,
+}
+
+/// Puts a compiled set in force, replacing the set in force; returns the
+/// policies for the status line.
+fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames) -> Result<serde_json::Value> {
     for c in compiled {
         for w in &c.warnings {
             eprintln!("{w}");
         }
-        let slot = enforcer.install(c)?;
-        names.by_slot.insert(slot, c.name.clone());
-        names.paths.insert(c.name.clone(), c.paths.iter().map(|(k, v)| (*k, v.clone())).collect());
+    }
+    let installed = enforcer.install(compiled, &cgroup2_root())?;
+    let mut paths_by_name = std::collections::HashMap::new();
+    for (i, c) in compiled.iter().enumerate() {
+        names.by_slot.insert(installed.slots[i], c.name.clone());
+        let paths = installed.inode_paths[i].iter().map(|(id, p)| ((id.dev, id.ino), p.clone())).collect();
+        paths_by_name.insert(c.name.clone(), paths);
+        let bound: Vec<String> =
+            installed.bound.iter().filter(|(p, _, _)| *p == i).map(|(_, id, path)| format!("{path} (id {id})")).collect();
         eprintln!(
-            "systrace-agent: policy {} confines {} (cgroup id {}): {} rule anchors",
+            "systrace-agent: policy {} confines {}: {} path nodes, {} inode rules; bound now: {}",
             c.name,
-            c.cgroup.display(),
-            c.cgroup_id,
-            c.rules.len()
+            c.target,
+            c.tree.entries.len(),
+            installed.inode_paths[i].len(),
+            if bound.is_empty() { "none yet (bound as it appears)".to_string() } else { bound.join(", ") }
         );
         for (protection, reason) in &c.protections_off {
             eprintln!("systrace-agent: policy {}: {protection} protection is off: {reason}", c.name);
         }
     }
-    let gone: Vec<String> =
-        enforcer.installed().filter(|n| !compiled.iter().any(|c| c.name == *n)).map(str::to_string).collect();
-    for name in gone {
-        enforcer.uninstall(&name);
-        names.paths.remove(&name);
-        eprintln!("systrace-agent: policy {name} removed");
-    }
-    Ok(())
+    names.paths = paths_by_name;
+    Ok(policies_json(compiled, &installed))
 }
 
 /// Gives freed heap back to the system. Parsing a large policy builds a document
@@ -449,17 +544,26 @@ fn release_memory() {
     unsafe { libc::malloc_trim(0) };
 }
 
-fn policies_json(compiled: &[Compiled]) -> serde_json::Value {
+fn policies_json(compiled: &[Compiled], installed: &enforcer::Installed) -> serde_json::Value {
     serde_json::Value::Array(
         compiled
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let off: Vec<_> = c.protections_off.iter().map(|(n, why)| json!({"protection": n, "reason": why})).collect();
+                let bound: Vec<_> = installed
+                    .bound
+                    .iter()
+                    .filter(|(p, _, _)| *p == i)
+                    .map(|(_, id, path)| json!({"cgroup": path, "cgroup_id": id}))
+                    .collect();
                 json!({
                     "name": c.name,
-                    "cgroup": c.cgroup,
-                    "cgroup_id": c.cgroup_id,
-                    "rule_anchors": c.rules.len(),
+                    "policy_id": installed.slots[i],
+                    "target": c.target.to_string(),
+                    "bound": bound,
+                    "path_nodes": c.tree.entries.len(),
+                    "inode_rules": installed.inode_paths[i].len(),
                     "capabilities": systrace_agent::policy::capability_names(c.info.capabilities),
                     "protections_off": off,
                 })
@@ -498,31 +602,39 @@ async fn serve(
     compiled: Vec<Compiled>,
     options: &Options,
     started: std::time::Instant,
-) -> Result<()> {
+) -> Result<Stop> {
     let stats_interval = options.stats_interval;
     let mut names = PolicyNames::default();
-    apply(enforcer, &compiled, &mut names)?;
+    let policies = apply(enforcer, &compiled, &mut names)?;
     let pinned = if options.bench_detach_signal { None } else { pin(enforcer)? };
-    let policies = policies_json(&compiled);
     drop(compiled);
     release_memory();
     // SAFETY: the ring buffer owns its file descriptor, and AsyncFd owns the ring
     // buffer, so the descriptor stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(enforcer.take_events()?) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    // SAFETY: as above, the watcher owns its descriptor.
-    let watcher = unsafe { AsyncFd::register(watch::DirWatcher::new(sources.dirs().iter().map(PathBuf::as_path))?) }
-        .map_err(|e| anyhow::anyhow!("watching the policy files: {e}"))?;
+    let new_watcher = || -> Result<AsyncFd<watch::DirWatcher>> {
+        let watcher = watch::DirWatcher::new(sources.dirs().iter().map(PathBuf::as_path))?;
+        // SAFETY: as above, the watcher owns its descriptor.
+        unsafe { AsyncFd::register(watcher) }.map_err(|e| anyhow::anyhow!("watching the policy files: {e}"))
+    };
+    let mut watcher = new_watcher()?;
     let clock = Clock::now();
     let mut out = Output::new();
     let mut delivered: u64 = 0;
     let mut generation: u64 = 0;
+    let missing: Vec<_> = enforcer
+        .missing_hooks()
+        .iter()
+        .map(|h| json!({"hook": h.name(), "since": h.since()}))
+        .collect();
     out.emit(&json!({
         "type": "status",
         "state": "enforcing",
         "generation": generation,
         "load_ms": started.elapsed().as_millis() as u64,
         "pinned": pinned,
+        "hooks_not_in_this_kernel": missing,
         "policies": policies,
     }));
     out.flush();
@@ -542,15 +654,21 @@ async fn serve(
             "events_delivered": delivered,
             "events_reported": enforcer.counter(Counter::Reported)?,
             "ring_full_drops": enforcer.counter(Counter::RingFull)?,
+            "scratch_busy_drops": enforcer.counter(Counter::ScratchBusy)?,
             "denied": enforcer.counter(Counter::Denied)?,
-            "walk_bound": enforcer.counter(Counter::WalkBound)?,
+            "walk_undecided": enforcer.counter(Counter::WalkUndecided)?,
+            "cgroups_bound": enforcer.counter(Counter::CgroupsBound)?,
         }))
+    };
+    let emit_record = |out: &mut Output, record: Record| match record {
+        Record::Event(e) => out.emit(&e),
+        Record::Bound(b) => out.emit(&b),
     };
     // A change notification starts this timer; the reload runs when it fires, so
     // an editor's several writes make one reload.
     let debounce = Duration::from_millis(50);
     let mut reload_at: Option<tokio::time::Instant> = None;
-    loop {
+    let stop = loop {
         let reload_timer = async {
             match reload_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -568,7 +686,7 @@ async fn serve(
                     handled += 1;
                     match events::decode(&record) {
                         Some(event) => {
-                            out.emit(&events::to_json(&event, &clock, &names));
+                            emit_record(&mut out, events::render(&event, &clock, &names));
                             delivered += 1;
                         }
                         None => eprintln!("systrace-agent: skipped a ring record of {} bytes", record.len()),
@@ -604,26 +722,28 @@ async fn serve(
                 out.emit(&json!({"type": "status", "state": attachment.name()}));
                 out.flush();
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break if options.handover { Stop::Handover } else { Stop::Detach },
+            _ = sigint.recv() => break Stop::Detach,
         }
         if reload {
             reload_at = None;
             generation += 1;
             let started = std::time::Instant::now();
-            let result = compile_all(sources).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+            let result = parse_all(sources)
+                .and_then(|parsed| compile_all(&parsed, enforcer.name_key()))
+                .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
             release_memory();
             match result {
                 Ok(compiled) => match apply(enforcer, &compiled, &mut names) {
-                    Ok(()) => out.emit(&json!({
+                    Ok(policies) => out.emit(&json!({
                         "type": "status",
                         "state": "reloaded",
                         "generation": generation,
                         "load_ms": started.elapsed().as_millis() as u64,
-                        "policies": policies_json(&compiled),
+                        "policies": policies,
                     })),
                     Err(e) => {
-                        eprintln!("systrace-agent: reload failed while installing: {e:#}");
+                        eprintln!("systrace-agent: reload failed while installing, the policies in force stay in force: {e:#}");
                         out.emit(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": [format!("{e:#}")]}));
                     }
                 },
@@ -636,18 +756,26 @@ async fn serve(
                 }
             }
             out.flush();
+            // A renamed or recreated directory: watch what now bears the names.
+            match new_watcher() {
+                Ok(w) => watcher = w,
+                Err(e) => eprintln!("systrace-agent: watching the policy files again: {e:#}"),
+            }
         }
-    }
+    };
     // Drain what is left so the final counts add up.
     let ring = ring.get_mut();
     while let Some(record) = ring.next() {
         if let Some(event) = events::decode(&record) {
-            out.emit(&events::to_json(&event, &clock, &names));
+            emit_record(&mut out, events::render(&event, &clock, &names));
             delivered += 1;
         }
     }
     out.emit(&stats(enforcer, delivered)?);
     out.flush();
-    eprintln!("systrace-agent: detaching");
-    Ok(())
+    match stop {
+        Stop::Detach => eprintln!("systrace-agent: detaching"),
+        Stop::Handover => {}
+    }
+    Ok(stop)
 }

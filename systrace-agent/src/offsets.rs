@@ -1,48 +1,78 @@
-//! Kernel struct field offsets, read from the running kernel's BTF.
+//! What the programs need to know about the running kernel, read from its BTF:
+//! struct field offsets and each hook's argument positions.
 //!
 //! rustc emits no CO-RE relocations for eBPF code, so the programs cannot carry
 //! layouts compiled for one kernel: `struct file` puts `f_inode` at byte 32 on 6.1
-//! and at byte 40 on 6.12. The agent looks every field up here and hands the
-//! offsets to the programs as read-only globals.
+//! and at byte 40 on 6.12, and `inode_setattr` gained an idmap argument in 6.3.
+//! The agent looks everything up here and hands it to the programs as read-only
+//! globals (`OFFSETS`, `HOOK_ARGS`).
 
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
-use systrace_common::Hook;
+use systrace_common::{Hook, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_COUNT, OFFSET_FIELDS};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// One resolved offset: the global it feeds and its byte offset.
+/// Everything the programs are told about this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offset {
-    pub global: &'static str,
-    pub bytes: u64,
+pub struct KernelLayout {
+    /// Byte offsets, indexed by `systrace_common::Off`.
+    pub offsets: [u64; OFFSET_COUNT],
+    /// Which of a field's alternatives (`a|b`) this kernel has, by index.
+    pub forms: [u8; OFFSET_COUNT],
+    /// Per hook: argument count, then each listed argument's position.
+    pub hook_args: Vec<u8>,
+    /// Hooks this kernel has no `bpf_lsm_*` function for (newer hooks on
+    /// older kernels), with the version that added them.
+    pub missing_hooks: Vec<Hook>,
 }
 
-/// Resolves every global the programs need from a BTF file: the struct offsets in
-/// `systrace_common::offsets::ALL`, and for each hook the index of the previous
-/// program's verdict in its context (its argument count).
-pub fn resolve(btf_path: &Path) -> Result<Vec<Offset>> {
-    let btf = Btf::from_file(btf_path)
-        .map_err(|e| anyhow!("{}: cannot parse BTF: {e}", btf_path.display()))?;
-    let mut globals = Vec::new();
-    for &(global, strukt, field) in &systrace_common::offsets::ALL {
-        let bytes = member_offset(&btf, strukt, field)
+impl KernelLayout {
+    pub fn has(&self, hook: Hook) -> bool {
+        !self.missing_hooks.contains(&hook)
+    }
+}
+
+/// Reads the layout from a BTF file.
+pub fn resolve(btf_path: &Path) -> Result<KernelLayout> {
+    let btf = Btf::from_file(btf_path).map_err(|e| anyhow!("{}: cannot parse BTF: {e}", btf_path.display()))?;
+    let mut offsets = [0u64; OFFSET_COUNT];
+    let mut forms = [0u8; OFFSET_COUNT];
+    for (i, &(strukt, field)) in OFFSET_FIELDS.iter().enumerate() {
+        let (form, bytes) = member_offset_form(&btf, strukt, field)
             .with_context(|| format!("offset of {strukt}.{field} in {}", btf_path.display()))?;
-        globals.push(Offset { global, bytes });
+        offsets[i] = bytes;
+        forms[i] = form as u8;
     }
-    for hook in Hook::ALL {
-        let args = hook_arg_count(&btf, hook.name())
-            .with_context(|| format!("LSM hook {} in {}", hook.name(), btf_path.display()))?;
-        globals.push(Offset { global: systrace_common::offsets::ret_arg_global(hook), bytes: args });
+    let mut hook_args = vec![0u8; HOOK_SLOTS * HOOK_ARG_SLOTS];
+    let mut missing_hooks = Vec::new();
+    for &hook in Hook::ALL {
+        let params = match hook_params(&btf, hook.name()) {
+            Ok(params) => params,
+            Err(e) if hook.since().is_some() => {
+                let _ = e;
+                missing_hooks.push(hook);
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("LSM hook {} in {}", hook.name(), btf_path.display()))),
+        };
+        let slot = hook.slot();
+        hook_args[slot] = params.len() as u8;
+        for (k, wanted) in hook.args().iter().enumerate() {
+            let position = params.iter().position(|p| p == wanted).ok_or_else(|| {
+                anyhow!("LSM hook {} has no argument {wanted} in {} (it has: {})", hook.name(), btf_path.display(), params.join(", "))
+            })?;
+            hook_args[slot + 1 + k] = position as u8;
+        }
     }
-    Ok(globals)
+    Ok(KernelLayout { offsets, forms, hook_args, missing_hooks })
 }
 
-/// Number of arguments of LSM hook `hook` (`bpf_lsm_<hook>` in the kernel's BTF).
-pub fn hook_arg_count(btf: &Btf, hook: &str) -> Result<u64> {
+/// Names of the arguments of LSM hook `hook` (`bpf_lsm_<hook>` in the kernel's BTF).
+pub fn hook_params(btf: &Btf, hook: &str) -> Result<Vec<String>> {
     let name = format!("bpf_lsm_{hook}");
     let func = btf
         .resolve_types_by_name(&name)
@@ -54,29 +84,34 @@ pub fn hook_arg_count(btf: &Btf, hook: &str) -> Result<u64> {
         })
         .ok_or_else(|| anyhow!("{name} is not a function"))?;
     match btf.resolve_chained_type(&func).map_err(|e| anyhow!("{e}"))? {
-        Type::FuncProto(proto) => Ok(proto.parameters.len() as u64),
+        Type::FuncProto(proto) => Ok(proto.parameters.iter().map(|p| btf.resolve_name(p).unwrap_or_default()).collect()),
         other => bail!("{name} has a {} instead of a prototype", other.name()),
     }
 }
 
+/// Which alternative of `field` (`a|b`: a member that a later kernel renamed or
+/// replaced; the first that exists wins) this BTF has, and its byte offset.
+pub fn member_offset_form(btf: &Btf, strukt: &str, field: &str) -> Result<(usize, u64)> {
+    let mut last = None;
+    for (form, alternative) in field.split('|').enumerate() {
+        match member_offset(btf, strukt, alternative) {
+            Ok(bytes) => return Ok((form, bytes)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no member named in {field:?}")))
+}
+
 /// Byte offset of `field` (dotted for nested members) in `struct strukt`.
-/// `a|b` names a member that a later kernel renamed: the first that exists wins.
 pub fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u64> {
     if field.contains('|') {
-        let mut last = None;
-        for alternative in field.split('|') {
-            match member_offset(btf, strukt, alternative) {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) => last = Some(e),
-            }
-        }
-        return Err(last.unwrap_or_else(|| anyhow!("no member named in {field:?}")));
+        return member_offset_form(btf, strukt, field).map(|(_, bytes)| bytes);
     }
     let mut ty = find_struct(btf, strukt)?;
     let mut total_bits = 0u64;
     for part in field.split('.') {
-        let (bits, member_ty) = find_member(btf, &ty, part)?
-            .ok_or_else(|| anyhow!("struct {strukt} has no member {part}"))?;
+        let (bits, member_ty) =
+            find_member(btf, &ty, part)?.ok_or_else(|| anyhow!("struct {strukt} has no member {part}"))?;
         total_bits += bits;
         ty = member_ty;
     }
@@ -132,25 +167,34 @@ fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
 
 #[cfg(test)]
 mod tests {
+    use systrace_common::Off;
+
     use super::*;
 
     /// The machine's own kernel publishes BTF too (it refuses LSM programs, not
-    /// BTF reads): every global must resolve from it, with values a kernel can have.
+    /// BTF reads): every offset and hook argument must resolve from it, with
+    /// values a kernel can have.
     #[test]
-    fn resolves_every_global_from_this_kernels_btf() {
+    fn resolves_every_field_and_argument_from_this_kernels_btf() {
         let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
             eprintln!("skipped: {VMLINUX_BTF} is missing on this host");
             return;
         }
-        let globals = resolve(path).unwrap();
-        assert_eq!(globals.len(), systrace_common::offsets::ALL.len() + Hook::ALL.len());
-        let get = |name: &str| globals.iter().find(|o| o.global == name).unwrap().bytes;
-        assert_eq!(get("RET_FILE_OPEN"), 1);
-        assert_eq!(get("RET_PATH_UNLINK"), 2);
-        assert!((4..=5).contains(&get("RET_PATH_RENAME")));
+        let layout = resolve(path).unwrap();
+        let at = |o: Off| layout.offsets[o as usize];
         // `mount` embeds its vfsmount after the hash node and parent/mountpoint pointers.
-        assert!(get("OFF_MOUNT_MNT") > get("OFF_MOUNT_MNT_MOUNTPOINT"));
-        assert!(get("OFF_DENTRY_D_NAME_NAME") > 0);
+        assert!(at(Off::MOUNT_MNT) > at(Off::MOUNT_MNT_MOUNTPOINT));
+        assert!(at(Off::DENTRY_D_NAME_NAME) > 0);
+        // d_name's length shares a u64 with its hash, ahead of the name pointer.
+        assert!(at(Off::DENTRY_D_NAME_LEN) < at(Off::DENTRY_D_NAME_NAME));
+        let args = |h: Hook| &layout.hook_args[h.slot()..h.slot() + HOOK_ARG_SLOTS];
+        assert_eq!(args(Hook::FileOpen)[..2], [1, 0]);
+        assert_eq!(args(Hook::PathUnlink)[..3], [2, 0, 1]);
+        // path_rename gained its flags argument in 5.19: old_dir .. flags.
+        assert_eq!(args(Hook::PathRename)[..6], [5, 0, 1, 2, 3, 4]);
+        // inode_setattr takes an idmap first on every kernel since 6.3.
+        assert_eq!(args(Hook::InodeSetattr)[..3], [3, 1, 2]);
+        assert!(layout.missing_hooks.is_empty(), "{:?}", layout.missing_hooks);
     }
 }

@@ -1,17 +1,25 @@
 //! Change notification for policy files (inotify), so edits take effect without a
 //! signal. Editors save in several steps; the caller debounces.
+//!
+//! Each policy directory is watched for `.toml` files coming, going and being
+//! written, and its parent for the directory itself being renamed, removed or
+//! made anew (the watch on a renamed directory follows it, so the caller makes a
+//! new watcher after every reload).
 
 use std::{
+    ffi::OsString,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::unix::ffi::OsStrExt,
     path::Path,
 };
 
 use anyhow::{bail, Result};
 
-/// An inotify instance watching directories for created, written, moved and
-/// deleted entries.
+/// An inotify instance watching directories.
 pub struct DirWatcher {
     fd: OwnedFd,
+    /// Watch descriptor -> the one name that matters there (`None`: `.toml` files).
+    watches: Vec<(i32, Option<OsString>)>,
 }
 
 impl DirWatcher {
@@ -23,18 +31,34 @@ impl DirWatcher {
         }
         // SAFETY: raw is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mask = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_CREATE | libc::IN_DELETE;
+        let mut watcher = DirWatcher { fd, watches: Vec::new() };
+        let files = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_CREATE | libc::IN_DELETE;
         for dir in dirs {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-            // SAFETY: c is a valid C string, fd a valid inotify descriptor.
-            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
-                bail!("watching {}: {}", dir.display(), std::io::Error::last_os_error());
+            // A directory that is gone is noticed through its parent.
+            let _ = watcher.add(dir, files | libc::IN_MOVE_SELF | libc::IN_DELETE_SELF, None);
+            if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                let _ = watcher.add(parent, files, Some(name.to_os_string()));
             }
         }
-        Ok(DirWatcher { fd })
+        if watcher.watches.is_empty() {
+            bail!("none of the policy directories can be watched");
+        }
+        Ok(watcher)
     }
 
-    /// Reads every pending notification; true if any named a `.toml` file.
+    fn add(&mut self, dir: &Path, mask: u32, only: Option<OsString>) -> Result<()> {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+        // SAFETY: c is a valid C string, fd a valid inotify descriptor.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
+        if wd < 0 {
+            bail!("watching {}: {}", dir.display(), std::io::Error::last_os_error());
+        }
+        self.watches.push((wd, only));
+        Ok(())
+    }
+
+    /// Reads every pending notification; true if any is about policies.
     pub fn drain(&self) -> bool {
         let mut buf = [0u8; 4096];
         let mut relevant = false;
@@ -51,7 +75,12 @@ impl DirWatcher {
                 let event: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
                 let name = &buf[at + header..at + header + event.len as usize];
                 let name = name.split(|&b| b == 0).next().unwrap_or_default();
-                relevant |= name.ends_with(b".toml");
+                let self_event = event.mask & (libc::IN_MOVE_SELF | libc::IN_DELETE_SELF) != 0;
+                relevant |= self_event
+                    || match self.watches.iter().find(|(wd, _)| *wd == event.wd) {
+                        Some((_, Some(only))) => name == only.as_bytes(),
+                        _ => name.ends_with(b".toml"),
+                    };
                 at += header + event.len as usize;
             }
         }

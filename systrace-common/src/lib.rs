@@ -1,19 +1,34 @@
 //! Types shared by the kernel programs (`systrace-ebpf`) and the agent.
 //!
-//! Everything here crosses the user/kernel boundary through BPF maps or the ring
-//! buffer, so every struct is `#[repr(C)]`, has explicit padding and no pointers.
-//! Changing a layout means rebuilding both sides; the agent checks the event size
-//! it reads against `size_of::<Event>()`.
+//! Everything here crosses the user/kernel boundary through BPF maps, the ring
+//! buffer or read-only globals, so every struct is `#[repr(C)]`, has explicit
+//! padding and no pointers. Changing a layout means rebuilding both sides; the
+//! agent checks the event size it reads against `size_of::<Event>()`.
+//!
+//! Two tables drive both sides: [`Hook`] (every LSM hook a program attaches to,
+//! with the arguments it reads by name) and [`Off`] (every kernel struct field
+//! the programs read). Adding a hook or a field is one line in one of them.
 #![no_std]
+
+mod hooks;
+mod siphash;
+
+pub use hooks::{Hook, HOOK_ARG_SLOTS, HOOK_SLOTS};
+pub use siphash::{name_hash, SipHasher13};
 
 /// Names of the maps and globals, written once so both sides agree.
 pub mod names {
-    /// cgroup id (u64) -> policy slot (u32). Which policy confines a cgroup.
-    pub const CGROUP_POLICY: &str = "CGROUP_POLICY";
+    /// [`crate::BindingKey`] -> policy slot (u32): which policy confines a cgroup,
+    /// in each of the two halves the agent switches between.
+    pub const BINDINGS: &str = "BINDINGS";
+    /// One u32: the half of the binding tables in force (0 or 1).
+    pub const ACTIVE: &str = "ACTIVE";
     /// policy slot (u32) -> [`crate::PolicyInfo`].
     pub const POLICIES: &str = "POLICIES";
-    /// [`crate::FileKey`] -> [`crate::FileRule`].
-    pub const FILE_RULES: &str = "FILE_RULES";
+    /// [`crate::NameKey`] -> [`crate::NameNode`]: file rules by path name.
+    pub const NAME_RULES: &str = "NAME_RULES";
+    /// [`crate::InodeKey`] -> [`crate::FileRule`]: deny rules that also follow the file.
+    pub const INODE_RULES: &str = "INODE_RULES";
     /// Ring buffer of [`crate::Event`].
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
@@ -24,15 +39,30 @@ pub mod names {
     pub const SOCKET_RULES: &str = "SOCKET_RULES";
     /// [`crate::UnixKey`] -> one of [`crate::rule_verdict`]: unix socket peers.
     pub const UNIX_RULES: &str = "UNIX_RULES";
+    /// [`crate::TargetKey`] -> policy slot: cgroup paths policies name.
+    pub const TARGETS: &str = "TARGETS";
+    /// [`crate::UnitKey`] -> [`crate::UnitTarget`]: systemd units policies name.
+    pub const UNITS: &str = "UNITS";
     /// One u32: the agent's process id, which no SIGIO may reach.
     pub const AGENT: &str = "AGENT";
+    /// [`crate::ProbeRequest`] in, [`crate::ProbeResult`] out: how the agent learns
+    /// the identity the kernel gives a file.
+    pub const PROBE: &str = "PROBE";
+    pub const PROBE_RESULT: &str = "PROBE_RESULT";
+    /// Read-only globals.
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const OFFSET_FORMS: &str = "OFFSET_FORMS";
+    pub const HOOK_ARGS: &str = "HOOK_ARGS";
+    pub const NAME_KEY: &str = "NAME_KEY";
 }
 
 /// Access kinds, as bits. A rule holds the set it allows; an operation requests a set.
 pub mod access {
     pub const READ: u32 = 1 << 0;
+    /// Change content: write, truncate, timestamps, `user.` extended attributes.
     pub const WRITE: u32 = 1 << 1;
     pub const APPEND: u32 = 1 << 2;
+    /// Run as a program (execve). Implies [`MAP`].
     pub const EXEC: u32 = 1 << 3;
     /// Make a new name in a directory: create, mkdir, mknod, symlink, link, rename's target.
     pub const CREATE: u32 = 1 << 4;
@@ -40,10 +70,20 @@ pub mod access {
     pub const DELETE: u32 = 1 << 5;
     /// Move a name away (the source of a rename).
     pub const RENAME: u32 = 1 << 6;
-    pub const ALL: u32 = READ | WRITE | APPEND | EXEC | CREATE | DELETE | RENAME;
+    /// Map as code: mmap or mprotect with PROT_EXEC (shared libraries, ld.so).
+    pub const MAP: u32 = 1 << 7;
+    /// Change permissions: mode bits (setuid included), ACLs, file flags,
+    /// security and trusted extended attributes.
+    pub const CHMOD: u32 = 1 << 8;
+    /// Change owner or group.
+    pub const CHOWN: u32 = 1 << 9;
+    pub const ALL: u32 = READ | WRITE | APPEND | EXEC | CREATE | DELETE | RENAME | MAP | CHMOD | CHOWN;
+    /// What follows a file's content, for rename and link: a new name may not
+    /// give a file access its current names do not have.
+    pub const CONTENT: u32 = READ | WRITE | APPEND | EXEC | MAP | CHMOD | CHOWN;
 
     /// Names in the order of the bits, for policy files and events.
-    pub const NAMES: [(&str, u32); 7] = [
+    pub const NAMES: [(&str, u32); 10] = [
         ("read", READ),
         ("write", WRITE),
         ("append", APPEND),
@@ -51,6 +91,9 @@ pub mod access {
         ("create", CREATE),
         ("delete", DELETE),
         ("rename", RENAME),
+        ("map", MAP),
+        ("chmod", CHMOD),
+        ("chown", CHOWN),
     ];
 }
 
@@ -58,13 +101,13 @@ pub mod access {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Deny with -EPERM and report.
+    /// Deny (EACCES for file operations, EPERM for the rest) and report.
     Enforce = 0,
     /// Allow, but report what would have been denied.
     Audit = 1,
 }
 
-/// Verdict applied to a file no rule names.
+/// Verdict applied to an access no rule decides.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Default {
@@ -77,7 +120,7 @@ pub enum Default {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Allowed = 0,
-    /// Denied with -EPERM (enforce mode).
+    /// Denied (enforce mode).
     Denied = 1,
     /// Would have been denied; allowed because the policy is in audit mode.
     Audited = 2,
@@ -97,160 +140,65 @@ impl Verdict {
     }
 }
 
-/// The LSM hook that produced an event.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    FileOpen = 1,
-    BprmCheckSecurity = 2,
-    PathMknod = 3,
-    PathMkdir = 4,
-    PathSymlink = 5,
-    PathLink = 6,
-    PathUnlink = 7,
-    PathRmdir = 8,
-    PathRename = 9,
-    PathTruncate = 10,
-    SocketBind = 11,
-    SocketConnect = 12,
-    SocketSendmsg = 13,
-    SocketCreate = 14,
-    Capable = 15,
-    PtraceAccessCheck = 16,
-    TaskKill = 17,
-    Bpf = 18,
-    SbMount = 19,
-    MoveMount = 20,
-    SbUmount = 21,
-    KernelModuleRequest = 22,
-    KernelLoadData = 23,
-    KernelReadFile = 24,
-    TaskAlloc = 25,
-    UsernsCreate = 26,
-    UnixStreamConnect = 27,
-    UnixMaySend = 28,
-    FileSendSigiotask = 29,
-    TaskSetnice = 30,
-    TaskSetscheduler = 31,
-    TaskPrlimit = 32,
+/// Event sources that are not LSM hooks, numbered above every [`Hook`].
+pub mod source {
+    /// A cgroup a policy names appeared (or was renamed into place) and was bound
+    /// by the kernel before any process could run in it.
+    pub const CGROUP_BOUND: u16 = 200;
 }
 
-impl Hook {
-    pub const ALL: [Hook; 32] = [
-        Hook::FileOpen,
-        Hook::BprmCheckSecurity,
-        Hook::PathMknod,
-        Hook::PathMkdir,
-        Hook::PathSymlink,
-        Hook::PathLink,
-        Hook::PathUnlink,
-        Hook::PathRmdir,
-        Hook::PathRename,
-        Hook::PathTruncate,
-        Hook::SocketBind,
-        Hook::SocketConnect,
-        Hook::SocketSendmsg,
-        Hook::SocketCreate,
-        Hook::Capable,
-        Hook::PtraceAccessCheck,
-        Hook::TaskKill,
-        Hook::Bpf,
-        Hook::SbMount,
-        Hook::MoveMount,
-        Hook::SbUmount,
-        Hook::KernelModuleRequest,
-        Hook::KernelLoadData,
-        Hook::KernelReadFile,
-        Hook::TaskAlloc,
-        Hook::UsernsCreate,
-        Hook::UnixStreamConnect,
-        Hook::UnixMaySend,
-        Hook::FileSendSigiotask,
-        Hook::TaskSetnice,
-        Hook::TaskSetscheduler,
-        Hook::TaskPrlimit,
-    ];
+/// Key of `BINDINGS`. The agent fills the half that is not in force, then
+/// switches `ACTIVE` in one write: a reload changes every binding at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingKey {
+    pub half: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+}
 
-    /// The LSM hook name, which is also the program's name in the object.
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::FileOpen => "file_open",
-            Hook::BprmCheckSecurity => "bprm_check_security",
-            Hook::PathMknod => "path_mknod",
-            Hook::PathMkdir => "path_mkdir",
-            Hook::PathSymlink => "path_symlink",
-            Hook::PathLink => "path_link",
-            Hook::PathUnlink => "path_unlink",
-            Hook::PathRmdir => "path_rmdir",
-            Hook::PathRename => "path_rename",
-            Hook::PathTruncate => "path_truncate",
-            Hook::SocketBind => "socket_bind",
-            Hook::SocketConnect => "socket_connect",
-            Hook::SocketSendmsg => "socket_sendmsg",
-            Hook::SocketCreate => "socket_create",
-            Hook::Capable => "capable",
-            Hook::PtraceAccessCheck => "ptrace_access_check",
-            Hook::TaskKill => "task_kill",
-            Hook::Bpf => "bpf",
-            Hook::SbMount => "sb_mount",
-            Hook::MoveMount => "move_mount",
-            Hook::SbUmount => "sb_umount",
-            Hook::KernelModuleRequest => "kernel_module_request",
-            Hook::KernelLoadData => "kernel_load_data",
-            Hook::KernelReadFile => "kernel_read_file",
-            Hook::TaskAlloc => "task_alloc",
-            Hook::UsernsCreate => "userns_create",
-            Hook::UnixStreamConnect => "unix_stream_connect",
-            Hook::UnixMaySend => "unix_may_send",
-            Hook::FileSendSigiotask => "file_send_sigiotask",
-            Hook::TaskSetnice => "task_setnice",
-            Hook::TaskSetscheduler => "task_setscheduler",
-            Hook::TaskPrlimit => "task_prlimit",
-        }
-    }
+/// Bytes of a cgroup path a [`TargetKey`] holds (relative to the cgroup2 root,
+/// with a leading `/`, as the kernel's cgroup tracepoints print it).
+pub const CGROUP_PATH_LEN: usize = 256;
 
-    /// Global holding the index of the previous program's return value in this
-    /// hook's context; see [`offsets::ret_arg_global`].
-    pub fn ret_global(self) -> &'static str {
-        match self {
-            Hook::FileOpen => "RET_FILE_OPEN",
-            Hook::BprmCheckSecurity => "RET_BPRM_CHECK_SECURITY",
-            Hook::PathMknod => "RET_PATH_MKNOD",
-            Hook::PathMkdir => "RET_PATH_MKDIR",
-            Hook::PathSymlink => "RET_PATH_SYMLINK",
-            Hook::PathLink => "RET_PATH_LINK",
-            Hook::PathUnlink => "RET_PATH_UNLINK",
-            Hook::PathRmdir => "RET_PATH_RMDIR",
-            Hook::PathRename => "RET_PATH_RENAME",
-            Hook::PathTruncate => "RET_PATH_TRUNCATE",
-            Hook::SocketBind => "RET_SOCKET_BIND",
-            Hook::SocketConnect => "RET_SOCKET_CONNECT",
-            Hook::SocketSendmsg => "RET_SOCKET_SENDMSG",
-            Hook::SocketCreate => "RET_SOCKET_CREATE",
-            Hook::Capable => "RET_CAPABLE",
-            Hook::PtraceAccessCheck => "RET_PTRACE_ACCESS_CHECK",
-            Hook::TaskKill => "RET_TASK_KILL",
-            Hook::Bpf => "RET_BPF",
-            Hook::SbMount => "RET_SB_MOUNT",
-            Hook::MoveMount => "RET_MOVE_MOUNT",
-            Hook::SbUmount => "RET_SB_UMOUNT",
-            Hook::KernelModuleRequest => "RET_KERNEL_MODULE_REQUEST",
-            Hook::KernelLoadData => "RET_KERNEL_LOAD_DATA",
-            Hook::KernelReadFile => "RET_KERNEL_READ_FILE",
-            Hook::TaskAlloc => "RET_TASK_ALLOC",
-            Hook::UsernsCreate => "RET_USERNS_CREATE",
-            Hook::UnixStreamConnect => "RET_UNIX_STREAM_CONNECT",
-            Hook::UnixMaySend => "RET_UNIX_MAY_SEND",
-            Hook::FileSendSigiotask => "RET_FILE_SEND_SIGIOTASK",
-            Hook::TaskSetnice => "RET_TASK_SETNICE",
-            Hook::TaskSetscheduler => "RET_TASK_SETSCHEDULER",
-            Hook::TaskPrlimit => "RET_TASK_PRLIMIT",
-        }
-    }
+/// Key of `TARGETS`: a cgroup path a policy names, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TargetKey {
+    pub half: u32,
+    pub path: [u8; CGROUP_PATH_LEN],
+}
 
-    pub fn from_u16(v: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|h| *h as u16 == v)
-    }
+/// Bytes of a unit name a [`UnitKey`] holds.
+pub const UNIT_NAME_LEN: usize = 64;
+
+/// Key of `UNITS`: the leaf name of the cgroup systemd makes for a unit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnitKey {
+    pub half: u32,
+    pub name: [u8; UNIT_NAME_LEN],
+}
+
+/// Which systemd manager a unit policy means.
+pub mod unit_kind {
+    /// The system manager: a cgroup with the unit's name outside every `user@*.service`.
+    pub const SYSTEM: u8 = 0;
+    /// A user manager: a cgroup with the unit's name below `user@*.service`
+    /// ([`crate::UnitTarget::manager`] names one, or is empty for every user).
+    pub const USER: u8 = 1;
+}
+
+/// Value of `UNITS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitTarget {
+    pub slot: u32,
+    /// One of [`unit_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// `user@UID.service`, NUL-padded; empty: any user.
+    pub manager: [u8; 32],
 }
 
 /// Per-policy settings, value of the `POLICIES` map.
@@ -266,9 +214,18 @@ pub struct PolicyInfo {
     pub protections: u32,
     /// Capabilities (bit n = capability n) the policy allows.
     pub capabilities: u64,
-    /// The cgroup the policy names. Processes in it or below it are "inside":
-    /// signals and ptrace reads stay allowed there.
-    pub cgroup_id: u64,
+    /// Access bits some deny rule of the policy names (any path). When the
+    /// path of a file cannot be known, an access the policy allows by default is
+    /// still allowed only if no deny rule could have been about it.
+    pub denied_somewhere: u32,
+    /// [`policy_flags`].
+    pub flags: u32,
+}
+
+/// Bits of [`PolicyInfo::flags`].
+pub mod policy_flags {
+    /// The policy has deny rules that follow inodes: look them up.
+    pub const INODE_RULES: u32 = 1 << 0;
 }
 
 /// Self-protection a policy applies to its processes, as bits of
@@ -276,22 +233,31 @@ pub struct PolicyInfo {
 pub mod protect {
     /// No ptrace attach to any other process; no ptrace reads of processes outside.
     pub const PTRACE: u32 = 1 << 0;
-    /// No signals to processes outside the policy's cgroup (the agent above all),
-    /// and no changing their priority, scheduling or resource limits.
+    /// Nothing done to processes outside the policy's cgroup (the agent above
+    /// all): signals, priority, scheduling, I/O priority, memory placement,
+    /// resource limits, writes to their /proc files, exit signals through
+    /// CLONE_PARENT, input pushed into a terminal (TIOCSTI).
     pub const SIGNAL: u32 = 1 << 1;
     /// No bpf() calls, and no unlinking or renaming on bpffs (the agent's pins).
     pub const BPF: u32 = 1 << 2;
-    /// No mount, umount or move_mount.
+    /// No mount, umount, move_mount or pivot_root.
     pub const MOUNT: u32 = 1 << 3;
     /// No kernel module loading, explicit or on demand, and no kexec images.
     pub const MODULE: u32 = 1 << 4;
-    /// No writes to cgroup.procs, cgroup.threads or tasks, no CLONE_INTO_CGROUP.
+    /// No moving processes between cgroups (cgroup.procs, cgroup.threads, tasks,
+    /// CLONE_INTO_CGROUP); no writes to the files of, and no mkdir, rmdir or
+    /// rename in, cgroups outside the policy's own.
     pub const CGROUP: u32 = 1 << 5;
     /// No new user namespaces, no clone into new user or mount namespaces.
     pub const NAMESPACE: u32 = 1 << 6;
-    pub const ALL: u32 = PTRACE | SIGNAL | BPF | MOUNT | MODULE | CGROUP | NAMESPACE;
+    /// No writes to the kernel's own interfaces: /proc/sys, global /proc files
+    /// (sysrq-trigger), sysfs, debugfs, tracefs, securityfs, configfs,
+    /// efivarfs; no opening block devices (a raw disk is every file at once); no
+    /// io_uring rings whose submission thread runs outside the cgroup.
+    pub const SYSTEM: u32 = 1 << 7;
+    pub const ALL: u32 = PTRACE | SIGNAL | BPF | MOUNT | MODULE | CGROUP | NAMESPACE | SYSTEM;
 
-    pub const NAMES: [(&str, u32); 7] = [
+    pub const NAMES: [(&str, u32); 8] = [
         ("ptrace", PTRACE),
         ("signal", SIGNAL),
         ("bpf", BPF),
@@ -299,6 +265,7 @@ pub mod protect {
         ("module", MODULE),
         ("cgroup", CGROUP),
         ("namespace", NAMESPACE),
+        ("system", SYSTEM),
     ];
 
     pub fn name(bit: u32) -> &'static str {
@@ -354,12 +321,28 @@ pub mod capability {
     ];
 }
 
-/// Socket families and types by name, for socket creation rules and events.
+/// Socket families, types and protocols by name, for socket rules and events.
 pub mod socket {
-    pub const FAMILIES: [(&str, u16); 5] = [("unix", 1), ("inet", 2), ("inet6", 10), ("netlink", 16), ("packet", 17)];
+    pub const FAMILIES: [(&str, u16); 9] = [
+        ("unix", 1),
+        ("inet", 2),
+        ("inet6", 10),
+        ("netlink", 16),
+        ("packet", 17),
+        ("bluetooth", 31),
+        ("vsock", 40),
+        ("xdp", 44),
+        ("mctp", 45),
+    ];
     pub const TYPES: [(&str, u16); 5] = [("stream", 1), ("dgram", 2), ("raw", 3), ("seqpacket", 5), ("packet", 10)];
+    /// IP protocols a `[[socket]]` or `[[net]]` rule can name. MPTCP is decided as
+    /// tcp: an MPTCP connection falls back to plain TCP and reaches TCP listeners.
+    pub const PROTOCOLS: [(&str, u16); 7] =
+        [("ip", 0), ("icmp", 1), ("tcp", 6), ("udp", 17), ("icmpv6", 58), ("sctp", 132), ("udplite", 136)];
     pub const SOCK_STREAM: u16 = 1;
     pub const SOCK_DGRAM: u16 = 2;
+    pub const SOCK_SEQPACKET: u16 = 5;
+    pub const IPPROTO_MPTCP: u16 = 262;
 }
 
 /// Bytes of `sun_path` in a `struct sockaddr_un`.
@@ -378,31 +361,21 @@ pub struct UnixKey {
     pub name: [u8; UNIX_PATH_MAX],
 }
 
-/// Key of `SOCKET_RULES`: which sockets a policy lets its processes create.
-/// `sock_type` [`SocketKey::ANY_TYPE`] matches every type of the family.
+/// Key of `SOCKET_RULES`: which sockets a policy lets its processes create (and
+/// use, when they come from elsewhere). [`SocketKey::ANY`] in `sock_type` or
+/// `protocol` matches every value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketKey {
     pub policy: u32,
     pub family: u16,
     pub sock_type: u16,
+    pub protocol: u16,
+    pub _pad: u16,
 }
 
 impl SocketKey {
-    pub const ANY_TYPE: u16 = u16::MAX;
-}
-
-/// Key of the `FILE_RULES` map: one file (by device and inode) under one policy.
-///
-/// `dev` uses the kernel's internal encoding (`major << 20 | minor`), which is what
-/// `super_block.s_dev` holds; the agent converts from `stat()`'s encoding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileKey {
-    pub policy: u32,
-    pub _pad: u32,
-    pub dev: u64,
-    pub ino: u64,
+    pub const ANY: u16 = u16::MAX;
 }
 
 /// What one rule says about access bits. At one level of specificity a bit in
@@ -422,11 +395,11 @@ impl RuleSet {
     }
 }
 
-/// Value of the `FILE_RULES` map: every rule anchored at one inode.
+/// Every rule anchored at one path (or, for [`InodeKey`], one file).
 ///
-/// `exact` applies to the inode itself, `children` to names directly in it (a
-/// directory; `/dir/*`), `subtree` to everything below it (`/dir/**`). The kernel
-/// walks from a file up through its parents, so the nearest anchor decides.
+/// `exact` applies to the path itself, `children` to names directly in it (a
+/// directory; `/dir/*`), `subtree` to everything below it (`/dir/**`). The
+/// deepest anchor on an object's path decides each bit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FileRule {
@@ -435,16 +408,86 @@ pub struct FileRule {
     pub subtree: RuleSet,
 }
 
+/// Key of `NAME_RULES`: one component of a rule's path under its parent's node.
+/// The root of the tree is `{parent: 0, hash: 0}`. `hash` is [`name_hash`] of
+/// the component with the key the agent chose at start ([`names::NAME_KEY`]),
+/// so names are matched without storing them and no one can aim at a collision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameKey {
+    pub policy: u32,
+    pub parent: u32,
+    pub hash: u64,
+}
+
+/// Value of `NAME_RULES`: the node's id (the parent of its children's keys)
+/// and the rules anchored at its path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NameNode {
+    pub node: u32,
+    pub _pad: u32,
+    pub rule: FileRule,
+}
+
+/// Path components a rule may have. The kernel remembers this many levels at the
+/// top of a file's path while it climbs to the root.
+pub const MAX_RULE_DEPTH: usize = 16;
+
+/// Key of `INODE_RULES`: a file as the kernel identifies it (`i_sb->s_dev`,
+/// `i_ino`, `i_generation`), learned from the kernel itself (see
+/// [`ProbeRequest`]) because `stat()` reports other numbers on btrfs subvolumes
+/// and overlayfs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeKey {
+    pub policy: u32,
+    pub generation: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The identity the kernel gives a file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Slot 0 of `PROBE`: while `tgid` is the agent's and `nonce` is new, the next
+/// stat() the agent makes has the kernel write the file's identity to
+/// `PROBE_RESULT` with the same nonce.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProbeRequest {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub nonce: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProbeResult {
+    pub nonce: u64,
+    pub id: FileId,
+}
+
 /// Network operations, families and protocols, as the kernel numbers them.
 pub mod net {
     pub const OP_BIND: u8 = 1;
     /// Also decides datagrams sent to an explicit address (sendto, sendmsg).
     pub const OP_CONNECT: u8 = 2;
+    pub const AF_UNSPEC: u8 = 0;
     pub const AF_UNIX: u8 = 1;
     pub const AF_INET: u8 = 2;
     pub const AF_INET6: u8 = 10;
     pub const IPPROTO_TCP: u8 = 6;
     pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_SCTP: u8 = 132;
+    pub const IPPROTO_UDPLITE: u8 = 136;
     /// Bits of [`crate::NetKey`] before the address: every rule matches them fully.
     pub const FIXED_PREFIX_BITS: u32 = 64;
     /// Port ranges one [`crate::NetRule`] holds.
@@ -503,11 +546,18 @@ pub enum Counter {
     Denied = 1,
     /// Operations reported (denied, audited or audit rules).
     Reported = 2,
-    /// Decisions where the parent walk hit its bound and the default applied.
-    WalkBound = 3,
+    /// Decisions where the file's path could not be known (a disconnected
+    /// dentry, a mount outside the caller's namespace, a tree deeper than the
+    /// walk's bound): deny rules were assumed to apply.
+    WalkUndecided = 3,
+    /// Events lost because the per-CPU scratch space was in use by a program
+    /// that was preempted on the same CPU. The verdict was applied anyway.
+    ScratchBusy = 4,
+    /// Cgroups the kernel bound to a policy as they appeared.
+    CgroupsBound = 5,
 }
 
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 6;
 
 pub const COMM_LEN: usize = 16;
 /// Bytes of path components an event carries (see [`Event::path`]).
@@ -516,16 +566,18 @@ pub const PATH_LEN: usize = 256;
 /// verifier that a name copied at any offset below `PATH_LEN` stays inside it.
 pub const PATH_BUF: usize = 2 * PATH_LEN;
 
-/// How many directory levels the kernel climbs looking for a rule. Deeper files get
-/// the policy's default for whatever no rule below the bound decided.
-pub const MAX_WALK_DEPTH: u32 = 32;
+/// How many directory levels the kernel climbs to reach the root of the
+/// caller's mount namespace. PATH_MAX allows about 2,000; deeper trees exist
+/// only when made with relative paths. Past the bound the path is unknown and
+/// deny rules are assumed to apply ([`Counter::WalkUndecided`]).
+pub const MAX_WALK_DEPTH: u32 = 8192;
 
 /// Event flags.
 pub mod event_flags {
     /// The kernel could not give the path; `path` is empty.
     pub const NO_PATH: u8 = 1 << 0;
-    /// The parent walk hit [`crate::MAX_WALK_DEPTH`]; the default verdict applied.
-    pub const WALK_BOUND: u8 = 1 << 1;
+    /// The object's path could not be known; see [`crate::Counter::WalkUndecided`].
+    pub const WALK_UNDECIDED: u8 = 1 << 1;
     /// The path did not fit; `path` holds its last components only.
     pub const PATH_TRUNCATED: u8 = 1 << 2;
     /// The event is about a process, a capability or a socket, not a file.
@@ -550,7 +602,7 @@ pub struct Event {
     pub policy: u32,
     /// Access bits the operation asked for.
     pub requested: u32,
-    /// [`Hook`] as u16.
+    /// [`Hook`] as u16, or one of [`source`].
     pub hook: u16,
     /// [`Verdict`] as u8.
     pub verdict: u8,
@@ -566,7 +618,7 @@ pub struct Event {
     pub net_proto: u8,
     /// Hook-specific: the capability (capable), signal (task_kill), ptrace mode,
     /// socket family (socket_create), clone flags' low half (task_alloc), bpf
-    /// command, kernel read/load id.
+    /// command, kernel read/load id, ioctl command.
     pub detail: u32,
     /// Hook-specific: the target process (task_kill, ptrace), socket type
     /// (socket_create).
@@ -581,64 +633,118 @@ pub struct Event {
     pub path: [u8; PATH_BUF],
 }
 
-/// Kernel struct field offsets read from the running kernel's BTF by the agent and
-/// handed to the programs as read-only globals. rustc emits no CO-RE relocations, so
-/// compiled-in offsets would be right for one kernel only.
-pub mod offsets {
-    /// (global, struct, field) for every offset the programs need. Each global is a
-    /// `u64` byte offset in the eBPF object.
-    pub const ALL: [(&str, &str, &str); 30] = [
-        ("OFF_FILE_F_MODE", "file", "f_mode"),
-        ("OFF_FILE_F_FLAGS", "file", "f_flags"),
-        ("OFF_FILE_F_PATH", "file", "f_path"),
-        ("OFF_INODE_I_INO", "inode", "i_ino"),
-        ("OFF_INODE_I_SB", "inode", "i_sb"),
-        ("OFF_SUPER_BLOCK_S_DEV", "super_block", "s_dev"),
-        ("OFF_PATH_MNT", "path", "mnt"),
-        ("OFF_PATH_DENTRY", "path", "dentry"),
-        ("OFF_DENTRY_D_PARENT", "dentry", "d_parent"),
-        ("OFF_DENTRY_D_INODE", "dentry", "d_inode"),
-        ("OFF_DENTRY_D_NAME_NAME", "dentry", "d_name.name"),
-        ("OFF_MOUNT_MNT", "mount", "mnt"),
-        ("OFF_MOUNT_MNT_PARENT", "mount", "mnt_parent"),
-        ("OFF_MOUNT_MNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
-        ("OFF_LINUX_BINPRM_FILE", "linux_binprm", "file"),
-        ("OFF_SOCKET_SK", "socket", "sk"),
-        ("OFF_SOCK_SK_PROTOCOL", "sock", "sk_protocol"),
-        ("OFF_MSGHDR_MSG_NAME", "msghdr", "msg_name"),
-        ("OFF_MSGHDR_MSG_NAMELEN", "msghdr", "msg_namelen"),
-        ("OFF_TASK_STRUCT_TGID", "task_struct", "tgid"),
-        ("OFF_TASK_STRUCT_CGROUPS", "task_struct", "cgroups"),
-        ("OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
-        ("OFF_CGROUP_KN", "cgroup", "kn"),
-        // Called __parent in newer kernels (6.18 has it), where it is RCU-protected.
-        ("OFF_KERNFS_NODE_PARENT", "kernfs_node", "parent|__parent"),
-        ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
-        ("OFF_SUPER_BLOCK_S_MAGIC", "super_block", "s_magic"),
-        ("OFF_VFSMOUNT_MNT_ROOT", "vfsmount", "mnt_root"),
-        ("OFF_UNIX_SOCK_ADDR", "unix_sock", "addr"),
-        ("OFF_UNIX_ADDRESS_LEN", "unix_address", "len"),
-        ("OFF_UNIX_ADDRESS_NAME", "unix_address", "name"),
-    ];
+/// Kernel struct fields the programs read, at offsets the agent finds in the
+/// running kernel's BTF and hands over in the read-only `OFFSETS` array. rustc
+/// emits no CO-RE relocations, so compiled-in offsets would be right for one
+/// kernel only (`struct file` puts `f_inode` at 32 on 6.1 and 40 on 6.12).
+macro_rules! kernel_offsets {
+    ($($(#[doc = $doc:literal])* $variant:ident => $strukt:literal, $field:literal;)*) => {
+        /// Index into `OFFSETS` of each field.
+        #[repr(usize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[allow(non_camel_case_types)]
+        pub enum Off {
+            $($(#[doc = $doc])* $variant,)*
+        }
 
-    /// Global holding, per hook, the index of the previous program's return value in
-    /// the hook's context (the number of hook arguments), read from the BTF of
-    /// `bpf_lsm_<hook>`: it differs between kernels for some hooks.
-    pub fn ret_arg_global(hook: crate::Hook) -> &'static str {
-        hook.ret_global()
-    }
+        /// (struct, field) for each [`Off`], in order. `a.b` names a nested
+        /// member; `a|b` a member a later kernel renamed or replaced (the first
+        /// that exists wins, and the programs are told which in `OFFSET_FORMS`).
+        pub const OFFSET_FIELDS: &[(&str, &str)] = &[$(($strukt, $field),)*];
+    };
 }
+
+kernel_offsets! {
+    FILE_F_MODE => "file", "f_mode";
+    FILE_F_FLAGS => "file", "f_flags";
+    FILE_F_PATH => "file", "f_path";
+    FILE_F_INODE => "file", "f_inode";
+    FILE_PRIVATE_DATA => "file", "private_data";
+    INODE_I_MODE => "inode", "i_mode";
+    INODE_I_INO => "inode", "i_ino";
+    INODE_I_SB => "inode", "i_sb";
+    INODE_I_GENERATION => "inode", "i_generation";
+    INODE_I_PRIVATE => "inode", "i_private";
+    SUPER_BLOCK_S_DEV => "super_block", "s_dev";
+    SUPER_BLOCK_S_MAGIC => "super_block", "s_magic";
+    SUPER_BLOCK_S_ROOT => "super_block", "s_root";
+    /// A `list_head` of `mount.mnt_instance` nodes; since 6.17 the first
+    /// `struct mount`, chained by `mnt_next_for_sb` (the second form).
+    SUPER_BLOCK_S_MOUNTS => "super_block", "s_mounts";
+    PATH_MNT => "path", "mnt";
+    PATH_DENTRY => "path", "dentry";
+    DENTRY_D_PARENT => "dentry", "d_parent";
+    DENTRY_D_INODE => "dentry", "d_inode";
+    DENTRY_D_SB => "dentry", "d_sb";
+    /// `d_name.len` sits in an anonymous union with the hash: read as a u32.
+    DENTRY_D_NAME_LEN => "dentry", "d_name.len";
+    DENTRY_D_NAME_NAME => "dentry", "d_name.name";
+    MOUNT_MNT => "mount", "mnt";
+    MOUNT_MNT_PARENT => "mount", "mnt_parent";
+    MOUNT_MNT_MOUNTPOINT => "mount", "mnt_mountpoint";
+    MOUNT_MNT_INSTANCE => "mount", "mnt_instance|mnt_next_for_sb";
+    MOUNT_MNT_NS => "mount", "mnt_ns";
+    MNT_NAMESPACE_ROOT => "mnt_namespace", "root";
+    VFSMOUNT_MNT_ROOT => "vfsmount", "mnt_root";
+    LINUX_BINPRM_FILE => "linux_binprm", "file";
+    SOCKET_SK => "socket", "sk";
+    SOCKET_TYPE => "socket", "type";
+    SOCK_SK_PROTOCOL => "sock", "sk_protocol";
+    SOCK_SK_TYPE => "sock", "sk_type";
+    SOCK_SKC_FAMILY => "sock", "__sk_common.skc_family";
+    SOCK_SKC_RCV_SADDR => "sock", "__sk_common.skc_rcv_saddr";
+    SOCK_SKC_V6_RCV_SADDR => "sock", "__sk_common.skc_v6_rcv_saddr";
+    MSGHDR_MSG_NAME => "msghdr", "msg_name";
+    MSGHDR_MSG_NAMELEN => "msghdr", "msg_namelen";
+    TASK_STRUCT_TGID => "task_struct", "tgid";
+    TASK_STRUCT_CGROUPS => "task_struct", "cgroups";
+    TASK_STRUCT_REAL_PARENT => "task_struct", "real_parent";
+    TASK_STRUCT_NSPROXY => "task_struct", "nsproxy";
+    TASK_STRUCT_CRED => "task_struct", "cred";
+    TASK_STRUCT_REAL_CRED => "task_struct", "real_cred";
+    TASK_STRUCT_PID_LINKS => "task_struct", "pid_links";
+    NSPROXY_MNT_NS => "nsproxy", "mnt_ns";
+    PID_TASKS => "pid", "tasks";
+    PROC_INODE_PID => "proc_inode", "pid";
+    PROC_INODE_VFS_INODE => "proc_inode", "vfs_inode";
+    CSS_SET_DFL_CGRP => "css_set", "dfl_cgrp";
+    CGROUP_KN => "cgroup", "kn";
+    CGROUP_ROOT => "cgroup", "root";
+    CGROUP_ROOT_HIERARCHY_ID => "cgroup_root", "hierarchy_id";
+    /// Called __parent in newer kernels (6.18 has it), where it is RCU-protected.
+    KERNFS_NODE_PARENT => "kernfs_node", "parent|__parent";
+    KERNFS_NODE_NAME => "kernfs_node", "name";
+    KERNFS_NODE_ID => "kernfs_node", "id";
+    UNIX_SOCK_ADDR => "unix_sock", "addr";
+    UNIX_ADDRESS_LEN => "unix_address", "len";
+    UNIX_ADDRESS_NAME => "unix_address", "name";
+    IATTR_IA_VALID => "iattr", "ia_valid";
+    VM_AREA_STRUCT_VM_FILE => "vm_area_struct", "vm_file";
+    IO_RING_CTX_SQ_DATA => "io_ring_ctx", "sq_data";
+    IO_SQ_DATA_THREAD => "io_sq_data", "thread";
+}
+
+/// Number of [`Off`] entries: the length of the `OFFSETS` global.
+pub const OFFSET_COUNT: usize = OFFSET_FIELDS.len();
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), Copy, hold no pointers, and every bit pattern
     // is valid for them (enums are stored as plain integers).
     unsafe impl aya::Pod for super::PolicyInfo {}
-    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::BindingKey {}
+    unsafe impl aya::Pod for super::TargetKey {}
+    unsafe impl aya::Pod for super::UnitKey {}
+    unsafe impl aya::Pod for super::UnitTarget {}
+    unsafe impl aya::Pod for super::NameKey {}
+    unsafe impl aya::Pod for super::NameNode {}
+    unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::FileRule {}
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetRule {}
     unsafe impl aya::Pod for super::SocketKey {}
     unsafe impl aya::Pod for super::UnixKey {}
+    unsafe impl aya::Pod for super::ProbeRequest {}
+    unsafe impl aya::Pod for super::ProbeResult {}
 }

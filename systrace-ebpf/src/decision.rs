@@ -1,262 +1,33 @@
-//! The decision path every hook shares: which policy confines the caller, what the
-//! rules along the object's path say, the verdict, and the report. Hooks only turn
-//! their arguments into an [`Object`] and a set of requested access bits.
+//! The decision path every hook shares: the verdict under the subject's mode and
+//! default, what the hook returns, and the report. Hooks only find the subject
+//! ([`crate::subject`]), turn their arguments into an [`Object`] and a set of
+//! requested access bits, and let [`check_file`] (or a rule lookup of their own)
+//! decide.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
-    generated::bpf_loop,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_probe_read_kernel_str_bytes, generated::bpf_loop,
 };
 use systrace_common::{
-    event_flags, rule_verdict, Counter, Default, Event, FileKey, Hook, Mode, PolicyInfo, RuleSet, UnixKey, Verdict, MAX_WALK_DEPTH,
-    PATH_LEN, UNIX_PATH_MAX,
+    event_flags, rule_verdict, Counter, Default, Event, Hook, Mode, UnixKey, Verdict, PATH_LEN, UNIX_PATH_MAX,
 };
 
 use crate::{
-    kernel::{self, DentryPtr, VfsMountPtr},
-    maps::{count, CGROUP_POLICY, EVENTS, FILE_RULES, POLICIES, SCRATCH},
+    kernel,
+    maps::{acquire_scratch, count, release_scratch, EVENTS},
+    subject::{current_subject, Subject},
+    walk::{opaque_zero, walk, Object, Request, Resolution},
 };
 
-/// Deeper cgroup trees than this are not searched for an ancestor's policy.
-/// systemd nests services 3 to 5 levels deep.
-const MAX_CGROUP_DEPTH: i32 = 32;
 /// Path components an event carries at most.
 const MAX_PATH_COMPONENTS: u32 = 64;
-/// Loop steps for a walk: one per level, plus one per mount crossed.
-const MAX_WALK_STEPS: u32 = 2 * MAX_WALK_DEPTH;
 
-const EPERM: i32 = 1;
-
-/// A zero the verifier cannot see through. Before Linux 6.8 the verifier checked a
-/// `bpf_loop` callback as if it ran once, from the caller's initial values, then
-/// hard-wired the branches that single pass never took: with `level` starting at
-/// a known 0, `level == 0` was "always" true and directory rules never matched.
-/// Loop state that starts from this writable global (.bss, not frozen) is unknown
-/// to the verifier, so every branch stays.
-#[no_mangle]
-static mut OPAQUE_ZERO: u64 = 0;
-
-#[inline(always)]
-fn opaque_zero() -> u64 {
-    unsafe { core::ptr::read_volatile(&raw const OPAQUE_ZERO) }
-}
-
-/// A process under a policy.
-#[derive(Clone, Copy)]
-pub struct Subject {
-    pub cgroup_id: u64,
-    pub policy: u32,
-    pub info: PolicyInfo,
-}
-
-/// The policy of the current cgroup, or of its nearest ancestor that has one.
-#[inline(always)]
-pub fn current_subject() -> Option<Subject> {
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy = match unsafe { CGROUP_POLICY.get(&cgroup_id) } {
-        Some(policy) => *policy,
-        None => nearest_ancestor_policy(cgroup_id)?,
-    };
-    let info = *unsafe { POLICIES.get(&policy) }?;
-    Some(Subject { cgroup_id, policy, info })
-}
-
-/// Walks from the top down to the parent of `current`; the last hit is the nearest.
-/// Level 0, the root cgroup, is skipped: the agent refuses policies for it.
-#[inline(always)]
-fn nearest_ancestor_policy(current: u64) -> Option<u32> {
-    // A plain integer, not an Option carried through the loop: a `None` has an
-    // undefined payload, which LLVM may spill from whatever register is at hand,
-    // and the verifier refuses to let a program read an uninitialized register.
-    let mut found: u64 = NO_POLICY;
-    for level in 1..MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 || id == current {
-            break;
-        }
-        if let Some(policy) = unsafe { CGROUP_POLICY.get(&id) } {
-            found = *policy as u64;
-        }
-    }
-    if found == NO_POLICY {
-        None
-    } else {
-        Some(found as u32)
-    }
-}
-
-/// Above every policy slot (a u32).
-const NO_POLICY: u64 = u64::MAX;
-
-/// What an operation is about: a name in the tree, seen through a mount.
-#[derive(Clone, Copy)]
-pub struct Object {
-    /// The file's dentry; for a name being created, the new (negative) dentry.
-    pub dentry: DentryPtr,
-    pub mnt: VfsMountPtr,
-}
-
-/// The per-bit outcome of the rules along an object's path.
-#[derive(Default)]
-pub struct Resolution {
-    pub allowed: u32,
-    pub denied: u32,
-    pub audited: u32,
-    /// Bits no rule decided: the policy's default applies.
-    pub unresolved: u32,
-    pub walk_bound: bool,
-    pub dev: u64,
-    pub ino: u64,
-}
-
-/// State of a walk up the tree, shared with the `bpf_loop` callback.
-#[repr(C)]
-struct Walk {
-    dentry: DentryPtr,
-    mnt: VfsMountPtr,
-    dev: u64,
-    ino: u64,
-    policy: u32,
-    /// Directory levels above the object (0: the object itself).
-    level: u32,
-    allowed: u32,
-    denied: u32,
-    audited: u32,
-    unresolved: u32,
-    /// The current dentry is a mount point whose mounted root was just checked:
-    /// same path, so not checked again and not a level of its own.
-    mount_point: u32,
-    /// 1: every bit decided or the root reached; 2: a kernel read failed.
-    finished: u32,
-}
-
-impl Walk {
-    /// Applies one rule set to the bits still undecided. Within one set, deny wins.
-    #[inline(always)]
-    fn apply(&mut self, set: &RuleSet) {
-        let hit = self.unresolved & set.covers();
-        self.denied |= hit & set.deny;
-        self.allowed |= hit & !set.deny;
-        self.audited |= hit & set.audit & !set.deny;
-        self.unresolved &= !hit;
-    }
-}
-
-const WALK_DONE: u32 = 1;
-const WALK_FAILED: u32 = 2;
-
-/// One step of [`resolve`]: check the current dentry's rules, then climb.
-/// A `bpf_loop` callback, so the verifier checks this body once, not per level.
-#[inline(never)]
-extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut Walk) };
-    match unsafe { walk_step_inner(w) } {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(_) => {
-            w.finished = WALK_FAILED;
-            1
-        }
-    }
-}
-
-/// Returns whether to continue.
-#[inline(always)]
-unsafe fn walk_step_inner(w: &mut Walk) -> Result<bool, i64> {
-    if w.mount_point == 0 {
-        let inode = kernel::dentry_inode(w.dentry)?;
-        if !inode.is_null() {
-            let (dev, ino) = kernel::inode_id(inode)?;
-            if w.level == 0 {
-                w.dev = dev;
-                w.ino = ino;
-            }
-            let key = FileKey { policy: w.policy, _pad: 0, dev, ino };
-            if let Some(rule) = FILE_RULES.get(&key) {
-                if w.level == 0 {
-                    w.apply(&rule.exact);
-                } else {
-                    if w.level == 1 {
-                        w.apply(&rule.children);
-                    }
-                    w.apply(&rule.subtree);
-                }
-            }
-        }
-        if w.unresolved == 0 {
-            w.finished = WALK_DONE;
-            return Ok(false);
-        }
-    }
-    w.mount_point = 0;
-    let parent = kernel::dentry_parent(w.dentry)?;
-    if parent != w.dentry {
-        w.dentry = parent;
-        w.level += 1;
-        if w.level >= MAX_WALK_DEPTH {
-            return Ok(false);
-        }
-        return Ok(true);
-    }
-    // The root of the file system. If the mount shows the whole file system,
-    // continue from where it is mounted. A bind mount of a subdirectory is an
-    // alias: its mount point says nothing about the file's real ancestors, and
-    // climbing from it would let `mount --bind /secret /allowed/x` put a denied
-    // file under an allowed tree. The walk ends here instead.
-    if kernel::mount_root(w.mnt)? != w.dentry {
-        w.finished = WALK_DONE;
-        return Ok(false);
-    }
-    match kernel::mount_point(w.mnt)? {
-        Some((dentry, mnt)) => {
-            w.dentry = dentry;
-            w.mnt = mnt;
-            w.mount_point = 1;
-            Ok(true)
-        }
-        None => {
-            w.finished = WALK_DONE;
-            Ok(false)
-        }
-    }
-}
-
-/// Climbs from `object` towards the root, letting the nearest rule decide each
-/// requested bit: the object's own (exact) rule, then its directory's `/*` rule,
-/// then `/**` rules of each ancestor. Files created or renamed after the policy
-/// was loaded are covered because nothing here depends on when a name appeared.
-#[inline(always)]
-pub fn resolve(subject: &Subject, object: Object, requested: u32) -> Result<Resolution, i64> {
-    let mut w = Walk {
-        dentry: object.dentry,
-        mnt: object.mnt,
-        dev: 0,
-        ino: 0,
-        policy: subject.policy,
-        level: opaque_zero() as u32,
-        allowed: 0,
-        denied: 0,
-        audited: 0,
-        unresolved: requested,
-        mount_point: opaque_zero() as u32,
-        finished: opaque_zero() as u32,
-    };
-    unsafe { bpf_loop(MAX_WALK_STEPS, walk_step as *mut c_void, &mut w as *mut Walk as *mut c_void, 0) };
-    if w.finished == WALK_FAILED {
-        return Err(-1);
-    }
-    Ok(Resolution {
-        allowed: w.allowed,
-        denied: w.denied,
-        audited: w.audited,
-        unresolved: w.unresolved,
-        walk_bound: w.finished != WALK_DONE,
-        dev: w.dev,
-        ino: w.ino,
-    })
-}
+pub const EPERM: i32 = 1;
+/// File operations are refused with EACCES, as a file's mode bits would refuse
+/// them: execvp and ld.so keep searching their paths on EACCES and stop on EPERM.
+pub const EACCES: i32 = 13;
 
 /// The verdict for something the policy does not allow: denied, or in audit mode
 /// allowed and reported.
@@ -283,11 +54,14 @@ pub fn rule_decision(subject: &Subject, rule: Option<u8>) -> Verdict {
     }
 }
 
-/// The verdict for a resolution under `subject`'s mode and default.
+/// The verdict for a resolution under `subject`'s mode and default. Bits no rule
+/// decided get the default; when the path could not be known, a bit the default
+/// allows is still refused if some deny rule of the policy is about it.
 #[inline(always)]
 pub fn verdict(subject: &Subject, res: &Resolution) -> Verdict {
     let default_denies = subject.info.default == Default::Deny as u8;
-    if res.denied != 0 || (default_denies && res.unresolved != 0) {
+    let undecided_denies = res.undecided && res.unresolved & subject.info.denied_somewhere != 0;
+    if res.denied != 0 || (res.unresolved != 0 && (default_denies || undecided_denies)) {
         violation(subject)
     } else if res.audited != 0 {
         Verdict::AuditRule
@@ -296,11 +70,26 @@ pub fn verdict(subject: &Subject, res: &Resolution) -> Verdict {
     }
 }
 
+/// Access bits a resolution grants, the default included.
+#[inline(always)]
+pub fn granted(subject: &Subject, res: &Resolution) -> u32 {
+    let by_default = if subject.info.default == Default::Allow as u8 {
+        if res.undecided {
+            res.unresolved & !subject.info.denied_somewhere
+        } else {
+            res.unresolved
+        }
+    } else {
+        0
+    };
+    (res.allowed | by_default) & !res.denied
+}
+
 /// What the hook returns to the kernel for `verdict`.
 #[inline(always)]
-pub fn hook_return(verdict: Verdict) -> i32 {
+pub fn hook_return(verdict: Verdict, errno: i32) -> i32 {
     match verdict {
-        Verdict::Denied => -EPERM,
+        Verdict::Denied => -errno,
         _ => 0,
     }
 }
@@ -308,33 +97,165 @@ pub fn hook_return(verdict: Verdict) -> i32 {
 /// The decision when the hook's own arguments could not be read: the confined
 /// process is refused (fail closed).
 #[inline(always)]
-pub fn check_unreadable(subject: &Subject, hook: Hook, requested: u32) -> i32 {
+pub fn check_unreadable(subject: &Subject, hook: Hook, requested: u32, errno: i32) -> i32 {
     let v = violation(subject);
-    report(subject, hook, v, requested, &Resolution { unresolved: requested, ..Resolution::default() }, None);
-    hook_return(v)
+    if let Some(event) = begin_event(subject, hook as u16, v, requested) {
+        unsafe { (*event).flags = event_flags::NO_PATH };
+        send_event(event);
+    }
+    hook_return(v, errno)
 }
 
-/// Decides `requested` access to `object` for a confined process, reports, and
+/// Decides `requested` access to a file for a confined process, reports, and
 /// returns what the hook returns. Hooks find the subject first and read their
 /// arguments only for confined processes: unconfined ones, the common case, pay
 /// for the cgroup lookup and nothing else.
 #[inline(always)]
-pub fn check_subject(subject: &Subject, hook: Hook, object: Object, requested: u32) -> i32 {
-    let Ok(res) = resolve(subject, object, requested) else {
-        return check_unreadable(subject, hook, requested);
-    };
-    let v = verdict(subject, &res);
-    if res.walk_bound {
-        count(Counter::WalkBound);
+pub fn check_file(subject: &Subject, hook: Hook, object: Object, requested: u32) -> i32 {
+    match decide_file(subject, hook, object, requested) {
+        Ok((verdict, _)) => hook_return(verdict, EACCES),
+        Err(rc) => rc,
     }
-    report(subject, hook, v, requested, &res, Some(object));
-    hook_return(v)
+}
+
+/// Like [`check_file`], returning the verdict and the bits granted; `Err` holds
+/// what the hook returns when the object could not be read.
+#[inline(always)]
+pub fn decide_file(subject: &Subject, hook: Hook, object: Object, requested: u32) -> Result<(Verdict, u32), i32> {
+    let mut check = FileCheck::new(subject, hook, object, requested);
+    let unreadable = run_check(&mut check);
+    // A global function's results are unknown to the verifier: turn them back
+    // into the values a hook may return.
+    let verdict = check.verdict();
+    if unreadable {
+        Err(hook_return(verdict, EACCES))
+    } else {
+        Ok((verdict, check.granted))
+    }
+}
+
+/// Everything about one file decision and its report, passed by pointer to the
+/// global functions below (which the verifier checks once per program, not at
+/// every call site, and whose frames stay small).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileCheck {
+    pub subject: Subject,
+    pub dentry: u64,
+    /// 0 when the hook does not say (inode hooks).
+    pub mnt: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub requested: u32,
+    pub hook: u32,
+    /// Out: the [`Verdict`], and the bits the rules grant.
+    pub verdict: u32,
+    pub granted: u32,
+    pub undecided: u32,
+    /// For protections: see [`Detail`].
+    pub detail: u32,
+    pub target: u32,
+    pub protection: u32,
+}
+
+impl FileCheck {
+    #[inline(always)]
+    pub fn new(subject: &Subject, hook: Hook, object: Object, requested: u32) -> Self {
+        FileCheck {
+            subject: *subject,
+            dentry: object.dentry as u64,
+            mnt: object.mnt as u64,
+            dev: 0,
+            ino: 0,
+            requested,
+            hook: hook as u32,
+            verdict: 0,
+            granted: 0,
+            undecided: 0,
+            detail: 0,
+            target: 0,
+            protection: 0,
+        }
+    }
+
+    /// The block for the current process, if it is confined.
+    #[inline(always)]
+    pub fn for_current(hook: Hook, object: Object, requested: u32) -> Option<Self> {
+        current_subject().map(|subject| FileCheck::new(&subject, hook, object, requested))
+    }
+
+    #[inline(always)]
+    pub fn verdict(&self) -> Verdict {
+        Verdict::from_u8(self.verdict as u8).unwrap_or(Verdict::Denied)
+    }
+
+    #[inline(always)]
+    pub fn object(&self) -> Object {
+        Object { dentry: self.dentry as *const u8, mnt: self.mnt as *const u8 }
+    }
+}
+
+/// Decides `check` and reports; whether the object could not be read.
+/// The report comes after the decision, not from inside it: the two global
+/// functions' stack frames then never add up.
+#[inline(always)]
+pub fn run_check(check: &mut FileCheck) -> bool {
+    let rc = systrace_check_file(check);
+    if rc & CHECK_REPORT != 0 {
+        systrace_report_file(check);
+    }
+    rc & CHECK_UNREADABLE != 0
+}
+
+/// Bits of [`systrace_check_file`]'s result.
+pub const CHECK_UNREADABLE: i32 = 1;
+pub const CHECK_REPORT: i32 = 2;
+
+/// Resolves and decides a file access: [`CHECK_UNREADABLE`] when the object
+/// could not be read (`verdict` then says what the hook returns),
+/// [`CHECK_REPORT`] when the decision is to be reported.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn systrace_check_file(check: *mut FileCheck) -> i32 {
+    if check.is_null() {
+        return CHECK_UNREADABLE;
+    }
+    let c = unsafe { &mut *check };
+    let requested = c.requested;
+    // The walk inline: a call to its global function would add its frame to ours.
+    let request = Request::new(&c.subject, c.object(), requested, true);
+    let mut res = Resolution::default();
+    let walked = walk(&request, &mut res);
+    if walked != 0 {
+        let v = violation(&c.subject);
+        c.verdict = v as u32;
+        c.mnt = 0;
+        return CHECK_UNREADABLE | CHECK_REPORT;
+    }
+    let v = verdict(&c.subject, &res);
+    if res.undecided {
+        count(Counter::WalkUndecided);
+    }
+    if c.mnt == 0 {
+        c.mnt = res.mnt;
+    }
+    c.verdict = v as u32;
+    c.granted = granted(&c.subject, &res);
+    c.dev = res.id.dev;
+    c.ino = res.id.ino;
+    c.undecided = res.undecided as u32;
+    if v != Verdict::Allowed {
+        CHECK_REPORT
+    } else {
+        0
+    }
 }
 
 /// Counts a report and fills the parts of the event every hook shares, in the
-/// per-CPU scratch slot. `None` for a silent allow, or when there is no slot.
+/// per-CPU scratch slot. `None` for a silent allow, or when there is no slot;
+/// otherwise the caller must [`send_event`].
 #[inline(always)]
-fn begin_event(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32) -> Option<*mut Event> {
+fn begin_event(subject: &Subject, hook: u16, verdict: Verdict, requested: u32) -> Option<*mut Event> {
     if verdict == Verdict::Allowed {
         return None;
     }
@@ -342,8 +263,7 @@ fn begin_event(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32) 
         count(Counter::Denied);
     }
     count(Counter::Reported);
-    let Some(event) = SCRATCH.get_ptr_mut(0) else {
-        count(Counter::RingFull);
+    let Some(event) = acquire_scratch() else {
         return None;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -359,7 +279,7 @@ fn begin_event(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32) 
         (*event).gid = (uid_gid >> 32) as u32;
         (*event).policy = subject.policy;
         (*event).requested = requested;
-        (*event).hook = hook as u16;
+        (*event).hook = hook;
         (*event).verdict = verdict as u8;
         (*event).flags = 0;
         (*event)._pad = 0;
@@ -376,31 +296,54 @@ fn begin_event(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32) 
     Some(event)
 }
 
-/// Copies the scratch event to the ring. The verdict has already been decided:
-/// a full ring buffer costs the report, never the decision.
+/// Copies the scratch event to the ring and gives the scratch back. The verdict
+/// has already been decided: a full ring buffer costs the report, never the decision.
 #[inline(always)]
 fn send_event(event: *mut Event) {
     if EVENTS.output::<Event>(unsafe { &*event }, 0).is_err() {
         count(Counter::RingFull);
     }
+    release_scratch();
 }
 
-/// Writes an event about a file for every verdict other than a silent allow.
-#[inline(always)]
-pub fn report(subject: &Subject, hook: Hook, verdict: Verdict, requested: u32, res: &Resolution, object: Option<Object>) {
-    let Some(event) = begin_event(subject, hook, verdict, requested) else {
-        return;
+/// Counts and writes the event a [`FileCheck`] describes: a rule's decision, or
+/// a protection's (`protection` set).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn systrace_report_file(check: *mut FileCheck) -> i32 {
+    if check.is_null() {
+        return 0;
+    }
+    let c = unsafe { &*check };
+    let Some(event) = begin_event(&c.subject, c.hook as u16, c.verdict(), c.requested) else {
+        return 0;
     };
+    let dentry = c.dentry as *const u8;
     unsafe {
-        (*event).dev = res.dev;
-        (*event).ino = res.ino;
-        (*event).flags = if res.walk_bound { event_flags::WALK_BOUND } else { 0 };
-        (*event).flags |= match object {
-            Some(object) => write_path(object),
-            None => event_flags::NO_PATH,
+        (*event).dev = c.dev;
+        (*event).ino = c.ino;
+        (*event).detail = c.detail;
+        (*event).target = c.target;
+        (*event).protection = c.protection;
+        if c.dev == 0 && c.ino == 0 && !dentry.is_null() {
+            if let Ok(inode) = kernel::dentry_inode(dentry) {
+                if !inode.is_null() {
+                    if let Ok(id) = kernel::inode_id(inode) {
+                        (*event).dev = id.dev;
+                        (*event).ino = id.ino;
+                    }
+                }
+            }
+        }
+        (*event).flags = if c.undecided != 0 { event_flags::WALK_UNDECIDED } else { 0 };
+        (*event).flags |= if !dentry.is_null() && c.mnt != 0 {
+            write_path(event, Object { dentry, mnt: c.mnt as *const u8 })
+        } else {
+            event_flags::NO_PATH
         };
     }
     send_event(event);
+    0
 }
 
 /// A network operation's peer or local address, for events.
@@ -414,7 +357,7 @@ pub struct NetTarget {
 /// Writes an event about a network operation for every verdict other than a silent allow.
 #[inline(always)]
 pub fn report_net(subject: &Subject, hook: Hook, verdict: Verdict, target: &NetTarget) {
-    let Some(event) = begin_event(subject, hook, verdict, 0) else {
+    let Some(event) = begin_event(subject, hook as u16, verdict, 0) else {
         return;
     };
     unsafe {
@@ -439,7 +382,7 @@ pub struct Detail {
 /// Writes an event that is not about a file, for every verdict other than a silent allow.
 #[inline(always)]
 pub fn report_other(subject: &Subject, hook: Hook, verdict: Verdict, detail: Detail) {
-    let Some(event) = begin_event(subject, hook, verdict, 0) else {
+    let Some(event) = begin_event(subject, hook as u16, verdict, 0) else {
         return;
     };
     unsafe {
@@ -449,6 +392,20 @@ pub fn report_other(subject: &Subject, hook: Hook, verdict: Verdict, detail: Det
         (*event).protection = detail.protection;
     }
     send_event(event);
+}
+
+/// Writes an event about a protection that refused a file operation, naming the file.
+#[inline(always)]
+pub fn report_protected_file(subject: &Subject, hook: Hook, verdict: Verdict, detail: Detail, object: Object) {
+    if verdict == Verdict::Allowed {
+        return;
+    }
+    let mut c = FileCheck::new(subject, hook, object, detail.detail);
+    c.verdict = verdict as u32;
+    c.detail = detail.detail;
+    c.target = detail.target;
+    c.protection = detail.protection;
+    systrace_report_file(&mut c);
 }
 
 /// Decides an operation that the self-protection bit `detail.protection`
@@ -463,7 +420,18 @@ pub fn check_protection(subject: &Subject, hook: Hook, detail: Detail, quiet: bo
     if !quiet {
         report_other(subject, hook, v, detail);
     }
-    hook_return(v)
+    hook_return(v, EPERM)
+}
+
+/// Like [`check_protection`] for an operation on a file, which the event names.
+#[inline(always)]
+pub fn check_file_protection(subject: &Subject, hook: Hook, detail: Detail, object: Object) -> i32 {
+    if subject.info.protections & detail.protection == 0 {
+        return 0;
+    }
+    let v = violation(subject);
+    report_protected_file(subject, hook, v, detail, object);
+    hook_return(v, EPERM)
 }
 
 /// Refuses the operation for the current process if it is confined and
@@ -476,28 +444,10 @@ pub fn forbid_current(hook: Hook, protection: u32, detail: u32) -> i32 {
     }
 }
 
-/// Whether `task` runs in the policy's cgroup or below it: climbs the task's
-/// cgroup v2 ancestry looking for the cgroup the policy names.
-#[inline(always)]
-pub fn task_inside(subject: &Subject, task: *const u8) -> Result<bool, i64> {
-    let mut node = unsafe { kernel::task_cgroup_node(task)? };
-    for _ in 0..MAX_CGROUP_DEPTH {
-        if node.is_null() {
-            return Ok(false);
-        }
-        let (id, parent) = unsafe { kernel::cgroup_node(node)? };
-        if id == subject.info.cgroup_id {
-            return Ok(true);
-        }
-        node = parent;
-    }
-    Ok(false)
-}
-
 /// Writes an event about a unix socket peer, named by `key`.
 #[inline(always)]
 pub fn report_unix(subject: &Subject, hook: Hook, verdict: Verdict, key: &UnixKey) {
-    let Some(event) = begin_event(subject, hook, verdict, 0) else {
+    let Some(event) = begin_event(subject, hook as u16, verdict, 0) else {
         return;
     };
     unsafe {
@@ -510,23 +460,62 @@ pub fn report_unix(subject: &Subject, hook: Hook, verdict: Verdict, key: &UnixKe
     send_event(event);
 }
 
+/// Writes an event about a cgroup the kernel bound to a policy as it appeared.
+#[inline(always)]
+pub fn report_bound(policy: u32, cgroup_id: u64) {
+    let Some(event) = acquire_scratch() else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    unsafe {
+        (*event).boot_ns = bpf_ktime_get_boot_ns();
+        (*event).cgroup_id = cgroup_id;
+        (*event).dev = 0;
+        (*event).ino = 0;
+        (*event).pid = pid_tgid as u32;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).uid = 0;
+        (*event).gid = 0;
+        (*event).policy = policy;
+        (*event).requested = 0;
+        (*event).hook = systrace_common::source::CGROUP_BOUND;
+        (*event).verdict = Verdict::Allowed as u8;
+        (*event).flags = event_flags::NO_PATH | event_flags::NOT_FILE;
+        (*event)._pad = 0;
+        (*event).net_addr = [0; 16];
+        (*event).net_port = 0;
+        (*event).net_family = 0;
+        (*event).net_proto = 0;
+        (*event).detail = 0;
+        (*event).target = 0;
+        (*event).protection = 0;
+        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*event).path[0] = 0;
+    }
+    send_event(event);
+}
+
 /// State of the path writer, shared with its `bpf_loop` callback.
 #[repr(C)]
 struct PathWalk {
-    dentry: DentryPtr,
-    mnt: VfsMountPtr,
-    /// Where the next component goes in the scratch event's path.
+    event: *mut Event,
+    dentry: DentryPtrU64,
+    mnt: u64,
+    /// Where the next component goes in the event's path.
     pos: u64,
     flags: u32,
     finished: u32,
 }
 
-/// Writes `object`'s path components, leaf first, into the scratch event.
+type DentryPtrU64 = u64;
+
+/// Writes `object`'s path components, leaf first, into `event`.
 #[inline(always)]
-fn write_path(object: Object) -> u8 {
+fn write_path(event: *mut Event, object: Object) -> u8 {
     let mut p = PathWalk {
-        dentry: object.dentry,
-        mnt: object.mnt,
+        event,
+        dentry: object.dentry as u64,
+        mnt: object.mnt as u64,
         pos: opaque_zero(),
         flags: opaque_zero() as u32,
         finished: opaque_zero() as u32,
@@ -541,11 +530,7 @@ fn write_path(object: Object) -> u8 {
 #[inline(never)]
 extern "C" fn path_step(_index: u64, ctx: *mut c_void) -> i64 {
     let p = unsafe { &mut *(ctx as *mut PathWalk) };
-    let Some(event) = SCRATCH.get_ptr_mut(0) else {
-        p.flags = event_flags::NO_PATH as u32;
-        return 1;
-    };
-    let buf = unsafe { &mut (*event).path };
+    let buf = unsafe { &mut (*p.event).path };
     // The mask bounds start below PATH_LEN and the slice is PATH_LEN long, so the
     // copy stays inside the PATH_BUF-sized buffer whatever pos is. black_box keeps
     // LLVM from dropping the mask on the strength of checks the verifier cannot
@@ -553,36 +538,44 @@ extern "C" fn path_step(_index: u64, ctx: *mut c_void) -> i64 {
     let start = (core::hint::black_box(p.pos) as usize) & (PATH_LEN - 1);
     // An empty component ends the list; the next write, if any, replaces it.
     buf[start] = 0;
-    let Ok(parent) = (unsafe { kernel::dentry_parent(p.dentry) }) else {
+    let dentry = p.dentry as *const u8;
+    let Ok(parent) = (unsafe { kernel::dentry_parent(dentry) }) else {
         p.flags = event_flags::NO_PATH as u32;
         return 1;
     };
     // Events name the path the process used, as d_path does: at the root of
     // the mount (a bind mount's root included), continue at its mount point.
-    let Ok(mount_root) = (unsafe { kernel::mount_root(p.mnt) }) else {
+    let Ok(mount_root) = (unsafe { kernel::mount_root(p.mnt as *const u8) }) else {
         p.flags = event_flags::NO_PATH as u32;
         return 1;
     };
-    if parent == p.dentry || mount_root == p.dentry {
+    if parent == dentry || mount_root == dentry {
         // The root of a mount has no name of its own in the path: continue with
         // the name it is mounted on, or stop at the root of the whole tree.
-        return match unsafe { kernel::mount_point(p.mnt) } {
-            Ok(Some((dentry, mnt))) => {
-                p.dentry = dentry;
-                p.mnt = mnt;
-                0
-            }
-            Ok(None) => {
+        let mount = unsafe { kernel::mount_of(p.mnt as *const u8) };
+        return match unsafe { kernel::mount_parent(mount) } {
+            Ok(parent_mount) if parent_mount == mount => {
                 p.finished = 1;
                 1
             }
+            Ok(parent_mount) => match unsafe { kernel::mount_mountpoint(mount) } {
+                Ok(point) => {
+                    p.dentry = point as u64;
+                    p.mnt = unsafe { kernel::vfsmount_of(parent_mount) } as u64;
+                    0
+                }
+                Err(_) => {
+                    p.flags = event_flags::NO_PATH as u32;
+                    1
+                }
+            },
             Err(_) => {
                 p.flags = event_flags::NO_PATH as u32;
                 1
             }
         };
     }
-    let Ok(name) = (unsafe { kernel::dentry_name(p.dentry) }) else {
+    let Ok(name) = (unsafe { kernel::dentry_name(dentry) }) else {
         p.flags = event_flags::NO_PATH as u32;
         return 1;
     };
@@ -597,6 +590,6 @@ extern "C" fn path_step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     p.pos = next as u64;
-    p.dentry = parent;
+    p.dentry = parent as u64;
     0
 }

@@ -1,172 +1,240 @@
 //! Directory operations: names created, removed, linked and renamed.
 //!
-//! A name being created has no inode yet, so its rules are those of the directory
-//! it is created in (`/dir/*`, `/dir/**` and the ancestors' `/**`): the walk starts
-//! at the new, negative dentry, whose parent is that directory. Linking and
-//! renaming must also not widen access: a file may not gain, through its new
-//! name, access that its current name does not have.
+//! A name being created has no inode yet: its exact rule (rules follow names)
+//! and the rules of the directories above it decide. Linking and renaming must
+//! also not widen access: a file may not gain, through its new name, access its
+//! current name does not have. `renameat2(RENAME_EXCHANGE)` moves both files,
+//! and both moves are checked.
+//!
+//! The hooks keep one [`FileCheck`] on their stack and hand it to the global
+//! functions in turn (protections, the widening check, the decision), so their
+//! stack frames never pile up beyond what BPF allows.
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
-use systrace_common::{access, Default, Hook};
+use aya_ebpf::programs::LsmContext;
+use systrace_common::{access, Hook, Verdict};
 
 use crate::{
-    decision::{
-        check_subject, check_unreadable, current_subject, hook_return, report, resolve, violation, Object, Resolution,
-        Subject,
-    },
-    guard,
-    hook::previous_verdict,
+    decision::{hook_return, run_check, systrace_report_file, violation, FileCheck, EACCES, EPERM},
+    guard::systrace_guard_dir,
+    hook::{arg, lsm_program},
     kernel,
+    subject::current_subject,
+    walk::{walk, Object, Request, Resolution},
 };
 
-/// Access that follows a file's name.
-const CONTENT: u32 = access::READ | access::WRITE | access::APPEND | access::EXEC;
+const RENAME_EXCHANGE: u32 = 1 << 1;
+
+/// Protections on changing names in the directory `dir`; 0 or what the hook returns.
+#[inline(always)]
+fn guard_dir(c: &mut FileCheck, dir: Object) -> i32 {
+    let (dentry, mnt) = (c.dentry, c.mnt);
+    c.dentry = dir.dentry as u64;
+    c.mnt = dir.mnt as u64;
+    let refused = systrace_guard_dir(c) != 0;
+    c.dentry = dentry;
+    c.mnt = mnt;
+    c.verdict = if refused { Verdict::Denied as u32 } else { Verdict::Allowed as u32 };
+    c.protection = 0;
+    c.detail = 0;
+    if refused {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+/// Decides `requested` on `object` with `c`; what the hook returns.
+#[inline(always)]
+fn decide(c: &mut FileCheck, object: Object, requested: u32) -> i32 {
+    c.dentry = object.dentry as u64;
+    c.mnt = object.mnt as u64;
+    c.requested = requested;
+    c.verdict = 0;
+    c.granted = 0;
+    c.dev = 0;
+    c.ino = 0;
+    c.undecided = 0;
+    run_check(c);
+    hook_return(c.verdict(), EACCES)
+}
 
 /// An operation on the name `dentry` (argument 1) in the directory `dir`
 /// (argument 0, a `struct path *`): creating it or removing it.
 #[inline(always)]
 fn dir_entry(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
-    let dir: kernel::PathPtr = ctx.arg(0);
-    let dentry: kernel::DentryPtr = ctx.arg(1);
-    let Some(subject) = current_subject() else {
+    let dir: kernel::PathPtr = arg(ctx, hook, 0);
+    let dentry: kernel::DentryPtr = arg(ctx, hook, 1);
+    let Ok((dir_dentry, mnt)) = (unsafe { kernel::path_parts(dir) }) else {
+        return if current_subject().is_some() { -EACCES } else { 0 };
+    };
+    let object = Object { dentry, mnt };
+    let Some(mut c) = FileCheck::for_current(hook, object, requested) else {
         return 0;
     };
-    match unsafe { kernel::path_parts(dir) } {
-        Ok((dir_dentry, mnt)) => {
-            if requested & access::DELETE != 0 {
-                let guarded = guard::pin_removal(&subject, hook, dir_dentry);
-                if guarded != 0 {
-                    return guarded;
-                }
-            }
-            check_subject(&subject, hook, Object { dentry, mnt }, requested)
-        }
-        Err(_) => check_unreadable(&subject, hook, requested),
+    let guarded = guard_dir(&mut c, Object { dentry: dir_dentry, mnt });
+    if guarded != 0 {
+        return guarded;
     }
+    decide(&mut c, object, requested)
 }
 
-#[lsm(hook = "path_mknod")]
-#[inline(always)]
-pub fn path_mknod(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_PATH_MKNOD) {
-        0 => dir_entry(&ctx, Hook::PathMknod, access::CREATE),
-        previous => previous,
-    }
-}
+lsm_program!(path_mknod = "path_mknod", Hook::PathMknod, |ctx| dir_entry(&ctx, Hook::PathMknod, access::CREATE));
+lsm_program!(path_mkdir = "path_mkdir", Hook::PathMkdir, |ctx| dir_entry(&ctx, Hook::PathMkdir, access::CREATE));
+lsm_program!(path_symlink = "path_symlink", Hook::PathSymlink, |ctx| dir_entry(&ctx, Hook::PathSymlink, access::CREATE));
+lsm_program!(path_unlink = "path_unlink", Hook::PathUnlink, |ctx| dir_entry(&ctx, Hook::PathUnlink, access::DELETE));
+lsm_program!(path_rmdir = "path_rmdir", Hook::PathRmdir, |ctx| dir_entry(&ctx, Hook::PathRmdir, access::DELETE));
 
-#[lsm(hook = "path_mkdir")]
+/// Whether the file at `from` may take the name `to`, then `requested` on the
+/// new name; what the hook returns.
 #[inline(always)]
-pub fn path_mkdir(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_PATH_MKDIR) {
-        0 => dir_entry(&ctx, Hook::PathMkdir, access::CREATE),
-        previous => previous,
-    }
-}
-
-#[lsm(hook = "path_symlink")]
-#[inline(always)]
-pub fn path_symlink(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_PATH_SYMLINK) {
-        0 => dir_entry(&ctx, Hook::PathSymlink, access::CREATE),
-        previous => previous,
-    }
-}
-
-#[lsm(hook = "path_unlink")]
-#[inline(always)]
-pub fn path_unlink(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_PATH_UNLINK) {
-        0 => dir_entry(&ctx, Hook::PathUnlink, access::DELETE),
-        previous => previous,
-    }
-}
-
-#[lsm(hook = "path_rmdir")]
-#[inline(always)]
-pub fn path_rmdir(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_PATH_RMDIR) {
-        0 => dir_entry(&ctx, Hook::PathRmdir, access::DELETE),
-        previous => previous,
-    }
-}
-
-/// Content access a resolution grants, the default included.
-#[inline(always)]
-fn granted(subject: &Subject, res: &Resolution) -> u32 {
-    let by_default = if subject.info.default == Default::Allow as u8 { res.unresolved } else { 0 };
-    (res.allowed | by_default) & !res.denied
-}
-
-/// Checks that giving the file at `from` the name `to` neither needs access the
-/// policy withholds (`requested` on the new name) nor widens content access.
-#[inline(always)]
-fn new_name(subject: &Subject, hook: Hook, from: Object, to: Object, requested: u32) -> i32 {
-    let (Ok(old), Ok(new)) = (resolve(subject, from, CONTENT), resolve(subject, to, CONTENT)) else {
-        return check_unreadable(subject, hook, requested);
+fn new_name(c: &mut FileCheck, from: Object, to: Object, requested: u32) -> i32 {
+    let mut n = NewName {
+        from_dentry: from.dentry as u64,
+        from_mnt: from.mnt as u64,
+        to_dentry: to.dentry as u64,
+        to_mnt: to.mnt as u64,
+        widened: 0,
+        failed: 0,
+        dev: 0,
+        ino: 0,
     };
-    let widened = granted(subject, &new) & !granted(subject, &old);
-    if widened != 0 {
-        let v = violation(subject);
-        // Report the content access the new name would have gained, on the old name.
-        report(subject, hook, v, widened, &old, Some(from));
-        return hook_return(v);
+    systrace_new_name(c, &mut n);
+    if n.failed != 0 || n.widened != 0 {
+        // Reported on the old name, with the content access the new name would
+        // have gained (all of it when the names could not be read).
+        let v = violation(&c.subject);
+        c.dentry = from.dentry as u64;
+        c.mnt = from.mnt as u64;
+        c.requested = if n.failed != 0 { requested } else { n.widened };
+        c.verdict = v as u32;
+        c.dev = n.dev;
+        c.ino = n.ino;
+        systrace_report_file(c);
+        return hook_return(v, EACCES);
     }
-    check_subject(subject, hook, to, requested)
+    decide(c, to, requested)
 }
 
-#[lsm(hook = "path_link")]
-#[inline(always)]
-pub fn path_link(ctx: LsmContext) -> i32 {
-    let previous = previous_verdict!(ctx, RET_PATH_LINK);
-    if previous != 0 {
-        return previous;
+/// A new name for a file, for [`systrace_new_name`].
+#[repr(C)]
+pub struct NewName {
+    pub from_dentry: u64,
+    pub from_mnt: u64,
+    pub to_dentry: u64,
+    pub to_mnt: u64,
+    /// Out: content access the new name grants and the old one does not.
+    pub widened: u32,
+    /// Out: the names could not be read.
+    pub failed: u32,
+    /// Out: the file's identity, for the report.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Compares what the rules grant the file at `from` with what they grant the
+/// name `to` (leaving out the deny rules that follow whatever file bears that
+/// name now: the file taking it brings its own). A BPF global function: a
+/// rename checks two of these. The walks are inlined, one after the other, so
+/// no second global frame sits on this one.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn systrace_new_name(check: *const FileCheck, new_name: *mut NewName) -> i32 {
+    if check.is_null() || new_name.is_null() {
+        return 1;
     }
-    let Some(subject) = current_subject() else {
-        return 0;
-    };
-    let old_dentry: kernel::DentryPtr = ctx.arg(0);
-    let new_dir: kernel::PathPtr = ctx.arg(1);
-    let new_dentry: kernel::DentryPtr = ctx.arg(2);
-    let Ok((_, mnt)) = (unsafe { kernel::path_parts(new_dir) }) else {
-        return check_unreadable(&subject, Hook::PathLink, access::CREATE);
+    let n = unsafe { &mut *new_name };
+    let subject = unsafe { &(*check).subject };
+    let from = Object { dentry: n.from_dentry as *const u8, mnt: n.from_mnt as *const u8 };
+    let to = Object { dentry: n.to_dentry as *const u8, mnt: n.to_mnt as *const u8 };
+    // One request and one resolution, used twice: the frame stays small.
+    let mut request = Request::new(subject, from, access::CONTENT, true);
+    let mut res = Resolution::default();
+    if walk(&request, &mut res) != 0 {
+        n.failed = 1;
+        return 1;
+    }
+    let old = crate::decision::granted(subject, &res);
+    n.dev = res.id.dev;
+    n.ino = res.id.ino;
+    request = Request::new(subject, to, access::CONTENT, false);
+    res = Resolution::default();
+    if walk(&request, &mut res) != 0 {
+        n.failed = 1;
+        return 1;
+    }
+    let new = crate::decision::granted(subject, &res);
+    n.widened = new & !old;
+    0
+}
+
+lsm_program!(path_link = "path_link", Hook::PathLink, |ctx| {
+    let old_dentry: kernel::DentryPtr = arg(&ctx, Hook::PathLink, 0);
+    let new_dir: kernel::PathPtr = arg(&ctx, Hook::PathLink, 1);
+    let new_dentry: kernel::DentryPtr = arg(&ctx, Hook::PathLink, 2);
+    let Ok((new_dir_dentry, mnt)) = (unsafe { kernel::path_parts(new_dir) }) else {
+        return if current_subject().is_some() { -EACCES } else { 0 };
     };
     // Hard links never cross mounts, so the old name is seen through the same one.
     let from = Object { dentry: old_dentry, mnt };
     let to = Object { dentry: new_dentry, mnt };
-    new_name(&subject, Hook::PathLink, from, to, access::CREATE)
-}
-
-#[lsm(hook = "path_rename")]
-#[inline(always)]
-pub fn path_rename(ctx: LsmContext) -> i32 {
-    let previous = previous_verdict!(ctx, RET_PATH_RENAME);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(subject) = current_subject() else {
+    let Some(mut c) = FileCheck::for_current(Hook::PathLink, to, access::CREATE) else {
         return 0;
     };
-    let old_dir: kernel::PathPtr = ctx.arg(0);
-    let old_dentry: kernel::DentryPtr = ctx.arg(1);
-    let new_dir: kernel::PathPtr = ctx.arg(2);
-    let new_dentry: kernel::DentryPtr = ctx.arg(3);
-    let (Ok((old_dir_dentry, old_mnt)), Ok((_, new_mnt))) =
-        (unsafe { kernel::path_parts(old_dir) }, unsafe { kernel::path_parts(new_dir) })
-    else {
-        return check_unreadable(&subject, Hook::PathRename, access::RENAME);
-    };
-    let guarded = guard::pin_removal(&subject, Hook::PathRename, old_dir_dentry);
+    let guarded = guard_dir(&mut c, Object { dentry: new_dir_dentry, mnt });
     if guarded != 0 {
         return guarded;
     }
+    new_name(&mut c, from, to, access::CREATE)
+});
+
+lsm_program!(path_rename = "path_rename", Hook::PathRename, |ctx| rename(&ctx));
+
+#[inline(always)]
+fn rename(ctx: &LsmContext) -> i32 {
+    let hook = Hook::PathRename;
+    let old_dir: kernel::PathPtr = arg(ctx, hook, 0);
+    let old_dentry: kernel::DentryPtr = arg(ctx, hook, 1);
+    let new_dir: kernel::PathPtr = arg(ctx, hook, 2);
+    let new_dentry: kernel::DentryPtr = arg(ctx, hook, 3);
+    let flags: u32 = arg(ctx, hook, 4);
+    let (Ok((old_dir_dentry, old_mnt)), Ok((new_dir_dentry, new_mnt))) =
+        (unsafe { kernel::path_parts(old_dir) }, unsafe { kernel::path_parts(new_dir) })
+    else {
+        return if current_subject().is_some() { -EACCES } else { 0 };
+    };
     let from = Object { dentry: old_dentry, mnt: old_mnt };
     let to = Object { dentry: new_dentry, mnt: new_mnt };
-    let moved = check_subject(&subject, Hook::PathRename, from, access::RENAME);
+    let Some(mut c) = FileCheck::for_current(hook, from, access::RENAME) else {
+        return 0;
+    };
+    for dir in [Object { dentry: old_dir_dentry, mnt: old_mnt }, Object { dentry: new_dir_dentry, mnt: new_mnt }] {
+        let guarded = guard_dir(&mut c, dir);
+        if guarded != 0 {
+            return guarded;
+        }
+    }
+    if flags & RENAME_EXCHANGE != 0 {
+        // Each file takes the other's name: both are moves, neither deletes.
+        let moved = decide(&mut c, from, access::RENAME);
+        if moved != 0 {
+            return moved;
+        }
+        let moved = decide(&mut c, to, access::RENAME);
+        if moved != 0 {
+            return moved;
+        }
+        let first = new_name(&mut c, from, to, access::CREATE);
+        if first != 0 {
+            return first;
+        }
+        return new_name(&mut c, to, from, access::CREATE);
+    }
+    let moved = decide(&mut c, from, access::RENAME);
     if moved != 0 {
         return moved;
     }
     // Replacing an existing name also deletes it.
     let replaces = unsafe { kernel::dentry_inode(new_dentry) }.map(|i| !i.is_null()).unwrap_or(true);
     let requested = if replaces { access::CREATE | access::DELETE } else { access::CREATE };
-    new_name(&subject, Hook::PathRename, from, to, requested)
+    new_name(&mut c, from, to, requested)
 }

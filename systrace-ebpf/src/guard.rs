@@ -1,76 +1,215 @@
-//! Self-protection that rides on file hooks: writes to cgroupfs files that move
-//! processes between cgroups, and removal of the agent's pinned links on bpffs.
-//! Both are decided by where the file lives (its file system's magic number),
-//! before any rule: rules name files, these protect the confinement itself.
+//! Self-protection that rides on file hooks, decided by where a file lives (its
+//! file system's magic number) before any rule: rules name files, these protect
+//! the confinement itself and the rest of the machine.
+//!
+//! - cgroupfs: no process moves (cgroup.procs, cgroup.threads, tasks), and no
+//!   writes to, mkdir, rmdir or rename in cgroups outside the policy's own
+//!   (cgroup.kill, cgroup.freeze, memory.max of the agent's cgroup...).
+//! - /proc: no writes to the files of processes outside the cgroup
+//!   (oom_score_adj...), nor to global ones (/proc/sys, /proc/sysrq-trigger:
+//!   core_pattern and modprobe run programs as root outside any policy).
+//! - sysfs, debugfs, tracefs, securityfs, configfs, efivarfs: no writes.
+//! - block devices: not opened at all (a raw disk is every file at once).
+//! - io_uring rings whose submission thread runs outside the cgroup: not taken
+//!   in, not mapped (their requests would run unconfined).
+//! - bpffs: no unlinking or renaming (the agent's pinned links).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
-use systrace_common::{access, protect, Hook};
+use systrace_common::{access, protect, Hook, Verdict};
 
 use crate::{
-    decision::{check_protection, check_unreadable, Detail, Subject},
-    kernel::{self, DentryPtr},
+    decision::{
+        hook_return, systrace_report_file, violation, FileCheck, EPERM,
+    },
+    kernel::{self, DentryPtr, FilePtr, InodePtr},
+    subject::{cgroup_inside, task_inside, Subject},
+    walk::Object,
 };
 
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const SYSFS_MAGIC: u64 = 0x6265_6572;
+const DEBUGFS_MAGIC: u64 = 0x6462_6720;
+const TRACEFS_MAGIC: u64 = 0x7472_6163;
+const SECURITYFS_MAGIC: u64 = 0x7363_6673;
+const CONFIGFS_MAGIC: u64 = 0x6265_6570;
+const EFIVARFS_MAGIC: u64 = 0xde5e_81e4;
+const PSTOREFS_MAGIC: u64 = 0x6165_676c;
+
+const S_IFMT: u16 = 0o170_000;
+const S_IFBLK: u16 = 0o060_000;
+pub const S_IFSOCK: u16 = 0o140_000;
 
 /// Names whose writes move a process or thread into the file's cgroup: the v2
 /// interface files and v1's `tasks`. NUL-padded to the buffer the name is read into.
 const MOVING_FILES: [[u8; 16]; 3] =
     [*b"cgroup.procs\0\0\0\0", *b"cgroup.threads\0\0", *b"tasks\0\0\0\0\0\0\0\0\0\0\0"];
 
-/// The file system `dentry` lives on, 0 for a negative dentry.
+const WRITES: u32 = access::WRITE | access::APPEND;
+
+/// The file system `dentry` lives on and its inode, (0, null) for a negative dentry.
 #[inline(always)]
-unsafe fn fs_magic(dentry: DentryPtr) -> Result<u64, i64> {
+unsafe fn fs_of(dentry: DentryPtr) -> Result<(u64, InodePtr), i64> {
     let inode = kernel::dentry_inode(dentry)?;
     if inode.is_null() {
-        return Ok(0);
+        return Ok((0, inode));
     }
-    kernel::inode_fs_magic(inode)
+    Ok((kernel::inode_fs_magic(inode)?, inode))
 }
 
 #[inline(always)]
 unsafe fn moves_processes(dentry: DentryPtr) -> Result<bool, i64> {
-    let magic = fs_magic(dentry)?;
-    if magic != CGROUP2_SUPER_MAGIC && magic != CGROUP_SUPER_MAGIC {
-        return Ok(false);
-    }
     let mut name = [0u8; 16];
     // A longer name is cut and so matches none of the short ones.
     bpf_probe_read_kernel_str_bytes(kernel::dentry_name(dentry)?, &mut name)?;
     Ok(MOVING_FILES.iter().any(|m| *m == name))
 }
 
-/// An open for writing of cgroup.procs (or cgroup.threads, tasks): writing a pid
-/// there would take a process out of the cgroup its policy is bound to.
+/// Whether the cgroupfs file or directory `inode` belongs to a cgroup inside
+/// the subject's. A file's kernfs node's parent is its cgroup; a directory's
+/// node is the cgroup itself.
 #[inline(always)]
-pub fn cgroup_write(subject: &Subject, dentry: DentryPtr, requested: u32) -> i32 {
-    if requested & (access::WRITE | access::APPEND) == 0 || subject.info.protections & protect::CGROUP == 0 {
+unsafe fn cgroup_file_inside(subject: &Subject, inode: InodePtr, is_dir: bool) -> Result<bool, i64> {
+    let kn = kernel::inode_private(inode)?;
+    if kn.is_null() {
+        return Ok(false);
+    }
+    let cgroup = if is_dir { kn } else { kernel::kernfs_node(kn)?.1 };
+    cgroup_inside(subject.anchor, cgroup)
+}
+
+/// Which protection refuses opening this file with `requested`, if any.
+#[inline(always)]
+unsafe fn open_refused_by(subject: &Subject, dentry: DentryPtr, requested: u32) -> Result<u32, i64> {
+    let (magic, inode) = fs_of(dentry)?;
+    if inode.is_null() {
+        return Ok(0);
+    }
+    if kernel::inode_mode(inode)? & S_IFMT == S_IFBLK {
+        return Ok(protect::SYSTEM);
+    }
+    if requested & WRITES == 0 {
+        return Ok(0);
+    }
+    Ok(match magic {
+        CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC => {
+            if moves_processes(dentry)? || !cgroup_file_inside(subject, inode, false)? {
+                protect::CGROUP
+            } else {
+                0
+            }
+        }
+        PROC_SUPER_MAGIC => {
+            let pid = kernel::proc_inode_pid(inode)?;
+            if pid.is_null() {
+                // /proc/sys, /proc/sysrq-trigger and the other global files.
+                protect::SYSTEM
+            } else {
+                let task = kernel::pid_task(pid)?;
+                if task.is_null() || task_inside(subject, task)? {
+                    0
+                } else {
+                    protect::SIGNAL
+                }
+            }
+        }
+        SYSFS_MAGIC | DEBUGFS_MAGIC | TRACEFS_MAGIC | SECURITYFS_MAGIC | CONFIGFS_MAGIC | EFIVARFS_MAGIC
+        | PSTOREFS_MAGIC => protect::SYSTEM,
+        _ => 0,
+    })
+}
+
+/// Protections on opening a file (file_open, file_receive): 0 or what the hook returns.
+#[inline(always)]
+pub fn file_open(subject: &Subject, hook: Hook, object: Object, requested: u32) -> i32 {
+    let mut check = FileCheck::new(subject, hook, object, requested);
+    if systrace_guard_open(&mut check) == 0 {
         return 0;
     }
-    match unsafe { moves_processes(dentry) } {
-        Ok(false) => 0,
-        Ok(true) => {
-            let detail = Detail { detail: requested, target: 0, protection: protect::CGROUP };
-            check_protection(subject, Hook::FileOpen, detail, false)
-        }
-        Err(_) => check_unreadable(subject, Hook::FileOpen, requested),
+    hook_return(check.verdict(), EPERM)
+}
+
+/// 0 when no protection refuses opening `check`'s file with its access; 1
+/// when one does (reported, `verdict` set).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn systrace_guard_open(check: *mut FileCheck) -> i32 {
+    if check.is_null() {
+        return 1;
+    }
+    let c = unsafe { &mut *check };
+    let protection = match unsafe { open_refused_by(&c.subject, c.dentry as DentryPtr, c.requested) } {
+        Ok(0) => return 0,
+        Ok(protection) => protection,
+        // Unreadable: refused as if a protection said so.
+        Err(_) => protect::SYSTEM,
+    };
+    if c.subject.info.protections & protection == 0 {
+        return 0;
+    }
+    let v = violation(&c.subject);
+    c.verdict = v as u32;
+    c.detail = c.requested;
+    c.protection = protection;
+    systrace_report_file(check);
+    if v == Verdict::Denied {
+        1
+    } else {
+        0
     }
 }
 
-/// Removing or renaming a name in a bpffs directory: a pinned link whose last
-/// reference goes away detaches the agent's program.
-#[inline(always)]
-pub fn pin_removal(subject: &Subject, hook: Hook, dir: DentryPtr) -> i32 {
-    if subject.info.protections & protect::BPF == 0 {
+/// Creating or removing a name in, or renaming from, the directory `check`
+/// names: on bpffs (the agent's pins) and in cgroupfs outside the policy's
+/// cgroup, refused. 0, or 1 when refused (reported).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn systrace_guard_dir(check: *mut FileCheck) -> i32 {
+    if check.is_null() {
+        return 1;
+    }
+    let c = unsafe { &mut *check };
+    let refused = match unsafe { fs_of(c.dentry as DentryPtr) } {
+        Ok((BPF_FS_MAGIC, _)) => protect::BPF,
+        Ok((CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC, inode)) => match unsafe { cgroup_file_inside(&c.subject, inode, true) } {
+            Ok(true) => 0,
+            Ok(false) => protect::CGROUP,
+            Err(_) => protect::CGROUP,
+        },
+        Ok(_) => 0,
+        Err(_) => protect::SYSTEM,
+    };
+    if refused == 0 || c.subject.info.protections & refused == 0 {
         return 0;
     }
-    match unsafe { fs_magic(dir) } {
-        Ok(BPF_FS_MAGIC) => {
-            check_protection(subject, hook, Detail { detail: 0, target: 0, protection: protect::BPF }, false)
-        }
-        Ok(_) => 0,
-        Err(_) => check_unreadable(subject, hook, access::DELETE),
+    let v = violation(&c.subject);
+    c.verdict = v as u32;
+    c.detail = 0;
+    c.protection = refused;
+    systrace_report_file(check);
+    if v == Verdict::Denied {
+        1
+    } else {
+        0
+    }
+}
+
+/// Whether `file` is an io_uring ring whose submission-queue thread runs
+/// outside the subject's cgroup: requests written to its ring would run there.
+#[inline(always)]
+pub fn foreign_io_uring(subject: &Subject, file: FilePtr) -> Result<bool, i64> {
+    let (dentry, _) = unsafe { kernel::path_parts(kernel::file_path(file))? };
+    let mut name = [0u8; 16];
+    unsafe { bpf_probe_read_kernel_str_bytes(kernel::dentry_name(dentry)?, &mut name)? };
+    if name != *b"[io_uring]\0\0\0\0\0\0" {
+        return Ok(false);
+    }
+    match unsafe { kernel::io_uring_sq_thread(file)? } {
+        None => Ok(false),
+        // A ring set up for a thread that has gone, or not started yet.
+        Some(thread) if thread.is_null() => Ok(true),
+        Some(thread) => Ok(!task_inside(subject, thread)?),
     }
 }

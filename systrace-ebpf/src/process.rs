@@ -1,26 +1,25 @@
 //! Process hooks: what a confined process may do to other processes and to its
-//! own confinement. ptrace, signals, clone flags, user namespaces, capabilities.
+//! own confinement. ptrace, signals, scheduling, clone flags, user namespaces,
+//! capabilities.
 //!
 //! Each decision belongs to one self-protection bit (`systrace_common::protect`)
 //! that a policy can switch off, except capabilities, which the policy lists.
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{helpers::bpf_get_current_task, programs::LsmContext};
 use systrace_common::{protect, Hook};
 
 use crate::{
-    decision::{
-        check_protection, current_subject, forbid_current, hook_return, report_other, task_inside, violation, Detail,
-    },
-    hook::previous_verdict,
-    kernel,
+    decision::{check_protection, forbid_current, hook_return, report_other, violation, Detail, EPERM},
+    hook::{arg, lsm_program},
+    kernel::{self, TaskPtr},
     maps::AGENT,
+    subject::{current_subject, task_inside},
 };
-
-const EPERM: i32 = 1;
 
 const PTRACE_MODE_ATTACH: u32 = 0x02;
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 const CLONE_NEWNS: u64 = 0x0002_0000;
+const CLONE_PARENT: u64 = 0x0000_8000;
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// `capable()` callers that only probe (`ns_capable_noaudit`) pass this; their
@@ -28,60 +27,42 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 const CAP_LAST: i32 = 63;
 
-#[lsm(hook = "ptrace_access_check")]
-#[inline(always)]
-pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_PTRACE_ACCESS_CHECK) {
-        0 => ptrace(&ctx),
-        previous => previous,
-    }
-}
-
-/// Attaching to any other process is refused; reading another process's state
-/// (/proc/PID/environ, /proc/PID/fd) only outside the policy's cgroup. The kernel
-/// does not ask about the caller's own threads.
-#[inline(always)]
-fn ptrace(ctx: &LsmContext) -> i32 {
+lsm_program!(
+    /// Attaching to any other process is refused; reading another process's state
+    /// (/proc/PID/environ, /proc/PID/fd) only outside the policy's cgroup. The kernel
+    /// does not ask about the caller's own threads.
+    ptrace_access_check = "ptrace_access_check", Hook::PtraceAccessCheck, |ctx| {
     let Some(subject) = current_subject() else {
         return 0;
     };
     if subject.info.protections & protect::PTRACE == 0 {
         return 0;
     }
-    let child: *const u8 = ctx.arg(0);
-    let mode: u32 = ctx.arg(1);
+    let child: TaskPtr = arg(&ctx, Hook::PtraceAccessCheck, 0);
+    let mode: u32 = arg(&ctx, Hook::PtraceAccessCheck, 1);
     if mode & PTRACE_MODE_ATTACH == 0 && matches!(task_inside(&subject, child), Ok(true)) {
         return 0;
     }
     let target = unsafe { kernel::task_tgid(child) }.unwrap_or(0);
     let detail = Detail { detail: mode, target, protection: protect::PTRACE };
     check_protection(&subject, Hook::PtraceAccessCheck, detail, mode & PTRACE_MODE_NOAUDIT != 0)
-}
+});
 
-#[lsm(hook = "task_kill")]
-#[inline(always)]
-pub fn task_kill(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_TASK_KILL) {
-        0 => kill(&ctx),
-        previous => previous,
-    }
-}
-
-/// Signals stay inside the policy's cgroup. Signal 0 delivers nothing (it only
-/// asks whether a process exists) and stays allowed.
-#[inline(always)]
-fn kill(ctx: &LsmContext) -> i32 {
-    let sig: i32 = ctx.arg(2);
+lsm_program!(
+    /// Signals stay inside the policy's cgroup. Signal 0 delivers nothing (it only
+    /// asks whether a process exists) and stays allowed.
+    task_kill = "task_kill", Hook::TaskKill, |ctx| {
+    let sig: i32 = arg(&ctx, Hook::TaskKill, 1);
     if sig == 0 {
         return 0;
     }
-    outside_only(Hook::TaskKill, ctx.arg(0), sig as u32)
-}
+    outside_only(Hook::TaskKill, arg(&ctx, Hook::TaskKill, 0), sig as u32)
+});
 
 /// Refuses, under the signal protection, an action on `task` unless it runs in
 /// the policy's cgroup or below.
 #[inline(always)]
-fn outside_only(hook: Hook, task: *const u8, detail: u32) -> i32 {
+fn outside_only(hook: Hook, task: TaskPtr, detail: u32) -> i32 {
     let Some(subject) = current_subject() else {
         return 0;
     };
@@ -92,63 +73,53 @@ fn outside_only(hook: Hook, task: *const u8, detail: u32) -> i32 {
     check_protection(&subject, hook, Detail { detail, target, protection: protect::SIGNAL }, false)
 }
 
-/// setpriority(2) on another process: the agent starved of CPU would stop
-/// reporting.
-#[lsm(hook = "task_setnice")]
-#[inline(always)]
-pub fn task_setnice(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_TASK_SETNICE) {
-        0 => {
-            let nice: i32 = ctx.arg(1);
-            outside_only(Hook::TaskSetnice, ctx.arg(0), nice as u32)
-        }
-        previous => previous,
-    }
-}
+lsm_program!(
+    /// setpriority(2) on another process: the agent starved of CPU would stop
+    /// reporting.
+    task_setnice = "task_setnice", Hook::TaskSetnice, |ctx| {
+    let nice: i32 = arg(&ctx, Hook::TaskSetnice, 1);
+    outside_only(Hook::TaskSetnice, arg(&ctx, Hook::TaskSetnice, 0), nice as u32)
+});
 
-/// sched_setscheduler, sched_setattr, sched_setaffinity on another process.
-#[lsm(hook = "task_setscheduler")]
-#[inline(always)]
-pub fn task_setscheduler(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_TASK_SETSCHEDULER) {
-        0 => outside_only(Hook::TaskSetscheduler, ctx.arg(0), 0),
-        previous => previous,
-    }
-}
+lsm_program!(
+    /// sched_setscheduler, sched_setattr, sched_setaffinity on another process.
+    task_setscheduler = "task_setscheduler", Hook::TaskSetscheduler, |ctx| {
+    outside_only(Hook::TaskSetscheduler, arg(&ctx, Hook::TaskSetscheduler, 0), 0)
+});
 
-/// prlimit(2) on another process (the kernel asks only then). Setting a CPU
-/// limit is a way to have the kernel kill the agent; the hook names only the
-/// target's credentials, not the process, so every write to another process's
-/// limits is refused, inside the cgroup too. Reads stay allowed.
-#[lsm(hook = "task_prlimit")]
-#[inline(always)]
-pub fn task_prlimit(ctx: LsmContext) -> i32 {
+lsm_program!(
+    /// ioprio_set(2) on another process: the agent starved of I/O.
+    task_setioprio = "task_setioprio", Hook::TaskSetioprio, |ctx| {
+    outside_only(Hook::TaskSetioprio, arg(&ctx, Hook::TaskSetioprio, 0), 0)
+});
+
+lsm_program!(
+    /// migrate_pages(2) and move_pages(2) on another process.
+    task_movememory = "task_movememory", Hook::TaskMovememory, |ctx| {
+    outside_only(Hook::TaskMovememory, arg(&ctx, Hook::TaskMovememory, 0), 0)
+});
+
+lsm_program!(
+    /// prlimit(2) on another process (the kernel asks only then). Setting a CPU
+    /// limit is a way to have the kernel kill the agent; the hook names only the
+    /// target's credentials, not the process, so every write to another process's
+    /// limits is refused, inside the cgroup too. Reads stay allowed.
+    task_prlimit = "task_prlimit", Hook::TaskPrlimit, |ctx| {
     const LSM_PRLIMIT_WRITE: u32 = 2;
-    match previous_verdict!(ctx, RET_TASK_PRLIMIT) {
-        0 => {
-            let flags: u32 = ctx.arg(2);
-            if flags & LSM_PRLIMIT_WRITE == 0 {
-                return 0;
-            }
-            forbid_current(Hook::TaskPrlimit, protect::SIGNAL, flags)
-        }
-        previous => previous,
+    let flags: u32 = arg(&ctx, Hook::TaskPrlimit, 0);
+    if flags & LSM_PRLIMIT_WRITE == 0 {
+        return 0;
     }
-}
+    forbid_current(Hook::TaskPrlimit, protect::SIGNAL, flags)
+});
 
-/// A signal delivered by SIGIO: a process makes itself (or another) the owner of
-/// a file with F_SETOWN, picks the signal with F_SETSIG, and the kernel sends it
-/// when the file becomes ready, without asking `task_kill`. The sender is
-/// whoever set the owner, not the current process, so the signal protection
-/// cannot tell which policy applies; the agent at least is never a target.
-#[lsm(hook = "file_send_sigiotask")]
-#[inline(always)]
-pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_FILE_SEND_SIGIOTASK) {
-        0 => sigio(&ctx),
-        previous => previous,
-    }
-}
+lsm_program!(
+    /// A signal delivered by SIGIO: a process makes itself (or another) the owner of
+    /// a file with F_SETOWN, picks the signal with F_SETSIG, and the kernel sends it
+    /// when the file becomes ready, without asking `task_kill`. The sender is
+    /// whoever set the owner, not the current process, so the signal protection
+    /// cannot tell which policy applies; the agent at least is never a target.
+    file_send_sigiotask = "file_send_sigiotask", Hook::FileSendSigiotask, |ctx| sigio(&ctx));
 
 #[inline(always)]
 fn sigio(ctx: &LsmContext) -> i32 {
@@ -156,14 +127,14 @@ fn sigio(ctx: &LsmContext) -> i32 {
         Some(&pid) if pid != 0 => pid,
         _ => return 0,
     };
-    let task: *const u8 = ctx.arg(0);
+    let task: TaskPtr = arg(ctx, Hook::FileSendSigiotask, 0);
     let Ok(target) = (unsafe { kernel::task_tgid(task) }) else {
         return 0;
     };
     if target != agent {
         return 0;
     }
-    let sig: i32 = ctx.arg(2);
+    let sig: i32 = arg(ctx, Hook::FileSendSigiotask, 1);
     if let Some(subject) = current_subject() {
         // Most often the confined process that armed the file is also the one
         // that makes it ready (writes to the pipe); then the report names it.
@@ -173,21 +144,14 @@ fn sigio(ctx: &LsmContext) -> i32 {
     -EPERM
 }
 
-#[lsm(hook = "task_alloc")]
-#[inline(always)]
-pub fn task_alloc(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_TASK_ALLOC) {
-        0 => clone_flags(&ctx),
-        previous => previous,
-    }
-}
-
-/// clone3 can start the child in another cgroup, or in new user and mount
-/// namespaces; plain fork and threads pass.
-#[inline(always)]
-fn clone_flags(ctx: &LsmContext) -> i32 {
-    let flags: u64 = ctx.arg(1);
-    if flags & (CLONE_INTO_CGROUP | CLONE_NEWNS | CLONE_NEWUSER) == 0 {
+lsm_program!(
+    /// clone3 can start the child in another cgroup, or in new user and mount
+    /// namespaces; CLONE_PARENT makes the child a sibling, whose exit signal goes
+    /// to the caller's parent: refused when that parent is outside the cgroup.
+    /// Plain fork and threads pass.
+    task_alloc = "task_alloc", Hook::TaskAlloc, |ctx| {
+    let flags: u64 = arg(&ctx, Hook::TaskAlloc, 0);
+    if flags & (CLONE_INTO_CGROUP | CLONE_NEWNS | CLONE_NEWUSER | CLONE_PARENT) == 0 {
         return 0;
     }
     let Some(subject) = current_subject() else {
@@ -203,41 +167,44 @@ fn clone_flags(ctx: &LsmContext) -> i32 {
     }
     if flags & (CLONE_NEWNS | CLONE_NEWUSER) != 0 {
         let detail = Detail { detail: low, target: 0, protection: protect::NAMESPACE };
-        return check_protection(&subject, Hook::TaskAlloc, detail, false);
+        let verdict = check_protection(&subject, Hook::TaskAlloc, detail, false);
+        if verdict != 0 {
+            return verdict;
+        }
+    }
+    if flags & CLONE_PARENT != 0 {
+        let current = unsafe { bpf_get_current_task() } as TaskPtr;
+        let parent = unsafe { kernel::task_real_parent(current) };
+        let outside = match parent {
+            Ok(parent) if !parent.is_null() => !matches!(task_inside(&subject, parent), Ok(true)),
+            _ => true,
+        };
+        if outside {
+            let target = parent.ok().and_then(|p| unsafe { kernel::task_tgid(p) }.ok()).unwrap_or(0);
+            let detail = Detail { detail: low, target, protection: protect::SIGNAL };
+            return check_protection(&subject, Hook::TaskAlloc, detail, false);
+        }
     }
     0
-}
+});
 
-/// Every way to a new user namespace (unshare, clone, clone3) passes here. A
-/// user namespace is what turns an unprivileged process into root of its own
-/// mounts.
-#[lsm(hook = "userns_create")]
-#[inline(always)]
-pub fn userns_create(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_USERNS_CREATE) {
-        0 => forbid_current(Hook::UsernsCreate, protect::NAMESPACE, 0),
-        previous => previous,
-    }
-}
+lsm_program!(
+    /// Every way to a new user namespace (unshare, clone, clone3) passes here. A
+    /// user namespace is what turns an unprivileged process into root of its own
+    /// mounts.
+    userns_create = "userns_create", Hook::UsernsCreate, |_ctx| {
+    forbid_current(Hook::UsernsCreate, protect::NAMESPACE, 0)
+});
 
-#[lsm(hook = "capable")]
-#[inline(always)]
-pub fn capable(ctx: LsmContext) -> i32 {
-    match previous_verdict!(ctx, RET_CAPABLE) {
-        0 => capability(&ctx),
-        previous => previous,
-    }
-}
-
-/// A capability the policy does not list is refused, in whatever user
-/// namespace it is asked for: root of a new namespace is no way around it.
-#[inline(always)]
-fn capability(ctx: &LsmContext) -> i32 {
+lsm_program!(
+    /// A capability the policy does not list is refused, in whatever user
+    /// namespace it is asked for: root of a new namespace is no way around it.
+    capable = "capable", Hook::Capable, |ctx| {
     let Some(subject) = current_subject() else {
         return 0;
     };
-    let cap: i32 = ctx.arg(2);
-    let opts: u32 = ctx.arg(3);
+    let cap: i32 = arg(&ctx, Hook::Capable, 0);
+    let opts: u32 = arg(&ctx, Hook::Capable, 1);
     if (0..=CAP_LAST).contains(&cap) && subject.info.capabilities & (1u64 << cap) != 0 {
         return 0;
     }
@@ -245,5 +212,5 @@ fn capability(ctx: &LsmContext) -> i32 {
     if opts & CAP_OPT_NOAUDIT == 0 {
         report_other(&subject, Hook::Capable, verdict, Detail { detail: cap as u32, ..Detail::default() });
     }
-    hook_return(verdict)
-}
+    hook_return(verdict, EPERM)
+});

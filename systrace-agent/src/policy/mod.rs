@@ -1,8 +1,12 @@
 //! The policy model: parse a policy file, validate it, compile it to map entries.
 //!
-//! Pure code apart from the [`Resolver`] that turns paths into identities, so the
-//! whole pipeline is tested on the host with a fake resolver. Every error carries
-//! file, line and column ([`Diagnostic`]). The language is described in the README.
+//! Pure code apart from the [`Resolver`] that canonicalizes paths and the
+//! [`Host`] facts parsing needs, so the whole pipeline is tested on the host
+//! with fakes. Every error carries file, line and column ([`Diagnostic`]). The
+//! language is described in the README.
+
+mod files;
+mod network;
 
 use std::{
     collections::BTreeMap,
@@ -11,9 +15,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use files::{components, include, parse_pattern, NameTree, Scope, INCLUDES};
+pub use network::{
+    compile_net, compile_sockets, compile_unix, parse_address, parse_cidr, NetEntryKey, NetRuleSpec, SocketRuleSpec,
+    UnixRuleSpec,
+};
 use serde::Deserialize;
 use systrace_common::{
-    access, capability, net, protect, rule_verdict, socket, FileRule, NetRule, PolicyInfo, PortRule, RuleSet, SocketKey,
+    access, capability, net, policy_flags, protect, socket, unit_kind, FileRule, NetRule, PolicyInfo, SocketKey,
+    CGROUP_PATH_LEN, UNIT_NAME_LEN,
 };
 use toml::Spanned;
 
@@ -86,6 +96,7 @@ impl<'a> SourceMap<'a> {
     }
 }
 
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -110,20 +121,27 @@ pub enum Access {
     Create,
     Delete,
     Rename,
+    Map,
+    Chmod,
+    Chown,
 }
 
 impl Access {
     /// Kernel access bits. Write implies append, as in AppArmor: a file that may be
-    /// overwritten may also be appended to.
+    /// overwritten may also be appended to. Exec implies map: a program that may
+    /// run may be mapped as code.
     pub fn bits(self) -> u32 {
         match self {
             Access::Read => access::READ,
             Access::Write => access::WRITE | access::APPEND,
             Access::Append => access::APPEND,
-            Access::Exec => access::EXEC,
+            Access::Exec => access::EXEC | access::MAP,
             Access::Create => access::CREATE,
             Access::Delete => access::DELETE,
             Access::Rename => access::RENAME,
+            Access::Map => access::MAP,
+            Access::Chmod => access::CHMOD,
+            Access::Chown => access::CHOWN,
         }
     }
 }
@@ -139,6 +157,14 @@ pub enum RuleVerdict {
     Audit,
 }
 
+/// `user = 1000` or `user = "1000"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawUid {
+    Number(u32),
+    Text(String),
+}
+
 /// The file as written, with spans for diagnostics.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,8 +172,13 @@ struct RawPolicy {
     name: Option<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
     unit: Option<Spanned<String>>,
+    user_unit: Option<Spanned<String>>,
+    /// With `user_unit`: only this user's manager.
+    user: Option<Spanned<RawUid>>,
     mode: Mode,
     default: DefaultVerdict,
+    /// Rule sets shipped with the agent (see [`INCLUDES`]).
+    include: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     file: Vec<RawFileRule>,
     #[serde(default)]
@@ -169,6 +200,7 @@ struct RawSocketRule {
     family: Spanned<String>,
     #[serde(rename = "type")]
     sock_type: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
     #[serde(default)]
     verdict: RuleVerdict,
 }
@@ -193,6 +225,7 @@ pub enum Family {
 pub enum Protocol {
     Tcp,
     Udp,
+    Sctp,
 }
 
 /// `ports = 80` or `ports = "8000-8080"`.
@@ -236,23 +269,54 @@ struct RawExecRule {
     verdict: RuleVerdict,
 }
 
-/// Which names a rule's path matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scope {
-    /// The file or directory itself.
-    Exact,
-    /// `/dir/*`: the names directly in the directory.
-    Children,
-    /// `/dir/**`: everything below the directory.
-    Subtree,
+/// Which cgroups a policy confines.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// One cgroup path, relative to the cgroup2 root, with a leading `/`
+    /// (`/system.slice/nginx.service`), as the kernel's cgroup tracepoints name it.
+    Cgroup(String),
+    /// A systemd unit's cgroup, wherever its slice puts it: named after the
+    /// unit, outside every user manager (`user: None`), or below one
+    /// (`Some(None)`: any user; `Some(Some(uid))`: that user's `user@UID.service`).
+    Unit { name: String, user: Option<Option<u32>> },
 }
 
-/// A validated policy, not yet tied to any inode.
+impl Target {
+    /// The user manager's cgroup name a user unit is bound below.
+    pub fn manager(&self) -> Option<String> {
+        match self {
+            Target::Unit { user: Some(Some(uid)), .. } => Some(format!("user@{uid}.service")),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Cgroup(path) => write!(f, "cgroup {path}"),
+            Target::Unit { name, user: None } => write!(f, "unit {name}"),
+            Target::Unit { name, user: Some(None) } => write!(f, "user unit {name} (every user)"),
+            Target::Unit { name, user: Some(Some(uid)) } => write!(f, "user unit {name} (user {uid})"),
+        }
+    }
+}
+
+/// Facts about the host that parsing needs.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// Where the cgroup2 hierarchy is mounted.
+    pub cgroup_root: PathBuf,
+    /// This host's interface addresses, for `address = "local"`.
+    pub local_addresses: Vec<std::net::IpAddr>,
+}
+
+/// A validated policy, not yet tied to the file system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub source: PathBuf,
-    pub cgroup: PathBuf,
+    pub target: Target,
     /// Where the target (cgroup or unit) is written, for duplicate-target errors.
     pub target_location: Location,
     pub mode: Mode,
@@ -268,26 +332,6 @@ pub struct Policy {
     pub protections: u32,
     /// Protections switched off, with the reason the policy gives.
     pub protections_off: Vec<(String, String)>,
-}
-
-/// One unix socket rule: a peer's name as the kernel keeps it (a path with its
-/// terminating NUL, an abstract name after a leading NUL; empty for every
-/// named peer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnixRuleSpec {
-    /// `net::OP_CONNECT` or `net::OP_BIND` (abstract names only).
-    pub op: u8,
-    pub name: Vec<u8>,
-    pub verdict: RuleVerdict,
-}
-
-/// One socket creation rule: a family and a type, or every type of the family.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketRuleSpec {
-    pub family: u16,
-    /// [`SocketKey::ANY_TYPE`] for the whole family.
-    pub sock_type: u16,
-    pub verdict: RuleVerdict,
 }
 
 /// A name from a table, or a number.
@@ -313,69 +357,10 @@ pub fn capability_number(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("unknown capability {text:?} (capability names are those of capabilities(7), such as net_bind_service)"))
 }
 
-/// One network rule, expanded to a single operation, family and protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetRuleSpec {
-    pub op: u8,
-    pub family: u8,
-    pub proto: u8,
-    /// Address bytes (IPv4 in the first 4) and prefix length in bits.
-    pub addr: [u8; 16],
-    pub prefix: u32,
-    pub ports: (u16, u16),
-    pub verdict: RuleVerdict,
-}
-
-/// Parses `ADDRESS` or `ADDRESS/BITS`; IPv4-mapped IPv6 becomes IPv4.
-pub fn parse_cidr(text: &str) -> Result<(u8, [u8; 16], u32), String> {
-    let (ip, bits) = match text.split_once('/') {
-        Some((ip, bits)) => (ip, Some(bits.parse::<u32>().map_err(|_| format!("bad prefix length in {text:?}"))?)),
-        None => (text, None),
-    };
-    let ip: std::net::IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
-    let mut addr = [0u8; 16];
-    let (family, max, bits) = match ip {
-        std::net::IpAddr::V4(v4) => {
-            addr[..4].copy_from_slice(&v4.octets());
-            (net::AF_INET, 32, bits)
-        }
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => {
-                addr[..4].copy_from_slice(&v4.octets());
-                (net::AF_INET, 32, bits.map(|b| b.saturating_sub(96)))
-            }
-            None => {
-                addr = v6.octets();
-                (net::AF_INET6, 128, bits)
-            }
-        },
-    };
-    let bits = bits.unwrap_or(max);
-    if bits > max {
-        return Err(format!("prefix length {bits} is longer than the address ({max} bits)"));
-    }
-    // Clear host bits so equal prefixes compare equal.
-    for (i, byte) in addr.iter_mut().enumerate() {
-        let keep = bits.saturating_sub(8 * i as u32).min(8);
-        *byte &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
-    }
-    Ok((family, addr, bits))
-}
-
 fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
     match ports {
         RawPorts::One(p) => Ok((*p, *p)),
-        RawPorts::Range(text) => {
-            let parse = |t: &str| t.trim().parse::<u16>().map_err(|_| format!("bad port {t:?} in {text:?}"));
-            let (lo, hi) = match text.split_once('-') {
-                Some((lo, hi)) => (parse(lo)?, parse(hi)?),
-                None => (parse(text)?, parse(text)?),
-            };
-            if lo > hi {
-                return Err(format!("port range {text:?} runs backwards"));
-            }
-            Ok((lo, hi))
-        }
+        RawPorts::Range(text) => network::parse_port_range(text),
     }
 }
 
@@ -389,35 +374,8 @@ pub struct FileRuleSpec {
     pub location: Location,
 }
 
-/// Splits a rule path into its anchor and scope, or says what is wrong and where
-/// (a byte offset into the path).
-pub fn parse_pattern(path: &str) -> Result<(PathBuf, Scope), (usize, String)> {
-    if !path.starts_with('/') {
-        return Err((0, "a path must be absolute".into()));
-    }
-    let (anchor, scope) = if let Some(dir) = path.strip_suffix("/**") {
-        (dir, Scope::Subtree)
-    } else if let Some(dir) = path.strip_suffix("/*") {
-        (dir, Scope::Children)
-    } else {
-        (path, Scope::Exact)
-    };
-    if let Some(i) = anchor.find(['*', '?', '[', ']', '{', '}']) {
-        return Err((
-            i,
-            format!("bad glob {path:?}: wildcards are allowed only as a final /* (direct children) or /** (whole subtree)"),
-        ));
-    }
-    if anchor.split('/').any(|c| c == ".." || c == ".") {
-        return Err((0, format!("path {path:?} has a . or .. component; write it in canonical form")));
-    }
-    let anchor = if anchor.is_empty() { "/" } else { anchor };
-    Ok((PathBuf::from(anchor), scope))
-}
-
-/// Parses and validates one policy file's text. `cgroup_root` is the cgroup2 mount
-/// that relative cgroup paths hang from.
-pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diagnostic> {
+/// Parses and validates one policy file's text.
+pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic> {
     let map = SourceMap::new(file, text);
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -440,76 +398,43 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         None => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
     };
 
-    let (cgroup_text, target_span) = match (&raw.cgroup, &raw.unit) {
-        (Some(_), Some(unit)) => {
-            return Err(map.diagnostic(Severity::Error, unit.span(), "give either cgroup or unit, not both"))
-        }
-        (None, None) => {
-            return Err(map.diagnostic(
-                Severity::Error,
-                0..0,
-                "missing target: add cgroup = \"PATH\" or unit = \"NAME.service\"",
-            ))
-        }
-        (Some(cgroup), None) => (cgroup.get_ref().clone(), cgroup.span()),
-        (None, Some(unit)) => {
-            let u = unit.get_ref();
-            if u.is_empty() || u.contains('/') || !u.contains('.') {
-                return Err(map.diagnostic(
-                    Severity::Error,
-                    unit.span(),
-                    "a unit is a systemd unit name such as nginx.service, without '/'",
-                ));
-            }
-            // systemd puts system services under system.slice; a slice is its own cgroup.
-            let rel = if u.ends_with(".slice") { u.clone() } else { format!("system.slice/{u}") };
-            (rel, unit.span())
-        }
-    };
-    if cgroup_text.is_empty() || cgroup_text.split('/').any(|c| c == "..") {
-        return Err(map.diagnostic(
-            Severity::Error,
-            target_span,
-            "cgroup must be a path below the cgroup2 mount, without '..'",
-        ));
-    }
-    let cgroup = if cgroup_text.starts_with('/') {
-        PathBuf::from(&cgroup_text)
-    } else {
-        cgroup_root.join(&cgroup_text)
-    };
-    if !cgroup.starts_with(cgroup_root) || cgroup == cgroup_root {
-        return Err(map.diagnostic(
-            Severity::Error,
-            target_span,
-            format!(
-                "cgroup {} is not below the cgroup2 mount {} (confining the root cgroup would confine the whole system)",
-                cgroup.display(),
-                cgroup_root.display()
-            ),
-        ));
-    }
+    let (target, target_span) = parse_target(&map, &raw, &host.cgroup_root)?;
 
     let mut files = Vec::with_capacity(raw.file.len() + raw.exec.len());
-    let mut add = |path: &Spanned<String>, access: u32, verdict: RuleVerdict| -> Result<(), Diagnostic> {
+    let mut add = |path: &str, span: Range<usize>, access: u32, verdict: RuleVerdict| -> Result<(), Diagnostic> {
         // +1 skips the opening quote; exact for paths without escapes.
-        let (anchor, scope) = parse_pattern(path.get_ref())
-            .map_err(|(at, msg)| map.diagnostic(Severity::Error, path.span().start + 1 + at..path.span().end, msg))?;
-        files.push(FileRuleSpec { path: anchor, scope, access, verdict, location: map.locate(path.span().start) });
+        let (anchor, scope) = parse_pattern(path)
+            .map_err(|(at, msg)| map.diagnostic(Severity::Error, span.start + 1 + at..span.end, msg))?;
+        files.push(FileRuleSpec { path: anchor, scope, access, verdict, location: map.locate(span.start) });
         Ok(())
     };
+    for name in raw.include.iter().flatten() {
+        let Some(set) = include(name.get_ref()) else {
+            let known: Vec<&str> = INCLUDES.iter().map(|i| i.name).collect();
+            return Err(map.diagnostic(
+                Severity::Error,
+                name.span(),
+                format!("unknown include {:?}: the includes are {}", name.get_ref(), known.join(", ")),
+            ));
+        };
+        for (path, bits) in set.rules {
+            add(path, name.span(), *bits, RuleVerdict::Allow)?;
+        }
+    }
     for rule in &raw.file {
         if rule.access.get_ref().is_empty() {
+            let kinds: Vec<&str> = access::NAMES.iter().map(|(n, _)| *n).collect();
             return Err(map.diagnostic(
                 Severity::Error,
                 rule.access.span(),
-                "access is empty: list at least one of read, write, append, exec, create, delete, rename",
+                format!("access is empty: list at least one of {}", kinds.join(", ")),
             ));
         }
-        add(&rule.path, rule.access.get_ref().iter().fold(0, |bits, a| bits | a.bits()), rule.verdict)?;
+        let bits = rule.access.get_ref().iter().fold(0, |bits, a| bits | a.bits());
+        add(rule.path.get_ref(), rule.path.span(), bits, rule.verdict)?;
     }
     for rule in &raw.exec {
-        add(&rule.path, access::EXEC, rule.verdict)?;
+        add(rule.path.get_ref(), rule.path.span(), Access::Exec.bits(), rule.verdict)?;
     }
 
     let mut net_rules = Vec::new();
@@ -523,28 +448,30 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
             unix.extend(parse_unix_rule(&map, rule)?);
             continue;
         }
-        let (addr_family, addr, prefix) = match &rule.address {
-            Some(a) => {
-                let (f, addr, bits) =
-                    parse_cidr(a.get_ref()).map_err(|m| map.diagnostic(Severity::Error, a.span(), m))?;
-                (Some(f), addr, bits)
-            }
-            None => (None, [0; 16], 0),
+        let addresses: Vec<network::Cidr> = match &rule.address {
+            Some(a) => parse_address(a.get_ref(), &host.local_addresses)
+                .map_err(|m| map.diagnostic(Severity::Error, a.span(), m))?,
+            None => vec![],
         };
-        let families: Vec<u8> = match (rule.family, addr_family) {
-            (Some(Family::Inet), Some(net::AF_INET6)) | (Some(Family::Inet6), Some(net::AF_INET)) => {
+        let wanted = |f: u8| match rule.family {
+            Some(Family::Inet) => f == net::AF_INET,
+            Some(Family::Inet6) => f == net::AF_INET6,
+            _ => true,
+        };
+        let targets: Vec<network::Cidr> = if addresses.is_empty() {
+            [net::AF_INET, net::AF_INET6].into_iter().filter(|f| wanted(*f)).map(|f| (f, [0; 16], 0)).collect()
+        } else {
+            let kept: Vec<network::Cidr> = addresses.iter().copied().filter(|(f, _, _)| wanted(*f)).collect();
+            if kept.is_empty() {
                 let span = rule.address.as_ref().map_or(0..0, |a| a.span());
                 return Err(map.diagnostic(Severity::Error, span, "the address is not of the rule's family"));
             }
-            (_, Some(f)) => vec![f],
-            (Some(Family::Inet), None) => vec![net::AF_INET],
-            (Some(Family::Inet6), None) => vec![net::AF_INET6],
-            (None, None) => vec![net::AF_INET, net::AF_INET6],
-            (Some(Family::Unix), None) => unreachable!("unix rules are parsed by parse_unix_rule"),
+            kept
         };
         let protos = match rule.protocol {
             Some(Protocol::Tcp) => vec![net::IPPROTO_TCP],
             Some(Protocol::Udp) => vec![net::IPPROTO_UDP],
+            Some(Protocol::Sctp) => vec![net::IPPROTO_SCTP],
             None => vec![net::IPPROTO_TCP, net::IPPROTO_UDP],
         };
         let ports = match &rule.ports {
@@ -556,7 +483,7 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
                 NetOp::Bind => net::OP_BIND,
                 NetOp::Connect => net::OP_CONNECT,
             };
-            for &family in &families {
+            for &(family, addr, prefix) in &targets {
                 for &proto in &protos {
                     net_rules.push(NetRuleSpec { op, family, proto, addr, prefix, ports, verdict: rule.verdict });
                 }
@@ -576,25 +503,47 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         None => None,
     };
 
-    let mut sockets = Vec::new();
+    let mut sockets: Vec<SocketRuleSpec> = Vec::new();
     for rule in &raw.socket {
         let family = named_number(rule.family.get_ref(), &socket::FAMILIES, "socket family")
             .map_err(|m| map.diagnostic(Severity::Error, rule.family.span(), m))?;
         let sock_type = match &rule.sock_type {
-            Some(t) => named_number(t.get_ref(), &socket::TYPES, "socket type")
-                .map_err(|m| map.diagnostic(Severity::Error, t.span(), m))?,
-            None => SocketKey::ANY_TYPE,
+            Some(t) => Some(
+                named_number(t.get_ref(), &socket::TYPES, "socket type")
+                    .map_err(|m| map.diagnostic(Severity::Error, t.span(), m))?,
+            ),
+            None => None,
         };
-        if let Some(other) = sockets.iter().find(|o: &&SocketRuleSpec| (o.family, o.sock_type) == (family, sock_type)) {
-            if other.verdict != rule.verdict {
-                return Err(map.diagnostic(
-                    Severity::Error,
-                    rule.family.span(),
-                    "another socket rule names the same family and type with a different verdict",
-                ));
+        let protocol = match &rule.protocol {
+            Some(p) => {
+                let mut table: Vec<(&str, u16)> = socket::PROTOCOLS.to_vec();
+                table.push(("mptcp", socket::IPPROTO_MPTCP));
+                let n = named_number(p.get_ref(), &table, "protocol").map_err(|m| map.diagnostic(Severity::Error, p.span(), m))?;
+                if family != net::AF_INET as u16 && family != net::AF_INET6 as u16 {
+                    return Err(map.diagnostic(Severity::Error, p.span(), "a protocol is for inet and inet6 sockets"));
+                }
+                Some(n)
             }
+            None => None,
+        };
+        let kinds: Vec<(u16, u16)> = match (sock_type, protocol) {
+            (Some(t), Some(p)) => vec![(t, p)],
+            (Some(t), None) => vec![(t, SocketKey::ANY)],
+            (None, Some(p)) => network::TYPES_OF_A_PROTOCOL.iter().map(|t| (*t, p)).collect(),
+            (None, None) => vec![(SocketKey::ANY, SocketKey::ANY)],
+        };
+        for (sock_type, protocol) in kinds {
+            if let Some(other) = sockets.iter().find(|o| (o.family, o.sock_type, o.protocol) == (family, sock_type, protocol)) {
+                if other.verdict != rule.verdict {
+                    return Err(map.diagnostic(
+                        Severity::Error,
+                        rule.family.span(),
+                        "another socket rule names the same family, type and protocol with a different verdict",
+                    ));
+                }
+            }
+            sockets.push(SocketRuleSpec { family, sock_type, protocol, verdict: rule.verdict });
         }
-        sockets.push(SocketRuleSpec { family, sock_type, verdict: rule.verdict });
     }
 
     let mut protections = protect::ALL;
@@ -622,7 +571,7 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
     Ok(Policy {
         name,
         source: file.to_path_buf(),
-        cgroup,
+        target,
         target_location: map.locate(target_span.start),
         mode: raw.mode,
         default: raw.default,
@@ -634,6 +583,83 @@ pub fn parse(file: &Path, text: &str, cgroup_root: &Path) -> Result<Policy, Diag
         protections,
         protections_off,
     })
+}
+
+/// The cgroup or unit a policy confines.
+fn parse_target(map: &SourceMap, raw: &RawPolicy, cgroup_root: &Path) -> Result<(Target, Range<usize>), Diagnostic> {
+    let given: Vec<&Spanned<String>> = [&raw.cgroup, &raw.unit, &raw.user_unit].into_iter().flatten().collect();
+    if given.is_empty() {
+        return Err(map.diagnostic(
+            Severity::Error,
+            0..0,
+            "missing target: add cgroup = \"PATH\", unit = \"NAME.service\" or user_unit = \"NAME.service\"",
+        ));
+    }
+    if given.len() > 1 {
+        return Err(map.diagnostic(Severity::Error, given[1].span(), "give one of cgroup, unit or user_unit, not several"));
+    }
+    if let Some(user) = &raw.user {
+        if raw.user_unit.is_none() {
+            return Err(map.diagnostic(Severity::Error, user.span(), "user goes with user_unit"));
+        }
+    }
+    let unit_name = |u: &Spanned<String>| -> Result<String, Diagnostic> {
+        let name = u.get_ref();
+        let valid = name.contains('.')
+            && !name.contains('/')
+            && name.len() < UNIT_NAME_LEN
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
+        if !valid {
+            return Err(map.diagnostic(
+                Severity::Error,
+                u.span(),
+                "a unit is a systemd unit name such as nginx.service or machine.slice, without '/'",
+            ));
+        }
+        Ok(name.clone())
+    };
+    if let Some(unit) = &raw.unit {
+        return Ok((Target::Unit { name: unit_name(unit)?, user: None }, unit.span()));
+    }
+    if let Some(unit) = &raw.user_unit {
+        let uid = match &raw.user {
+            None => None,
+            Some(u) => Some(match u.get_ref() {
+                RawUid::Number(n) => *n,
+                RawUid::Text(t) => t
+                    .parse()
+                    .map_err(|_| map.diagnostic(Severity::Error, u.span(), "user is a numeric user id"))?,
+            }),
+        };
+        return Ok((Target::Unit { name: unit_name(unit)?, user: Some(uid) }, unit.span()));
+    }
+    let cgroup = raw.cgroup.as_ref().expect("one target given");
+    let text = cgroup.get_ref();
+    if text.is_empty() || text.split('/').any(|c| c == ".." || c == ".") {
+        return Err(map.diagnostic(
+            Severity::Error,
+            cgroup.span(),
+            "cgroup must be a path below the cgroup2 mount, without '.' or '..'",
+        ));
+    }
+    let absolute = if text.starts_with('/') { PathBuf::from(text) } else { cgroup_root.join(text) };
+    let relative = absolute.strip_prefix(cgroup_root).ok().filter(|r| !r.as_os_str().is_empty());
+    let Some(relative) = relative else {
+        return Err(map.diagnostic(
+            Severity::Error,
+            cgroup.span(),
+            format!(
+                "cgroup {} is not below the cgroup2 mount {} (confining the root cgroup would confine the whole system)",
+                absolute.display(),
+                cgroup_root.display()
+            ),
+        ));
+    };
+    let path = format!("/{}", relative.to_string_lossy().trim_end_matches('/'));
+    if path.len() >= CGROUP_PATH_LEN - 1 {
+        return Err(map.diagnostic(Severity::Error, cgroup.span(), "the cgroup path is too long (at most 254 bytes)"));
+    }
+    Ok((Target::Cgroup(path), cgroup.span()))
 }
 
 /// Validates a `family = "unix"` network rule; one spec per operation.
@@ -695,94 +721,19 @@ fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<Vec<UnixRuleSpe
         .collect())
 }
 
-/// Unix rule entries: (operation, name) -> verdict; when two rules name the same
-/// socket, deny wins over audit, audit over allow.
-pub fn compile_unix(rules: &[UnixRuleSpec]) -> BTreeMap<(u8, Vec<u8>), u8> {
-    let rank = |v: u8| match v {
-        rule_verdict::DENY => 2,
-        rule_verdict::AUDIT => 1,
-        _ => 0,
-    };
-    let mut out: BTreeMap<(u8, Vec<u8>), u8> = BTreeMap::new();
-    for r in rules {
-        let v = rule_verdict_value(r.verdict);
-        let slot = out.entry((r.op, r.name.clone())).or_insert(v);
-        if rank(v) > rank(*slot) {
-            *slot = v;
-        }
-    }
-    out
-}
-
-/// Key of a compiled network entry: (op, family, proto, address, prefix bits).
-pub type NetEntryKey = (u8, u8, u8, [u8; 16], u32);
-
-fn covers(outer: &NetRuleSpec, op: u8, family: u8, proto: u8, addr: &[u8; 16], prefix: u32) -> bool {
-    if (outer.op, outer.family, outer.proto) != (op, family, proto) || outer.prefix > prefix {
-        return false;
-    }
-    (0..16).all(|i| {
-        let keep = outer.prefix.saturating_sub(8 * i as u32).min(8);
-        let mask = if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
-        addr[i] & mask == outer.addr[i]
-    })
-}
-
-/// One LPM entry per distinct (operation, family, protocol, prefix); each holds
-/// the port ranges of every rule covering its prefix, most specific first: longer
-/// prefix, then narrower range, then deny before audit before allow.
-pub fn compile_net(rules: &[NetRuleSpec]) -> Result<BTreeMap<NetEntryKey, NetRule>, String> {
-    let mut out = BTreeMap::new();
-    for r in rules {
-        let key = (r.op, r.family, r.proto, r.addr, r.prefix);
-        if out.contains_key(&key) {
-            continue;
-        }
-        let mut ranges: Vec<&NetRuleSpec> =
-            rules.iter().filter(|o| covers(o, r.op, r.family, r.proto, &r.addr, r.prefix)).collect();
-        let rank = |v: RuleVerdict| match v {
-            RuleVerdict::Deny => 0,
-            RuleVerdict::Audit => 1,
-            RuleVerdict::Allow => 2,
-        };
-        ranges.sort_by_key(|o| (std::cmp::Reverse(o.prefix), o.ports.1 - o.ports.0, rank(o.verdict)));
-        if ranges.len() > net::MAX_PORT_RULES {
-            return Err(format!(
-                "{} network rules apply to one address prefix; at most {} can",
-                ranges.len(),
-                net::MAX_PORT_RULES
-            ));
-        }
-        let mut value = NetRule { count: ranges.len() as u32, ..NetRule::default() };
-        for (slot, o) in value.ports.iter_mut().zip(&ranges) {
-            *slot = PortRule {
-                lo: o.ports.0,
-                hi: o.ports.1,
-                verdict: match o.verdict {
-                    RuleVerdict::Allow => rule_verdict::ALLOW,
-                    RuleVerdict::Deny => rule_verdict::DENY,
-                    RuleVerdict::Audit => rule_verdict::AUDIT,
-                },
-                _pad: [0; 3],
-            };
-        }
-        out.insert(key, value);
-    }
-    Ok(out)
-}
 
 /// Errors for policies that cannot be loaded together: two naming the same
-/// target cgroup, or using the same name. Points at the later one.
+/// target, or using the same name. Points at the later one.
 pub fn check_conflicts(policies: &[Policy]) -> Vec<Diagnostic> {
     let mut errors = Vec::new();
     for (i, p) in policies.iter().enumerate() {
-        if let Some(first) = policies[..i].iter().find(|q| q.cgroup == p.cgroup) {
+        if let Some(first) = policies[..i].iter().find(|q| q.target == p.target) {
             errors.push(Diagnostic {
                 severity: Severity::Error,
                 location: p.target_location.clone(),
                 message: format!(
-                    "duplicate target: cgroup {} is already confined by policy {} ({}:{})",
-                    p.cgroup.display(),
+                    "duplicate target: {} is already confined by policy {} ({}:{})",
+                    p.target,
                     first.name,
                     first.source.display(),
                     first.target_location.line
@@ -799,13 +750,12 @@ pub fn check_conflicts(policies: &[Policy]) -> Vec<Diagnostic> {
     errors
 }
 
-/// Turns paths into the identities the kernel sees. The real one uses `stat()`;
-/// tests use a table.
+/// Turns rule paths into the names the kernel will see.
 pub trait Resolver {
-    /// (device in the kernel's encoding, inode) of the file a path names, after symlinks.
-    fn file_id(&self, path: &Path) -> std::io::Result<(u64, u64)>;
-    /// The cgroup id of a cgroup directory.
-    fn cgroup_id(&self, path: &Path) -> std::io::Result<u64>;
+    /// The path with the symlinks of its existing part resolved: the kernel
+    /// matches the path of the file actually opened (`/lib` is `/usr/lib` on
+    /// merged-/usr systems).
+    fn canonical(&self, path: &Path) -> PathBuf;
 }
 
 /// A policy ready to be written to the maps.
@@ -813,18 +763,16 @@ pub trait Resolver {
 pub struct Compiled {
     pub name: String,
     pub source: PathBuf,
-    pub cgroup: PathBuf,
-    pub cgroup_id: u64,
+    pub target: Target,
     pub info: PolicyInfo,
-    /// (dev, ino) of each anchor -> its rules. Several paths naming one inode (hard
-    /// links, bind mounts) merge here, as the kernel sees one inode.
-    pub rules: BTreeMap<(u64, u64), FileRule>,
-    /// (dev, ino) -> the first path a rule gave it, to name files in events.
-    pub paths: BTreeMap<(u64, u64), PathBuf>,
+    /// The file rules by name.
+    pub tree: NameTree,
+    /// Deny rules that also follow the inode of the path they name, when it exists.
+    pub inode_anchors: BTreeMap<PathBuf, FileRule>,
     /// Network LPM entries.
     pub net: BTreeMap<NetEntryKey, NetRule>,
-    /// Socket creation: (family, type or [`SocketKey::ANY_TYPE`]) -> verdict.
-    pub sockets: BTreeMap<(u16, u16), u8>,
+    /// Socket rules: (family, type, protocol; [`SocketKey::ANY`] for every) -> verdict.
+    pub sockets: BTreeMap<(u16, u16, u16), u8>,
     /// Unix sockets: (operation, name; empty: every name) -> verdict.
     pub unix: BTreeMap<(u8, Vec<u8>), u8>,
     /// Protections the policy switched off, with its reasons.
@@ -840,59 +788,31 @@ pub fn capability_names(bits: u64) -> Vec<&'static str> {
     capability::NAMES.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect()
 }
 
-fn rule_verdict_value(v: RuleVerdict) -> u8 {
-    match v {
-        RuleVerdict::Allow => rule_verdict::ALLOW,
-        RuleVerdict::Deny => rule_verdict::DENY,
-        RuleVerdict::Audit => rule_verdict::AUDIT,
-    }
-}
-
-/// Socket creation entries: the explicit rules, plus the sockets that network
-/// rules allowing tcp or udp need (a `connect` over tcp allows making a stream
-/// socket of that family) where no explicit rule speaks of them.
-pub fn compile_sockets(policy: &Policy) -> BTreeMap<(u16, u16), u8> {
-    let mut out: BTreeMap<(u16, u16), u8> =
-        policy.sockets.iter().map(|r| ((r.family, r.sock_type), rule_verdict_value(r.verdict))).collect();
-    for rule in policy.net.iter().filter(|r| r.verdict != RuleVerdict::Deny) {
-        let family = rule.family as u16;
-        let sock_type = if rule.proto == net::IPPROTO_TCP { socket::SOCK_STREAM } else { socket::SOCK_DGRAM };
-        if out.contains_key(&(family, SocketKey::ANY_TYPE)) {
-            continue;
-        }
-        out.entry((family, sock_type)).or_insert(rule_verdict::ALLOW);
-        // An IPv6 socket reaches IPv4-mapped addresses, which IPv4 rules decide.
-        if family == net::AF_INET as u16 && !out.contains_key(&(net::AF_INET6 as u16, SocketKey::ANY_TYPE)) {
-            out.entry((net::AF_INET6 as u16, sock_type)).or_insert(rule_verdict::ALLOW);
+/// Resolves a validated policy against the file system. `key` keys the hash
+/// of path components the kernel will compute too.
+pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Result<Compiled, Diagnostic> {
+    let rules: Vec<(PathBuf, Scope, u32, RuleVerdict)> = policy
+        .files
+        .iter()
+        .map(|spec| (resolver.canonical(&spec.path), spec.scope, spec.access, spec.verdict))
+        .collect();
+    let error = |message: String| Diagnostic { severity: Severity::Error, location: policy.target_location.clone(), message };
+    for (spec, (canonical, _, _, _)) in policy.files.iter().zip(&rules) {
+        if files::components(canonical).len() > systrace_common::MAX_RULE_DEPTH {
+            return Err(Diagnostic {
+                severity: Severity::Error,
+                location: spec.location.clone(),
+                message: format!(
+                    "{} is {} once its symlinks are resolved: more than {} components",
+                    spec.path.display(),
+                    canonical.display(),
+                    systrace_common::MAX_RULE_DEPTH
+                ),
+            });
         }
     }
-    let unix = (net::AF_UNIX as u16, SocketKey::ANY_TYPE);
-    if policy.unix.iter().any(|r| r.verdict != RuleVerdict::Deny) && !policy.sockets.iter().any(|r| r.family == unix.0) {
-        out.entry(unix).or_insert(rule_verdict::ALLOW);
-    }
-    out
-}
-
-/// Adds a rule to a rule set. Within one set deny wins over allow at run time, and
-/// audit is an allow that reports.
-fn merge(set: &mut RuleSet, access: u32, verdict: RuleVerdict) {
-    match verdict {
-        RuleVerdict::Allow => set.allow |= access,
-        RuleVerdict::Deny => set.deny |= access,
-        RuleVerdict::Audit => {
-            set.allow |= access;
-            set.audit |= access;
-        }
-    }
-}
-
-/// Resolves a validated policy against the file system and the cgroup tree.
-pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Diagnostic> {
-    let cgroup_id = resolver.cgroup_id(&policy.cgroup).map_err(|e| Diagnostic {
-        severity: Severity::Error,
-        location: policy.target_location.clone(),
-        message: format!("cgroup {}: {e}", policy.cgroup.display()),
-    })?;
+    let tree = NameTree::build(&rules, key).map_err(error)?;
+    let inode_anchors = files::inode_anchors(&rules);
     let info = PolicyInfo {
         mode: match policy.mode {
             Mode::Enforce => systrace_common::Mode::Enforce as u8,
@@ -908,69 +828,66 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver) -> Result<Compiled, Dia
             DefaultVerdict::Deny => 0,
             DefaultVerdict::Allow => u64::MAX,
         }),
-        cgroup_id,
+        denied_somewhere: files::denied_somewhere(&policy.files),
+        // Set once the anchors are found on the file system.
+        flags: 0,
     };
-    let mut rules: BTreeMap<(u64, u64), FileRule> = BTreeMap::new();
-    let mut paths = BTreeMap::new();
-    let mut warnings = Vec::new();
-    for spec in &policy.files {
-        match resolver.file_id(&spec.path) {
-            Ok(id) => {
-                let rule = rules.entry(id).or_default();
-                let set = match spec.scope {
-                    Scope::Exact => &mut rule.exact,
-                    Scope::Children => &mut rule.children,
-                    Scope::Subtree => &mut rule.subtree,
-                };
-                merge(set, spec.access, spec.verdict);
-                paths.entry(id).or_insert_with(|| spec.path.clone());
-            }
-            Err(e) => warnings.push(Diagnostic {
-                severity: Severity::Warning,
-                location: spec.location.clone(),
-                message: format!("{}: {e}; the rule is skipped until the policy is reloaded", spec.path.display()),
-            }),
-        }
-    }
-    let net = compile_net(&policy.net).map_err(|message| Diagnostic {
-        severity: Severity::Error,
-        location: policy.target_location.clone(),
-        message,
-    })?;
+    let net = compile_net(&policy.net).map_err(error)?;
     Ok(Compiled {
         name: policy.name.clone(),
         source: policy.source.clone(),
-        cgroup: policy.cgroup.clone(),
-        cgroup_id,
+        target: policy.target.clone(),
         info,
-        rules,
-        paths,
+        tree,
+        inode_anchors,
         net,
-        sockets: compile_sockets(policy),
+        sockets: compile_sockets(&policy.sockets, &policy.net, &policy.unix),
         unix: compile_unix(&policy.unix),
         protections_off: policy.protections_off.clone(),
-        warnings,
+        warnings: Vec::new(),
     })
+}
+
+impl Compiled {
+    /// Marks that inode rules were installed for this policy.
+    pub fn with_inode_rules(mut self, any: bool) -> Self {
+        if any {
+            self.info.flags |= policy_flags::INODE_RULES;
+        } else {
+            self.info.flags &= !policy_flags::INODE_RULES;
+        }
+        self
+    }
 }
 
 /// The resolver for the running system.
 pub struct SystemResolver;
 
 impl Resolver for SystemResolver {
-    fn file_id(&self, path: &Path) -> std::io::Result<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        Ok((kernel_dev(meta.dev()), meta.ino()))
+    fn canonical(&self, path: &Path) -> PathBuf {
+        canonical_prefix(path, |p| std::fs::canonicalize(p).ok())
     }
+}
 
-    fn cgroup_id(&self, path: &Path) -> std::io::Result<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        if !meta.is_dir() {
-            return Err(std::io::Error::other("not a cgroup directory"));
+/// `path` with its longest existing prefix canonicalized by `canon` and the
+/// rest appended as written.
+pub fn canonical_prefix(path: &Path, canon: impl Fn(&Path) -> Option<PathBuf>) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut prefix = path.to_path_buf();
+    loop {
+        if let Some(mut real) = canon(&prefix) {
+            for part in rest.iter().rev() {
+                real.push(part);
+            }
+            return real;
         }
-        // On cgroup2 the directory's inode number is the cgroup id the kernel reports.
-        Ok(meta.ino())
+        match (prefix.parent(), prefix.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                prefix = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 
@@ -992,16 +909,31 @@ pub fn access_names(bits: u32) -> Vec<&'static str> {
     access::NAMES.iter().filter(|(_, bit)| bits & bit != 0).map(|(name, _)| *name).collect()
 }
 
+/// The unit target's fields as the kernel's `UNITS` map holds them.
+pub fn unit_entry(target: &Target) -> Option<(String, u8, String)> {
+    match target {
+        Target::Unit { name, user: None } => Some((name.clone(), unit_kind::SYSTEM, String::new())),
+        Target::Unit { name, user: Some(_) } => {
+            Some((name.clone(), unit_kind::USER, target.manager().unwrap_or_default()))
+        }
+        Target::Cgroup(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use systrace_common::{name_hash, rule_verdict, RuleSet};
 
     use super::*;
 
     const ROOT: &str = "/sys/fs/cgroup";
 
+    fn host() -> Host {
+        Host { cgroup_root: PathBuf::from(ROOT), local_addresses: vec!["10.0.2.15".parse().unwrap()] }
+    }
+
     fn parse_str(text: &str) -> Result<Policy, Diagnostic> {
-        parse(Path::new("p.toml"), text, Path::new(ROOT))
+        parse(Path::new("p.toml"), text, &host())
     }
 
     fn error_at(text: &str) -> (usize, usize, String) {
@@ -1042,7 +974,7 @@ path = "/usr/sbin/nginx"
     fn parses_a_valid_policy() {
         let p = parse_str(GOOD).unwrap();
         assert_eq!(p.name, "web");
-        assert_eq!(p.cgroup, PathBuf::from("/sys/fs/cgroup/system.slice/nginx.service"));
+        assert_eq!(p.target, Target::Cgroup("/system.slice/nginx.service".into()));
         assert_eq!((p.target_location.line, p.target_location.column), (3, 10));
         assert_eq!(p.mode, Mode::Enforce);
         assert_eq!(p.default, DefaultVerdict::Deny);
@@ -1054,34 +986,29 @@ path = "/usr/sbin/nginx"
         assert_eq!((p.files[1].location.line, p.files[1].location.column), (12, 8));
         assert_eq!((p.files[2].scope, p.files[2].path.as_path()), (Scope::Subtree, Path::new("/var/www")));
         assert_eq!(p.files[3].verdict, RuleVerdict::Deny);
-        assert_eq!((p.files[4].access, p.files[4].scope), (access::EXEC, Scope::Exact));
+        assert_eq!((p.files[4].access, p.files[4].scope), (access::EXEC | access::MAP, Scope::Exact));
     }
 
     #[test]
-    fn unit_maps_to_its_system_slice_cgroup() {
+    fn units_are_named_not_placed() {
         let p = parse_str("unit = \"nginx.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
-        assert_eq!(p.cgroup, PathBuf::from("/sys/fs/cgroup/system.slice/nginx.service"));
+        assert_eq!(p.target, Target::Unit { name: "nginx.service".into(), user: None });
         let p = parse_str("unit = \"machine.slice\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
-        assert_eq!(p.cgroup, PathBuf::from("/sys/fs/cgroup/machine.slice"));
+        assert_eq!(p.target, Target::Unit { name: "machine.slice".into(), user: None });
+        let p = parse_str("user_unit = \"app.service\"\nuser = 1000\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
+        assert_eq!(p.target, Target::Unit { name: "app.service".into(), user: Some(Some(1000)) });
+        assert_eq!(p.target.manager().as_deref(), Some("user@1000.service"));
+        let p = parse_str("user_unit = \"app.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
+        assert_eq!(p.target, Target::Unit { name: "app.service".into(), user: Some(None) });
         let (line, col, msg) = error_at("unit = \"a/b.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
         assert_eq!((line, col), (1, 8));
         assert!(msg.contains("unit"), "{msg}");
         let (_, _, msg) = error_at("cgroup = \"a\"\nunit = \"x.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
-        assert!(msg.contains("not both"), "{msg}");
+        assert!(msg.contains("not several"), "{msg}");
+        let (_, _, msg) = error_at("unit = \"x.service\"\nuser = 5\nmode = \"enforce\"\ndefault = \"deny\"\n");
+        assert!(msg.contains("user_unit"), "{msg}");
         let (_, _, msg) = error_at("mode = \"enforce\"\ndefault = \"deny\"\n");
         assert!(msg.contains("missing target"), "{msg}");
-    }
-
-    #[test]
-    fn patterns() {
-        assert_eq!(parse_pattern("/a/b").unwrap(), (PathBuf::from("/a/b"), Scope::Exact));
-        assert_eq!(parse_pattern("/a/*").unwrap(), (PathBuf::from("/a"), Scope::Children));
-        assert_eq!(parse_pattern("/a/**").unwrap(), (PathBuf::from("/a"), Scope::Subtree));
-        assert_eq!(parse_pattern("/**").unwrap(), (PathBuf::from("/"), Scope::Subtree));
-        assert_eq!(parse_pattern("/a/**/b").unwrap_err().0, 3);
-        assert_eq!(parse_pattern("/a/*.log").unwrap_err().0, 3);
-        assert!(parse_pattern("/a/../b").is_err());
-        assert!(parse_pattern("a/b").is_err());
     }
 
     #[test]
@@ -1095,28 +1022,25 @@ path = "/usr/sbin/nginx"
 
     #[test]
     fn duplicate_targets_point_at_the_second_file() {
-        let a = parse(Path::new("a.toml"), "cgroup = \"x\"\nmode = \"enforce\"\ndefault = \"deny\"\n", Path::new(ROOT)).unwrap();
-        let b = parse(Path::new("b.toml"), "# again\nmode = \"audit\"\ndefault = \"deny\"\nunit = \"x\"\n", Path::new(ROOT));
-        // `unit = "x"` is not a unit name; use a cgroup path that collides instead.
-        assert!(b.is_err());
-        let b = parse(Path::new("b.toml"), "# again\nmode = \"audit\"\ndefault = \"deny\"\ncgroup = \"/sys/fs/cgroup/x\"\n", Path::new(ROOT)).unwrap();
+        let h = host();
+        let a = parse(Path::new("a.toml"), "cgroup = \"x\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
+        let b = parse(Path::new("b.toml"), "# again\nmode = \"audit\"\ndefault = \"deny\"\ncgroup = \"/sys/fs/cgroup/x\"\n", &h).unwrap();
         let errors = check_conflicts(&[a.clone(), b]);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].location, Location { file: "b.toml".into(), line: 4, column: 10 });
         assert!(errors[0].message.contains("duplicate target"), "{}", errors[0].message);
-        let c = parse(Path::new("c/a.toml"), "cgroup = \"y\"\nmode = \"enforce\"\ndefault = \"deny\"\n", Path::new(ROOT)).unwrap();
+        let c = parse(Path::new("c/a.toml"), "cgroup = \"y\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
         let errors = check_conflicts(&[a, c]);
         assert!(errors[0].message.contains("duplicate policy name"), "{}", errors[0].message);
+        let u1 = parse(Path::new("u1.toml"), "unit = \"w.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
+        let u2 = parse(Path::new("u2.toml"), "unit = \"w.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
+        assert!(check_conflicts(&[u1, u2])[0].message.contains("duplicate target"));
     }
 
     #[test]
     fn name_defaults_to_file_stem() {
-        let p = parse(
-            Path::new("/etc/systrace/sshd.toml"),
-            "cgroup = \"a\"\nmode = \"audit\"\ndefault = \"allow\"\n",
-            Path::new(ROOT),
-        )
-        .unwrap();
+        let p = parse(Path::new("/etc/systrace/sshd.toml"), "cgroup = \"a\"\nmode = \"audit\"\ndefault = \"allow\"\n", &host())
+            .unwrap();
         assert_eq!(p.name, "sshd");
     }
 
@@ -1130,10 +1054,27 @@ path = "/usr/sbin/nginx"
     #[test]
     fn bad_access_kind_points_at_the_value() {
         let (line, col, msg) = error_at(
-            "cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"/x\"\naccess = [\"read\", \"chmod\"]\n",
+            "cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"/x\"\naccess = [\"read\", \"chmodd\"]\n",
         );
         assert_eq!((line, col), (6, 19));
-        assert!(msg.contains("chmod"), "{msg}");
+        assert!(msg.contains("chmodd"), "{msg}");
+    }
+
+    #[test]
+    fn metadata_access_kinds() {
+        let p = parse_str(&format!("{HEAD}[[file]]\npath = \"/x\"\naccess = [\"chmod\", \"chown\", \"map\"]\n")).unwrap();
+        assert_eq!(p.files[0].access, access::CHMOD | access::CHOWN | access::MAP);
+    }
+
+    #[test]
+    fn includes_expand_and_unknown_ones_are_located() {
+        let p = parse_str(&format!("{HEAD}include = [\"libraries\"]\n")).unwrap();
+        assert!(p.files.iter().any(|f| f.path == Path::new("/usr/lib") && f.scope == Scope::Subtree
+            && f.access == access::READ | access::MAP));
+        assert!(p.files.iter().all(|f| f.access & access::EXEC == 0), "libraries must not grant exec");
+        let (line, col, msg) = error_at(&format!("{HEAD}include = [\"libraries\", \"kitchen-sink\"]\n"));
+        assert_eq!((line, col), (4, 25));
+        assert!(msg.contains("unknown include"), "{msg}");
     }
 
     #[test]
@@ -1170,19 +1111,24 @@ path = "/usr/sbin/nginx"
         assert_eq!((line, col), (5, 2));
     }
 
-    struct Table(HashMap<PathBuf, (u64, u64)>);
+    /// Canonicalizes by a table of symlinked prefixes.
+    struct Links(Vec<(PathBuf, PathBuf)>);
 
-    impl Resolver for Table {
-        fn file_id(&self, path: &Path) -> std::io::Result<(u64, u64)> {
-            self.0.get(path).copied().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
-        }
-        fn cgroup_id(&self, _: &Path) -> std::io::Result<u64> {
-            Ok(4242)
+    impl Resolver for Links {
+        fn canonical(&self, path: &Path) -> PathBuf {
+            for (from, to) in &self.0 {
+                if let Ok(rest) = path.strip_prefix(from) {
+                    return to.join(rest);
+                }
+            }
+            path.to_path_buf()
         }
     }
 
+    const KEY: [u64; 2] = [3, 4];
+
     #[test]
-    fn compile_merges_rules_per_inode_and_scope() {
+    fn compile_builds_the_name_tree_and_inode_anchors() {
         let text = r#"
 cgroup = "c"
 mode = "audit"
@@ -1191,11 +1137,7 @@ default = "allow"
 path = "/a"
 access = ["read"]
 [[file]]
-path = "/a-hardlink"
-access = ["write"]
-verdict = "audit"
-[[file]]
-path = "/missing"
+path = "/lib/x/**"
 access = ["read"]
 [[file]]
 path = "/d/**"
@@ -1212,30 +1154,27 @@ path = "/a"
 verdict = "deny"
 "#;
         let policy = parse_str(text).unwrap();
-        let table = Table(HashMap::from([
-            (PathBuf::from("/a"), (1, 10)),
-            (PathBuf::from("/a-hardlink"), (1, 10)),
-            (PathBuf::from("/d"), (1, 20)),
-        ]));
-        let c = compile(&policy, &table).unwrap();
-        assert_eq!(c.cgroup_id, 4242);
+        let links = Links(vec![(PathBuf::from("/lib"), PathBuf::from("/usr/lib"))]);
+        let c = compile(&policy, &links, KEY).unwrap();
         assert_eq!(c.info.mode, systrace_common::Mode::Audit as u8);
         assert_eq!(c.info.default, systrace_common::Default::Allow as u8);
-        assert_eq!(c.rules.len(), 2);
-        let file = c.rules[&(1, 10)];
-        assert_eq!(file.exact.allow, access::READ | access::WRITE | access::APPEND);
-        assert_eq!(file.exact.audit, access::WRITE | access::APPEND);
-        assert_eq!(file.exact.deny, access::EXEC);
-        assert_eq!(file.subtree, RuleSet::default());
-        let dir = c.rules[&(1, 20)];
+        assert_eq!(c.info.denied_somewhere, access::CREATE | access::EXEC | access::MAP);
+        let root = c.tree.entries[&(0, 0)].node;
+        let a = c.tree.entries[&(root, name_hash(KEY, b"a"))].rule;
+        assert_eq!(a.exact, RuleSet { allow: access::READ, deny: access::EXEC | access::MAP, audit: 0 });
+        let d = c.tree.entries[&(root, name_hash(KEY, b"d"))].rule;
         // Both rules on /d/** merge; the kernel lets deny win for create.
-        assert_eq!(dir.subtree, RuleSet { allow: access::READ | access::CREATE, deny: access::CREATE, audit: 0 });
-        assert_eq!(dir.children, RuleSet { allow: access::DELETE, deny: 0, audit: 0 });
-        assert_eq!(dir.exact, RuleSet::default());
-        assert_eq!(c.paths[&(1, 10)], PathBuf::from("/a"));
-        assert_eq!(c.warnings.len(), 1);
-        assert_eq!(c.warnings[0].location.line, 13);
-        assert!(c.warnings[0].to_string().starts_with("p.toml:13:8: warning: /missing"));
+        assert_eq!(d.subtree, RuleSet { allow: access::READ | access::CREATE, deny: access::CREATE, audit: 0 });
+        assert_eq!(d.children, RuleSet { allow: access::DELETE, deny: 0, audit: 0 });
+        // The symlinked /lib is matched as the path the kernel sees.
+        let usr = c.tree.entries[&(root, name_hash(KEY, b"usr"))].node;
+        let lib = c.tree.entries[&(usr, name_hash(KEY, b"lib"))].node;
+        assert!(c.tree.entries.contains_key(&(lib, name_hash(KEY, b"x"))));
+        assert!(!c.tree.entries.contains_key(&(root, name_hash(KEY, b"lib"))));
+        // Deny rules follow the inode too.
+        assert_eq!(c.inode_anchors.len(), 2);
+        assert_eq!(c.inode_anchors[Path::new("/a")].exact.deny, access::EXEC | access::MAP);
+        assert_eq!(c.inode_anchors[Path::new("/d")].subtree.deny, access::CREATE);
     }
 
     #[test]
@@ -1272,6 +1211,18 @@ ports = 443
         assert_eq!(v6, 4);
     }
 
+    #[test]
+    fn loopback_and_local_addresses() {
+        let p = parse_str(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"loopback\"\nverdict = \"deny\"\n")).unwrap();
+        assert_eq!(p.net.len(), 2);
+        assert!(p.net.iter().any(|r| r.family == net::AF_INET && r.prefix == 8));
+        assert!(p.net.iter().any(|r| r.family == net::AF_INET6 && r.prefix == 128));
+        let p = parse_str(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"local\"\nfamily = \"inet\"\n")).unwrap();
+        assert_eq!(p.net.len(), 2, "127.0.0.0/8 and 10.0.2.15: {:?}", p.net);
+        let (_, _, msg) = error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\naddress = \"::1\"\nfamily = \"inet\"\n"));
+        assert!(msg.contains("not of the rule's family"), "{msg}");
+    }
+
     const HEAD: &str = "cgroup = \"c\"\nmode = \"enforce\"\ndefault = \"deny\"\n";
 
     #[test]
@@ -1282,10 +1233,10 @@ ports = 443
         let (line, col, msg) = error_at(&format!("{HEAD}capabilities = [\"chown\", \"fly\"]\n"));
         assert_eq!((line, col), (4, 26));
         assert!(msg.contains("unknown capability"), "{msg}");
-        let table = Table(HashMap::new());
-        let deny = compile(&parse_str(HEAD).unwrap(), &table).unwrap();
+        let links = Links(vec![]);
+        let deny = compile(&parse_str(HEAD).unwrap(), &links, KEY).unwrap();
         assert_eq!(deny.info.capabilities, 0);
-        let allow = compile(&parse_str(&HEAD.replace("deny", "allow")).unwrap(), &table).unwrap();
+        let allow = compile(&parse_str(&HEAD.replace("deny", "allow")).unwrap(), &links, KEY).unwrap();
         assert_eq!(allow.info.capabilities, u64::MAX);
         assert_eq!(capability_names(allow.info.capabilities), vec!["all"]);
     }
@@ -1310,20 +1261,27 @@ ports = 443
         let text = format!(
             "{HEAD}[[socket]]\nfamily = \"packet\"\nverdict = \"deny\"\n\
              [[socket]]\nfamily = \"inet\"\ntype = \"raw\"\nverdict = \"deny\"\n\
+             [[socket]]\nfamily = \"inet6\"\nprotocol = \"sctp\"\nverdict = \"deny\"\n\
              [[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"10.0.0.0/8\"\n\
              [[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"/run/x.sock\"\n"
         );
         let p = parse_str(&text).unwrap();
-        let s = compile_sockets(&p);
-        assert_eq!(s[&(17, SocketKey::ANY_TYPE)], rule_verdict::DENY);
-        assert_eq!(s[&(2, 3)], rule_verdict::DENY);
-        // tcp to an IPv4 net: stream sockets of inet, and of inet6 for mapped addresses.
-        assert_eq!(s[&(2, 1)], rule_verdict::ALLOW);
-        assert_eq!(s[&(10, 1)], rule_verdict::ALLOW);
-        assert!(!s.contains_key(&(2, 2)));
-        assert_eq!(s[&(1, SocketKey::ANY_TYPE)], rule_verdict::ALLOW);
-        let (_, _, msg) = error_at(&format!("{HEAD}[[socket]]\nfamily = \"bluetooth\"\n"));
+        let s = compile_sockets(&p.sockets, &p.net, &p.unix);
+        let any = SocketKey::ANY;
+        assert_eq!(s[&(17, any, any)], rule_verdict::DENY);
+        assert_eq!(s[&(2, 3, any)], rule_verdict::DENY);
+        assert_eq!(s[&(10, 1, 132)], rule_verdict::DENY);
+        assert_eq!(s[&(10, 5, 132)], rule_verdict::DENY);
+        // tcp to an IPv4 net: TCP (and MPTCP) stream sockets of inet, and of inet6 for mapped addresses.
+        assert_eq!(s[&(2, 1, 6)], rule_verdict::ALLOW);
+        assert_eq!(s[&(2, 1, 262)], rule_verdict::ALLOW);
+        assert_eq!(s[&(10, 1, 6)], rule_verdict::ALLOW);
+        assert!(!s.contains_key(&(2, 2, 17)));
+        assert_eq!(s[&(1, any, any)], rule_verdict::ALLOW);
+        let (_, _, msg) = error_at(&format!("{HEAD}[[socket]]\nfamily = \"appletalk\"\n"));
         assert!(msg.contains("unknown socket family"), "{msg}");
+        let (_, _, msg) = error_at(&format!("{HEAD}[[socket]]\nfamily = \"unix\"\nprotocol = \"tcp\"\n"));
+        assert!(msg.contains("inet and inet6"), "{msg}");
     }
 
     #[test]
@@ -1356,17 +1314,17 @@ ports = 443
     }
 
     #[test]
-    fn cidr_parsing() {
-        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().2, 8);
-        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().1[..4], [10, 0, 0, 0]);
-        let (f, a, b) = parse_cidr("::ffff:10.0.0.1").unwrap();
-        assert_eq!((f, &a[..4], b), (net::AF_INET, &[10u8, 0, 0, 1][..], 32));
-        assert_eq!(parse_cidr("::1").unwrap().0, net::AF_INET6);
-        assert!(parse_cidr("10.0.0.1/33").is_err());
-        assert!(parse_cidr("example.com").is_err());
+    fn port_range_errors_are_located() {
         let (line, col, msg) = error_at("cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[net]]\noperations = [\"connect\"]\nports = \"90-80\"\n");
         assert_eq!((line, col), (6, 9));
         assert!(msg.contains("backwards"), "{msg}");
+    }
+
+    #[test]
+    fn canonical_prefix_keeps_what_does_not_exist() {
+        let canon = |p: &Path| (p == Path::new("/lib")).then(|| PathBuf::from("/usr/lib"));
+        assert_eq!(canonical_prefix(Path::new("/lib/x/y"), canon), PathBuf::from("/usr/lib/x/y"));
+        assert_eq!(canonical_prefix(Path::new("/none/x"), |_| None), PathBuf::from("/none/x"));
     }
 
     #[test]
@@ -1379,7 +1337,7 @@ ports = 443
     #[test]
     fn access_names_follow_bits() {
         assert_eq!(access_names(access::READ | access::EXEC), vec!["read", "exec"]);
-        assert_eq!(access_names(access::CREATE | access::RENAME), vec!["create", "rename"]);
+        assert_eq!(access_names(access::CREATE | access::RENAME | access::CHMOD), vec!["create", "rename", "chmod"]);
         assert!(access_names(0).is_empty());
     }
 }
