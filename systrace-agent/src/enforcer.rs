@@ -109,6 +109,8 @@ pub struct Enforcer {
     /// The half of the binding tables in force.
     active: u32,
     in_force: Written,
+    /// The identity probe, attached the first time it is needed.
+    probe: Option<aya::programs::lsm::LsmLinkId>,
     next_slot: u32,
     name_key: [u64; 2],
 }
@@ -215,6 +217,7 @@ impl Enforcer {
             pinned_ids: Vec::new(),
             active: 0,
             in_force: Written::default(),
+            probe: None,
             next_slot: 1,
             name_key,
         })
@@ -521,20 +524,22 @@ impl Enforcer {
             }
         }
         if !paths.is_empty() {
-            let program: &mut Lsm = self
-                .bpf
-                .program_mut(Hook::InodeGetattr.name())
-                .context("the identity probe program is missing")?
-                .try_into()?;
-            let link = program.attach().context("attaching the identity probe")?;
+            if self.probe.is_none() {
+                // Kept attached from then on: it costs a stat() one array
+                // lookup, and attaching and detaching at every reload costs more.
+                let program: &mut Lsm = self
+                    .bpf
+                    .program_mut(Hook::InodeGetattr.name())
+                    .context("the identity probe program is missing")?
+                    .try_into()?;
+                self.probe = Some(program.attach().context("attaching the identity probe")?);
+            }
             let result = (|| -> Result<()> {
                 for (path, id) in paths.iter_mut() {
                     *id = self.identity(path)?;
                 }
                 Ok(())
             })();
-            let program: &mut Lsm = self.bpf.program_mut(Hook::InodeGetattr.name()).context("probe program")?.try_into()?;
-            let _ = program.detach(link);
             self.set_probe(ProbeRequest::default())?;
             result?;
         }

@@ -728,6 +728,13 @@ async fn serve(
         if reload {
             reload_at = None;
             generation += 1;
+            // Watch anew before reading: a renamed or recreated directory is
+            // watched under its name again, and a change made while this
+            // reload runs starts the next one.
+            match new_watcher() {
+                Ok(w) => watcher = w,
+                Err(e) => eprintln!("systrace-agent: watching the policy files again: {e:#}"),
+            }
             let started = std::time::Instant::now();
             let result = parse_all(sources)
                 .and_then(|parsed| compile_all(&parsed, enforcer.name_key()))
@@ -756,11 +763,6 @@ async fn serve(
                 }
             }
             out.flush();
-            // A renamed or recreated directory: watch what now bears the names.
-            match new_watcher() {
-                Ok(w) => watcher = w,
-                Err(e) => eprintln!("systrace-agent: watching the policy files again: {e:#}"),
-            }
         }
     };
     // Drain what is left so the final counts add up.

@@ -32,6 +32,12 @@ const O_ACCMODE: u32 = 0o3;
 const O_TRUNC: u32 = 0o1000;
 const O_APPEND: u32 = 0o2000;
 
+const S_IFMT: u16 = 0o170_000;
+const S_IFREG: u16 = 0o100_000;
+const S_IFDIR: u16 = 0o040_000;
+const S_IFLNK: u16 = 0o120_000;
+const S_IFBLK: u16 = 0o060_000;
+
 const MAY_WRITE: i32 = 0x2;
 const MAY_READ: i32 = 0x4;
 const MAY_APPEND: i32 = 0x8;
@@ -162,9 +168,17 @@ fn permission(ctx: &LsmContext) -> i32 {
     ) else {
         return check_unreadable(&subject, Hook::FilePermission, access::READ, EACCES);
     };
-    if mode & FMODE_EXEC != 0 {
+    if mode & FMODE_EXEC != 0 || flags & __FMODE_EXEC != 0 {
         // The kernel reading a binary it is executing: exec was decided.
         return 0;
+    }
+    // Files and directories only. Pipes, sockets and terminals are not file
+    // access (sockets are decided where they connect and send), and a
+    // descriptor of the kernel's own (an eventfd) has no path.
+    match unsafe { kernel::file_inode(file).and_then(|i| kernel::inode_mode(i)) } {
+        Ok(m) if matches!(m & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK) => {}
+        Ok(_) => return 0,
+        Err(_) => return check_unreadable(&subject, Hook::FilePermission, access::READ, EACCES),
     }
     let mut needed = 0;
     if mask & MAY_READ != 0 {

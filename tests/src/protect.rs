@@ -277,9 +277,9 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
 
     let first = Agent::start(agent_bin, &[policy])?;
     let first_pid = first.pid();
-    expect(cg, &["open", t, "r"], EPERM)?;
+    expect(cg, &["open", t, "r"], EACCES)?;
     first.kill_hard()?;
-    expect(cg, &["open", t, "r"], EPERM).context("after SIGKILL of the agent")?;
+    expect(cg, &["open", t, "r"], EACCES).context("after SIGKILL of the agent")?;
     ensure!(Path::new(PIN_ROOT).join(first_pid.to_string()).exists(), "the killed agent's pins are gone");
 
     let second = Agent::start(agent_bin, &[policy])?;
@@ -288,7 +288,7 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
         "the new agent left the dead one's pins: {:?}",
         pinned_dirs()
     );
-    expect(cg, &["open", t, "r"], EPERM).context("after the take-over")?;
+    expect(cg, &["open", t, "r"], EACCES).context("after the take-over")?;
     let (code, _) = second.stop()?;
     ensure!(code == 0, "second agent exit code {code}");
     ensure!(pinned_dirs().is_empty(), "pins after a clean stop: {:?}", pinned_dirs());
@@ -299,9 +299,9 @@ fn pins_outlive(agent_bin: &Path, policy: &Path, cg: &Path) -> Result<()> {
     let status = Command::new(agent_bin).arg("detach").status()?;
     ensure!(status.success(), "systrace-agent detach with an agent running: {status}");
     ensure!(Path::new(PIN_ROOT).join(third.pid().to_string()).exists(), "detach removed a running agent's pins");
-    expect(cg, &["open", t, "r"], EPERM).context("detach with an agent running")?;
+    expect(cg, &["open", t, "r"], EACCES).context("detach with an agent running")?;
     third.kill_hard()?;
-    expect(cg, &["open", t, "r"], EPERM)?;
+    expect(cg, &["open", t, "r"], EACCES)?;
     let status = Command::new(agent_bin).arg("detach").status()?;
     ensure!(status.success(), "systrace-agent detach: {status}");
     ensure!(pinned_dirs().is_empty(), "pins after detach: {:?}", pinned_dirs());

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{agent::Agent, op};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const EPERM: i32 = 1;
+const EACCES: i32 = 13;
 const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 /// The files and cgroups the cases use.
@@ -200,21 +200,21 @@ fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
 
     r.case("write_to_read_only_rule_is_eperm", || {
         let out = op::run(Some(&w.confined), &w.readable, "w")?;
-        expect_errno(&out, EPERM, "write of a read-only file")?;
+        expect_errno(&out, EACCES, "write of a read-only file")?;
         let ev = event_for(&mut agent, &out, &w.readable)?;
         ensure!(ev["verdict"] == "denied", "verdict {}", ev["verdict"]);
         ensure!(ev["requested"] == serde_json::json!(["write"]), "requested {}", ev["requested"]);
         let out = op::run(Some(&w.confined), &w.readable, "a")?;
-        expect_errno(&out, EPERM, "append to a read-only file")
+        expect_errno(&out, EACCES, "append to a read-only file")
     });
 
     r.case("unlisted_file_under_default_deny_is_eperm", || {
-        expect_errno(&op::run(Some(&w.confined), &w.unlisted, "r")?, EPERM, "read of an unlisted file")
+        expect_errno(&op::run(Some(&w.confined), &w.unlisted, "r")?, EACCES, "read of an unlisted file")
     });
 
     r.case("denial_event_names_inode_cgroup_pid_comm", || {
         let out = op::run(Some(&w.confined), &w.unlisted, "r")?;
-        expect_errno(&out, EPERM, "read of an unlisted file")?;
+        expect_errno(&out, EACCES, "read of an unlisted file")?;
         let ev = event_for(&mut agent, &out, &w.unlisted)?;
         let checks: [(&str, Value); 10] = [
             ("hook", "file_open".into()),
@@ -246,7 +246,7 @@ fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     r.case("child_cgroup_inherits_policy", || {
         expect_errno(&op::run(Some(&w.child), &w.readable, "r")?, 0, "read of a read rule from the child")?;
         let out = op::run(Some(&w.child), &w.unlisted, "r")?;
-        expect_errno(&out, EPERM, "unlisted file from the child")?;
+        expect_errno(&out, EACCES, "unlisted file from the child")?;
         let ev = event_for(&mut agent, &out, &w.unlisted)?;
         ensure!(ev["cgroup_id"] == ino(&w.child)?, "event cgroup_id {} is not the child's", ev["cgroup_id"]);
         ensure!(ev["policy"] == "test-enforce", "policy {}", ev["policy"]);
