@@ -560,7 +560,16 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
                 }
             }
         }
-        PATHLESS => {}
+        // An object of the kernel's own (a pipe, a socket, a pidfd, a memfd):
+        // no rule can name it. Reading and writing it is not file access and
+        // is allowed; running or mapping it as code is decided as if every
+        // deny rule of the policy might be about it.
+        PATHLESS => {
+            let code = requested & (systrace_common::access::EXEC | systrace_common::access::MAP);
+            w.decided = requested & !code;
+            w.allowed = requested & !code;
+            res.undecided = code != 0;
+        }
         // UNDECIDED, or the climb ran out of steps.
         _ => res.undecided = true,
     }

@@ -29,12 +29,25 @@ impl Agent {
 
     /// Starts `agent run ARGS...` and waits until it says it is enforcing.
     pub fn start_args(agent: &Path, args: &[&std::ffi::OsStr]) -> Result<Agent> {
-        let mut child = Command::new(agent)
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        Self::spawn(Command::new(agent).arg("run").args(args))
+    }
+
+    /// Starts `agent run ARGS...` in the cgroup `cgroup` (made if missing).
+    pub fn start_in_cgroup(agent: &Path, cgroup: &Path, args: &[&std::ffi::OsStr]) -> Result<Agent> {
+        use std::os::unix::process::CommandExt;
+        std::fs::create_dir_all(cgroup)?;
+        let procs = cgroup.join("cgroup.procs");
+        let mut cmd = Command::new(agent);
+        cmd.arg("run").args(args);
+        // SAFETY: the closure only writes to a file, which is fine between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        Self::spawn(&mut cmd)
+    }
+
+    fn spawn(cmd: &mut Command) -> Result<Agent> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = channel();
         std::thread::spawn(move || {

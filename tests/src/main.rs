@@ -7,6 +7,7 @@
 //! process is what puts it, and only it, in the confined cgroup.
 
 mod agent;
+mod attack;
 mod bench;
 mod bypass;
 mod lang;

@@ -53,6 +53,27 @@ pub fn run_args(cgroup: Option<&Path>, args: &[&OsStr]) -> anyhow::Result<Outcom
     serde_json::from_slice(&out.stdout).with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Like [`run_args`], with `fd` (a descriptor of ours) handed to the workload
+/// as its descriptor 3, as a process inherits one across exec.
+pub fn run_args_inherit(cgroup: Option<&Path>, args: &[&OsStr], fd: i32) -> anyhow::Result<Outcome> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = command(cgroup, args)?;
+    // SAFETY: dup2 is async-signal-safe; the descriptor is ours and open.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        anyhow::bail!("workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// `open PATH r|w|a` in `cgroup`.
 pub fn run(cgroup: Option<&Path>, path: &Path, mode: &str) -> anyhow::Result<Outcome> {
     run_args(cgroup, &["open".as_ref(), path.as_os_str(), mode.as_ref()])
@@ -159,10 +180,59 @@ fn open_errno(path: &CString, flags: libc::c_int) -> i32 {
 }
 
 pub fn main(args: &[String]) -> ExitCode {
-    let (cgroup, rest) = match args {
-        [flag, cg, rest @ ..] if flag == "--cgroup" => (Some(cg.as_str()), rest),
-        rest => (None, rest),
-    };
+    // Leading options: the cgroup to join, and what to hold before joining it.
+    let mut cgroup = None;
+    let mut pre = crate::attack::Prepared::default();
+    let mut rest = args;
+    loop {
+        match rest {
+            [flag, value, tail @ ..] if flag == "--cgroup" => {
+                cgroup = Some(value.as_str());
+                rest = tail;
+            }
+            [flag, value, tail @ ..] if flag == "--pre-open" => {
+                let (path, mode) = value.rsplit_once(':').unwrap_or((value, "r"));
+                let flags = match mode {
+                    "w" => libc::O_WRONLY,
+                    "rw" => libc::O_RDWR,
+                    _ => libc::O_RDONLY,
+                };
+                // SAFETY: a valid C string.
+                let fd = unsafe { libc::open(c(path).as_ptr(), flags) };
+                if fd < 0 {
+                    eprintln!("op: --pre-open {path}: {}", std::io::Error::last_os_error());
+                    return ExitCode::FAILURE;
+                }
+                pre.fd = Some(fd);
+                rest = tail;
+            }
+            [flag, value, tail @ ..] if flag == "--inherited-fd" => {
+                pre.fd = value.parse().ok();
+                rest = tail;
+            }
+            [flag, value, tail @ ..] if flag == "--pre-dir" => {
+                // SAFETY: a valid C string.
+                let fd = unsafe { libc::open(c(value).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+                if fd < 0 {
+                    eprintln!("op: --pre-dir {value}: {}", std::io::Error::last_os_error());
+                    return ExitCode::FAILURE;
+                }
+                pre.dir = Some(fd);
+                rest = tail;
+            }
+            [flag, value, tail @ ..] if flag == "--pre-read" => {
+                match std::fs::read(value) {
+                    Ok(bytes) => pre.bytes = Some(bytes),
+                    Err(e) => {
+                        eprintln!("op: --pre-read {value}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                rest = tail;
+            }
+            _ => break,
+        }
+    }
     let Some((verb, operands)) = rest.split_first() else {
         eprintln!("op: expected an operation");
         return ExitCode::from(2);
@@ -190,6 +260,11 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let need_b = || b.clone().expect("second operand");
     let mut outcome = Outcome { pid, tgid, comm, errno: 0, rounds: 0, wrong: 0, ns_per_op: 0.0 };
+    if let Some(errno) = crate::attack::run(verb, operands, &mut pre, &mut outcome) {
+        outcome.errno = errno;
+        println!("{}", serde_json::to_string(&outcome).expect("serializable"));
+        return ExitCode::SUCCESS;
+    }
     let count = |i: usize| operands.get(i).and_then(|n| n.parse::<u64>().ok()).unwrap_or(1);
     // SAFETY (all arms): the arguments are valid C strings.
     outcome.errno = match verb.as_str() {
@@ -459,7 +534,8 @@ pub fn main(args: &[String]) -> ExitCode {
         "socket" => {
             // socket FAMILY TYPE (numbers)
             let n = |i: usize| operands.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(-1);
-            let fd = unsafe { libc::socket(n(0), n(1) | libc::SOCK_CLOEXEC, 0) };
+            let protocol = operands.get(2).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+            let fd = unsafe { libc::socket(n(0), n(1) | libc::SOCK_CLOEXEC, protocol) };
             if fd >= 0 {
                 unsafe { libc::close(fd) };
             }

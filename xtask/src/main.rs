@@ -158,15 +158,14 @@ fn host_tests() -> Result<Tally> {
     Ok(tally)
 }
 
-fn vm_payload(bins: &Binaries, script: String) -> vm::Payload {
-    vm::Payload {
-        files: vec![
-            (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
-            (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
-            (workspace_root().join("policies/demo.toml"), "/etc/systrace/demo.toml".into()),
-        ],
-        script,
-    }
+fn vm_payload(bins: &Binaries, kernel: &setup::Kernel, script: String) -> vm::Payload {
+    let mut files = vec![
+        (bins.agent.clone(), "/usr/bin/systrace-agent".into()),
+        (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".into()),
+        (workspace_root().join("policies/demo.toml"), "/etc/systrace/demo.toml".into()),
+    ];
+    files.extend(vm::module_files(kernel));
+    vm::Payload { files, script }
 }
 
 fn vm_command(kernel: &str, command: &str) -> Result<()> {
@@ -174,7 +173,7 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
     setup::all()?;
     let bins = build()?;
     let kernel = setup::kernel(spec)?;
-    let initrd = vm::initramfs("command", &vm_payload(&bins, command.to_string()))?;
+    let initrd = vm::initramfs("command", &vm_payload(&bins, &kernel, command.to_string()))?;
     if !vm::boot(&kernel, spec.cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(1800), |line| println!("{line}"))? {
         bail!("the VM did not finish");
     }
@@ -185,11 +184,11 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
 /// suite and the policy-language suite with the BPF LSM active, and the refusal
 /// check with it left out of `lsm=`.
 /// One kernel's results: its name, the tally of TEST lines, and the bypass
-/// table's (case, outcome) rows.
+/// table's (case, policy style, outcome) rows.
 struct KernelRun {
     name: String,
     tally: Tally,
-    bypass: Vec<(String, String)>,
+    bypass: Vec<(String, String, String)>,
 }
 
 fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
@@ -204,7 +203,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
     let mut tally = Tally::default();
     let started = Instant::now();
     for (scenario, cmdline) in scenarios {
-        let payload = vm_payload(bins, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
+        let payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
         let initrd = vm::initramfs(scenario, &payload)?;
         // The guest kernel sometimes oopses while patching its own code at boot
         // (int3 in sched_clock_cpu under two TCG vCPUs), before init has run. Such a
@@ -227,8 +226,11 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
                 if let Some(rest) = line.strip_prefix("VMTEST ") {
                     summary = Some(rest.to_string());
                 }
-                if let Some((case, word)) = line.strip_prefix("BYPASS ").and_then(|r| r.split_once(' ')) {
-                    bypass.push((case.to_string(), word.to_string()));
+                if let Some(rest) = line.strip_prefix("BYPASS ") {
+                    let parts: Vec<&str> = rest.split_whitespace().collect();
+                    if let [case, style, word] = parts[..] {
+                        bypass.push((case.to_string(), style.to_string(), word.to_string()));
+                    }
                 }
             })?;
             let tested_nothing = run.passed + run.failed == 0;
@@ -249,35 +251,40 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
     Ok(KernelRun { name: format!("kernel {} ({})", kernel.release, spec.debian), tally, bypass })
 }
 
-/// Prints the bypass suite as a case × kernel table and returns its own tally:
-/// a cell passes when the attack was denied or is out of scope; BYPASSED or a
+/// Prints the bypass suite as a case × (kernel, policy style) table and returns
+/// its own tally: a cell passes when the attack was denied; BYPASSED or a
 /// missing cell (the VM stopped before the case ran) fails.
-fn bypass_table(columns: &[(String, Vec<(String, String)>)]) -> Tally {
+fn bypass_table(kernels: &[(String, Vec<(String, String, String)>)]) -> Tally {
     let mut cases: Vec<&str> = Vec::new();
-    for (_, rows) in columns {
-        for (case, _) in rows {
+    let mut columns: Vec<(String, String)> = Vec::new();
+    for (kernel, rows) in kernels {
+        for (case, style, _) in rows {
             if !cases.contains(&case.as_str()) {
                 cases.push(case);
+            }
+            if !columns.contains(&(kernel.clone(), style.clone())) {
+                columns.push((kernel.clone(), style.clone()));
             }
         }
     }
     let width = cases.iter().map(|c| c.len()).max().unwrap_or(4).max(4);
     let mut header = format!("{:width$}", "case");
-    for (kernel, _) in columns {
-        header.push_str(&format!("  {kernel:<12}"));
+    for (kernel, style) in &columns {
+        header.push_str(&format!("  {:<11}", format!("{kernel}/{style}")));
     }
     println!("{}", header.trim_end());
     let mut tally = Tally::default();
     for case in &cases {
         let mut line = format!("{case:width$}");
-        for (_, rows) in columns {
-            let cell = rows.iter().find(|(c, _)| c == case).map_or("missing", |(_, w)| w.as_str());
-            if cell == "denied" || cell == "out-of-scope" {
+        for (kernel, style) in &columns {
+            let rows = &kernels.iter().find(|(k, _)| k == kernel).expect("a kernel of the table").1;
+            let cell = rows.iter().find(|(c, s, _)| c == case && s == style).map_or("missing", |(_, _, w)| w.as_str());
+            if cell == "denied" {
                 tally.passed += 1;
             } else {
                 tally.failed += 1;
             }
-            line.push_str(&format!("  {cell:<12}"));
+            line.push_str(&format!("  {cell:<11}"));
         }
         println!("{}", line.trim_end());
     }
@@ -306,7 +313,7 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
         bypass.push((spec.label.to_string(), run.bypass));
     }
     println!();
-    println!("bypass suite (case x kernel):");
+    println!("bypass suite (case x kernel/policy style: deny = default deny, allow = default allow with deny rules):");
     let bypass_tally = bypass_table(&bypass);
     println!("bypass suite: {} passed, {} failed", bypass_tally.passed, bypass_tally.failed);
     println!();
@@ -319,7 +326,7 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
     // Each bypass case is also a TEST line in its kernel's tally; a missing
     // cell is not, so it is added here.
     let missing = bypass_tally.failed.saturating_sub(
-        bypass.iter().flat_map(|(_, rows)| rows).filter(|(_, w)| w == "BYPASSED").count(),
+        bypass.iter().flat_map(|(_, rows)| rows).filter(|(_, _, w)| w == "BYPASSED").count(),
     );
     total.failed += missing;
     println!("{} passed, {} failed", total.passed, total.failed);
@@ -409,7 +416,7 @@ fn bench(only: Option<&str>) -> Result<()> {
     let mut results: Vec<serde_json::Value> = Vec::new();
     for spec in specs {
         let kernel = setup::kernel(spec)?;
-        let initrd = vm::initramfs("bench", &vm_payload(&bins, "systrace-vmtest bench /usr/bin/systrace-agent".into()))?;
+        let initrd = vm::initramfs("bench", &vm_payload(&bins, &kernel, "systrace-vmtest bench /usr/bin/systrace-agent".into()))?;
         let mut done = false;
         let mut failure = None;
         // Instruction-counted time: with wall-clock time, host scheduling made the

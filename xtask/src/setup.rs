@@ -11,12 +11,18 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cache_dir, run, say};
 
-const PACKAGES: [(&str, &str); 4] = [
+const PACKAGES: [(&str, &str); 5] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
     ("debian-archive-keyring", "/usr/share/keyrings/debian-archive-keyring.gpg"),
+    ("xz-utils", "/usr/bin/xz"),
 ];
+
+/// Kernel modules the VM tests load (with what they depend on): SCTP for the
+/// network cases, loop, btrfs and overlay for the file systems file rules are
+/// tested on. The cloud kernels build them as modules.
+pub const MODULES: [&str; 4] = ["sctp", "loop", "btrfs", "overlay"];
 
 pub fn all() -> Result<()> {
     packages()?;
@@ -118,11 +124,12 @@ pub fn kernel_spec(label: &str) -> Result<KernelSpec> {
     })
 }
 
-/// A downloaded kernel image.
+/// A downloaded kernel image and the modules the tests load, in load order.
 pub struct Kernel {
     pub spec: KernelSpec,
     pub vmlinuz: PathBuf,
     pub release: String,
+    pub modules: Vec<PathBuf>,
 }
 
 /// Returns the cached kernel, downloading it on first use.
@@ -152,24 +159,102 @@ pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .context("apt-get download left no .deb")?;
     let unpacked = dir.join("unpacked");
+    if unpacked.exists() {
+        std::fs::remove_dir_all(&unpacked)?;
+    }
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
     let boot = unpacked.join("boot");
     let image = std::fs::read_dir(&boot)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
         .context("no vmlinuz in the kernel package")?;
+    say(&format!("extracting kernel modules {} and what they need", MODULES.join(", ")));
+    extract_modules(&unpacked, &dir.join("modules"))?;
     std::fs::copy(&image, dir.join(image.file_name().unwrap()))?;
     std::fs::remove_dir_all(&unpacked)?;
     std::fs::remove_dir_all(&download)?;
     find_vmlinuz(&dir, spec)?.context("kernel vanished after download")
 }
 
+/// Copies [`MODULES`] and the modules they depend on (from each module's
+/// `depends=` field) out of an unpacked kernel package into `out`,
+/// decompressed, with an `order` file listing them dependencies first.
+fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
+    let mut index = std::collections::BTreeMap::new();
+    let mut stack = vec![unpacked.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                if let Some(stem) = name.strip_suffix(".ko").or_else(|| name.strip_suffix(".ko.xz")) {
+                    index.insert(stem.replace('-', "_"), path.clone());
+                }
+            }
+        }
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out)?;
+    }
+    std::fs::create_dir_all(out)?;
+    let mut order: Vec<String> = Vec::new();
+    fn visit(
+        name: &str,
+        index: &std::collections::BTreeMap<String, PathBuf>,
+        out: &Path,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<()> {
+        let name = name.replace('-', "_");
+        if order.contains(&name) || depth > 16 {
+            return Ok(());
+        }
+        let Some(source) = index.get(&name) else {
+            // Built into this kernel.
+            return Ok(());
+        };
+        let bytes = if source.extension().is_some_and(|e| e == "xz") {
+            let o = Command::new("xz").arg("-dc").arg(source).output()?;
+            if !o.status.success() {
+                bail!("xz -dc {} failed", source.display());
+            }
+            o.stdout
+        } else {
+            std::fs::read(source)?
+        };
+        let depends = bytes
+            .windows(8)
+            .position(|w| w == b"depends=")
+            .map(|at| {
+                let rest = &bytes[at + 8..];
+                let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            })
+            .unwrap_or_default();
+        for dep in depends.split(',').filter(|d| !d.is_empty()) {
+            visit(dep, index, out, order, depth + 1)?;
+        }
+        std::fs::write(out.join(format!("{name}.ko")), &bytes)?;
+        order.push(name);
+        Ok(())
+    }
+    for m in MODULES {
+        visit(m, &index, out, &mut order, 0)?;
+    }
+    std::fs::write(out.join("order"), order.join("\n") + "\n")?;
+    Ok(())
+}
+
 fn find_vmlinuz(dir: &Path, spec: KernelSpec) -> Result<Option<Kernel>> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+    // A cache from before modules were kept is downloaded again.
+    let Ok(order) = std::fs::read_to_string(dir.join("modules/order")) else { return Ok(None) };
+    let modules: Vec<PathBuf> = order.lines().filter(|l| !l.is_empty()).map(|m| dir.join("modules").join(format!("{m}.ko"))).collect();
     for e in entries {
         let path = e?.path();
         if let Some(release) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")) {
-            return Ok(Some(Kernel { spec, release: release.to_string(), vmlinuz: path.clone() }));
+            return Ok(Some(Kernel { spec, release: release.to_string(), vmlinuz: path.clone(), modules }));
         }
     }
     Ok(None)

@@ -31,11 +31,18 @@ mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t securityfs securityfs /sys/kernel/security
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+if [ -f /lib/modules/systrace/order ]; then
+  for m in $(cat /lib/modules/systrace/order); do
+    insmod /lib/modules/systrace/$m.ko 2>/dev/null || echo "vm: module $m did not load"
+  done
+fi
 echo "vm: kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm)"
 "#;
 
@@ -46,6 +53,19 @@ fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>> {
         .lines()
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
         .collect())
+}
+
+/// The kernel's test modules and their load order, as payload files.
+pub fn module_files(kernel: &Kernel) -> Vec<(PathBuf, String)> {
+    let mut files: Vec<(PathBuf, String)> = kernel
+        .modules
+        .iter()
+        .filter_map(|m| Some((m.clone(), format!("/lib/modules/systrace/{}", m.file_name()?.to_str()?))))
+        .collect();
+    if let Some(first) = kernel.modules.first() {
+        files.push((first.with_file_name("order"), "/lib/modules/systrace/order".into()));
+    }
+    files
 }
 
 /// Writes the initramfs for `payload` and returns its path.

@@ -1,0 +1,446 @@
+//! The bypass suite's attacks: one system call (or a short chain) each, made by
+//! the `op` workload from inside its cgroup. Each returns 0 when the attack got
+//! through, or the errno that stopped it.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+use crate::op::Outcome;
+
+/// What the workload set up before it joined its cgroup: descriptors it held
+/// already (as a process moved into a cgroup would), and bytes it read.
+#[derive(Default)]
+pub struct Prepared {
+    /// `--pre-open PATH:MODE`: a descriptor opened outside the cgroup.
+    pub fd: Option<i32>,
+    /// `--pre-dir PATH`: a directory descriptor opened outside the cgroup.
+    pub dir: Option<i32>,
+    /// `--pre-read PATH`: a file's bytes, read outside the cgroup.
+    pub bytes: Option<Vec<u8>>,
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+}
+
+fn rc(r: libc::c_long) -> i32 {
+    if r < 0 {
+        errno()
+    } else {
+        0
+    }
+}
+
+fn num<T: std::str::FromStr>(operands: &[String], i: usize) -> Option<T> {
+    operands.get(i).and_then(|v| v.parse().ok())
+}
+
+/// A `sockaddr_in` for `ip:port` with the family the caller chooses (the
+/// kernel may take AF_UNSPEC as AF_INET).
+fn sockaddr_in(family: i32, ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    // SAFETY: zeroed is a valid sockaddr_in.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = family as libc::sa_family_t;
+    sa.sin_port = port.to_be();
+    sa.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+    sa
+}
+
+/// Sends `fd` over the connected unix socket `sock` (SCM_RIGHTS).
+pub fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
+    let mut byte = [b'x'];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr points at live buffers of the sizes given.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one descriptor over `sock`; `None` if the message came without one
+/// (the kernel drops descriptors an LSM refuses, and says MSG_CTRUNC).
+fn recv_fd(sock: i32) -> std::io::Result<Option<i32>> {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: as in send_fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Ok(None);
+        }
+        Ok(Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32)))
+    }
+}
+
+/// Connects to the unix socket at `path`.
+fn unix_connect(path: &str) -> std::io::Result<i32> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(stream))
+}
+
+/// Runs `verb`; `None` if it is not an attack of this module.
+pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Outcome) -> Option<i32> {
+    let arg = |i: usize| operands.get(i).map(|s| c(s));
+    // SAFETY (all arms): plain system calls on valid C strings and buffers of
+    // the sizes given; descriptors are ours.
+    Some(unsafe {
+        match verb {
+            "open-flags" => {
+                // open-flags PATH FLAGS(decimal): an open with raw flags (O_TRUNC, access mode 3).
+                let flags: i32 = num(operands, 1)?;
+                let fd = libc::open(arg(0)?.as_ptr(), flags | libc::O_CLOEXEC);
+                let e = if fd < 0 { errno() } else { 0 };
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                e
+            }
+            "renameat2" => {
+                // renameat2 A B FLAGS
+                let flags: u32 = num(operands, 2)?;
+                rc(libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    arg(0)?.as_ptr(),
+                    libc::AT_FDCWD,
+                    arg(1)?.as_ptr(),
+                    flags,
+                ))
+            }
+            "run" => {
+                // run PATH ARGS...: fork, exec, wait; the child's exit status
+                // (0: the program ran to its end).
+                let args: Vec<CString> = operands.iter().map(|a| c(a)).collect();
+                let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+                argv.push(std::ptr::null());
+                let child = libc::fork();
+                if child == 0 {
+                    libc::execv(argv[0], argv.as_ptr());
+                    libc::_exit(126);
+                }
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+                outcome.rounds = child as u64;
+                if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                }
+            }
+            "mprotect-exec" => {
+                // mprotect-exec PATH: map the file readable, then ask for execute.
+                let fd = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0);
+                libc::close(fd);
+                if map == libc::MAP_FAILED {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let e = rc(libc::mprotect(map, 4096, libc::PROT_READ | libc::PROT_EXEC) as libc::c_long);
+                libc::munmap(map, 4096);
+                e
+            }
+            "fd-write" => {
+                // fd-write: write to the descriptor held from before the cgroup.
+                let fd = pre.fd?;
+                rc(libc::write(fd, b"x".as_ptr().cast(), 1) as libc::c_long)
+            }
+            "fd-read" => {
+                let fd = pre.fd?;
+                let mut buf = [0u8; 16];
+                rc(libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) as libc::c_long)
+            }
+            "fd-ftruncate" => {
+                let fd = pre.fd?;
+                rc(libc::ftruncate(fd, 0) as libc::c_long)
+            }
+            "recv-fd-read" => {
+                // recv-fd-read SOCKPATH: take a descriptor a process outside
+                // sends, and read it. EACCES when the kernel dropped it.
+                let sock = match unix_connect(&operands[0]) {
+                    Ok(s) => s,
+                    Err(e) => return Some(e.raw_os_error().unwrap_or(-1)),
+                };
+                match recv_fd(sock) {
+                    Ok(Some(fd)) => {
+                        outcome.rounds = 1;
+                        let mut buf = [0u8; 16];
+                        rc(libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) as libc::c_long)
+                    }
+                    Ok(None) => libc::EACCES,
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                }
+            }
+            "fd-map" => {
+                // fd-map: map the submission queue of the io_uring ring held
+                // from before the cgroup (an inherited descriptor).
+                let fd = pre.fd?;
+                let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+                if map == libc::MAP_FAILED {
+                    errno()
+                } else {
+                    0
+                }
+            }
+            "recv-fd-map" => {
+                // recv-fd-map SOCKPATH: take a descriptor (an io_uring ring made
+                // outside) and map its submission queue.
+                let sock = match unix_connect(&operands[0]) {
+                    Ok(s) => s,
+                    Err(e) => return Some(e.raw_os_error().unwrap_or(-1)),
+                };
+                match recv_fd(sock) {
+                    Ok(Some(fd)) => {
+                        outcome.rounds = 1;
+                        let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+                        if map == libc::MAP_FAILED {
+                            errno()
+                        } else {
+                            0
+                        }
+                    }
+                    Ok(None) => libc::EPERM,
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                }
+            }
+            "pidfd-getfd" => {
+                // pidfd-getfd PID FD: take another process's descriptor.
+                let pid: i32 = num(operands, 0)?;
+                let target: i32 = num(operands, 1)?;
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+                if pidfd < 0 {
+                    return Some(errno());
+                }
+                rc(libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, target, 0))
+            }
+            "chmod" => rc(libc::chmod(arg(0)?.as_ptr(), u32::from_str_radix(&operands[1], 8).ok()?) as libc::c_long),
+            "chown" => rc(libc::chown(arg(0)?.as_ptr(), num(operands, 1)?, num(operands, 2)?) as libc::c_long),
+            "utimes" => rc(libc::utimensat(libc::AT_FDCWD, arg(0)?.as_ptr(), std::ptr::null(), 0) as libc::c_long),
+            "setxattr" => {
+                let value = operands.get(2).map_or(&b"v"[..], |v| v.as_bytes());
+                rc(libc::setxattr(arg(0)?.as_ptr(), arg(1)?.as_ptr(), value.as_ptr().cast(), value.len(), 0) as libc::c_long)
+            }
+            "removexattr" => rc(libc::removexattr(arg(0)?.as_ptr(), arg(1)?.as_ptr()) as libc::c_long),
+            "setacl" => {
+                // setacl PATH: a POSIX access ACL granting the owner, group and
+                // others read, and user 1000 read-write.
+                let mut acl: Vec<u8> = 2u32.to_le_bytes().to_vec();
+                for (tag, perm, id) in [(0x01u16, 6u16, u32::MAX), (0x02, 6, 1000), (0x04, 4, u32::MAX), (0x10, 6, u32::MAX), (0x20, 4, u32::MAX)] {
+                    acl.extend_from_slice(&tag.to_le_bytes());
+                    acl.extend_from_slice(&perm.to_le_bytes());
+                    acl.extend_from_slice(&id.to_le_bytes());
+                }
+                rc(libc::setxattr(arg(0)?.as_ptr(), c"system.posix_acl_access".as_ptr(), acl.as_ptr().cast(), acl.len(), 0) as libc::c_long)
+            }
+            "chattr" => {
+                // chattr PATH: set FS_NODUMP_FL through FS_IOC_SETFLAGS.
+                const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+                const FS_NODUMP_FL: libc::c_long = 0x40;
+                let fd = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let flags: libc::c_long = FS_NODUMP_FL;
+                let e = rc(libc::ioctl(fd, FS_IOC_SETFLAGS, &flags) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "open-deep" => {
+                // open-deep BASE LEVELS: walk down LEVELS directories named `d`
+                // below BASE (deeper than PATH_MAX allows in one path), then open `f`.
+                let levels: usize = num(operands, 1)?;
+                if libc::chdir(arg(0)?.as_ptr()) != 0 {
+                    return Some(errno());
+                }
+                for _ in 0..levels {
+                    if libc::chdir(c"d".as_ptr()) != 0 {
+                        return Some(errno());
+                    }
+                }
+                outcome.rounds = levels as u64;
+                let fd = libc::open(c"f".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                let e = if fd < 0 { errno() } else { 0 };
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                e
+            }
+            "open-handle" => {
+                // open-handle: open_by_handle_at with the handle read before the
+                // cgroup (--pre-read) on the mount held open (--pre-dir).
+                let bytes = pre.bytes.as_ref()?;
+                let dir = pre.dir?;
+                let fd = libc::syscall(libc::SYS_open_by_handle_at, dir, bytes.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::close(fd as i32);
+                }
+                rc(fd)
+            }
+            "bind-unspec" => {
+                // bind-unspec PORT: bind a TCP socket to 0.0.0.0:PORT, saying AF_UNSPEC.
+                let port: u16 = num(operands, 0)?;
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                let sa = sockaddr_in(libc::AF_UNSPEC, std::net::Ipv4Addr::UNSPECIFIED, port);
+                let e = rc(libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "sendto-unspec" => {
+                // sendto-unspec ADDRESS PORT: a UDP datagram to an IPv4 address, saying AF_UNSPEC.
+                let ip: std::net::Ipv4Addr = operands[0].parse().ok()?;
+                let port: u16 = num(operands, 1)?;
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                let sa = sockaddr_in(libc::AF_UNSPEC, ip, port);
+                let e = rc(libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "proto-connect" => {
+                // proto-connect PROTOCOL ADDRESS PORT: a stream socket of that
+                // protocol (MPTCP 262, SCTP 132), connected to an IPv4 address.
+                let protocol: i32 = num(operands, 0)?;
+                let ip: std::net::Ipv4Addr = operands[1].parse().ok()?;
+                let port: u16 = num(operands, 2)?;
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, protocol);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let sa = sockaddr_in(libc::AF_INET, ip, port);
+                let e = rc(libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "sctp-connectx" => {
+                // sctp-connectx ADDRESS PORT: SCTP_SOCKOPT_CONNECTX on a one-to-many socket.
+                const SOL_SCTP: i32 = 132;
+                const SCTP_SOCKOPT_CONNECTX: i32 = 110;
+                let ip: std::net::Ipv4Addr = operands[0].parse().ok()?;
+                let port: u16 = num(operands, 1)?;
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 132);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let sa = sockaddr_in(libc::AF_INET, ip, port);
+                let e = rc(libc::setsockopt(fd, SOL_SCTP, SCTP_SOCKOPT_CONNECTX, &sa as *const _ as *const libc::c_void, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "write" => {
+                // write PATH TEXT: open for writing and write.
+                let fd = libc::open(arg(0)?.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let text = operands.get(1).map_or("", String::as_str);
+                let e = rc(libc::write(fd, text.as_ptr().cast(), text.len()) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "ioprio" => {
+                // ioprio PID: the idle I/O class for PID.
+                const IOPRIO_WHO_PROCESS: i32 = 1;
+                const IOPRIO_CLASS_IDLE: i32 = 3;
+                let pid: i32 = num(operands, 0)?;
+                rc(libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, pid, IOPRIO_CLASS_IDLE << 13))
+            }
+            "clone-parent" => {
+                // clone-parent: a child that is our parent's, whose exit signal goes there.
+                let child = libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
+                if child == 0 {
+                    libc::_exit(0);
+                }
+                rc(child)
+            }
+            "pivot-root" => {
+                // pivot-root NEW PUT_OLD, in a mount namespace of our own.
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                rc(libc::syscall(libc::SYS_pivot_root, arg(0)?.as_ptr(), arg(1)?.as_ptr()))
+            }
+            "tiocsti" => {
+                // tiocsti: push a character into a terminal's input.
+                let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                if master < 0 {
+                    return Some(errno());
+                }
+                libc::grantpt(master);
+                libc::unlockpt(master);
+                let name = libc::ptsname(master);
+                if name.is_null() {
+                    return Some(errno());
+                }
+                let slave = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+                if slave < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let ch: u8 = b'x';
+                rc(libc::ioctl(slave, libc::TIOCSTI, &ch) as libc::c_long)
+            }
+            _ => return None,
+        }
+    })
+}
+
+/// Reads a file handle for `path` (name_to_handle_at) as bytes `open-handle` takes.
+pub fn file_handle(path: &Path) -> std::io::Result<Vec<u8>> {
+    let cpath = CString::new(path.as_os_str().as_bytes())?;
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0i32;
+    // SAFETY: buf holds a file_handle with room for 128 bytes of handle.
+    let r = unsafe { libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, cpath.as_ptr(), buf.as_mut_ptr(), &mut mount_id, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
+    buf.truncate(8 + len);
+    Ok(buf)
+}
