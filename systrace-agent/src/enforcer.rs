@@ -233,6 +233,11 @@ impl Enforcer {
         &self.layout.missing_hooks
     }
 
+    /// Whether this kernel has the field (optional fields may be missing).
+    pub fn knows(&self, field: systrace_common::Off) -> bool {
+        self.layout.offsets[field as usize] != systrace_common::OFFSET_ABSENT
+    }
+
     /// Pins every attached link in `dir`, one file per program, so the programs
     /// keep enforcing if this process dies. Pinned links are not detached when the
     /// enforcer is dropped; [`Enforcer::unpin`] does that.

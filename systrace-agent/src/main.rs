@@ -362,6 +362,7 @@ fn explain(failure: &LoadFailure) -> String {
 
 fn load_enforcer(verifier_log: bool) -> Result<Enforcer, String> {
     preflight()?;
+    offsets::load_modules();
     let layout = offsets::resolve(Path::new(offsets::VMLINUX_BTF)).map_err(|e| format!("{e:#}"))?;
     Enforcer::load(&layout).map_err(|failure| {
         if verifier_log {
@@ -374,10 +375,16 @@ fn load_enforcer(verifier_log: bool) -> Result<Enforcer, String> {
 }
 
 fn probe() -> ExitCode {
+    offsets::load_modules();
     match offsets::resolve(Path::new(offsets::VMLINUX_BTF)) {
         Ok(layout) => {
-            for (o, &(strukt, field)) in layout.offsets.iter().zip(systrace_common::OFFSET_FIELDS) {
-                println!("{strukt}.{field} = {o}");
+            for (&o, &(strukt, field)) in layout.offsets.iter().zip(systrace_common::OFFSET_FIELDS) {
+                let strukt = strukt.trim_start_matches('?');
+                if o == systrace_common::OFFSET_ABSENT {
+                    println!("{strukt}.{field}: not in this kernel");
+                } else {
+                    println!("{strukt}.{field} = {o}");
+                }
             }
             for &hook in systrace_common::Hook::ALL {
                 if !layout.has(hook) {
@@ -635,6 +642,10 @@ async fn serve(
         "load_ms": started.elapsed().as_millis() as u64,
         "pinned": pinned,
         "hooks_not_in_this_kernel": missing,
+        // Without the layout, what overlayfs does on its layers for a confined
+        // process (copy-up, reads through its backing files) is decided as that
+        // process's own access to the layers' paths.
+        "overlayfs_layout_known": enforcer.knows(systrace_common::Off::OVL_FS_CREATOR_CRED),
         "policies": policies,
     }));
     out.flush();

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
-use systrace_common::{Hook, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_COUNT, OFFSET_FIELDS};
+use systrace_common::{Hook, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_ABSENT, OFFSET_COUNT, OFFSET_FIELDS};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -42,10 +42,25 @@ pub fn resolve(btf_path: &Path) -> Result<KernelLayout> {
     let mut offsets = [0u64; OFFSET_COUNT];
     let mut forms = [0u8; OFFSET_COUNT];
     for (i, &(strukt, field)) in OFFSET_FIELDS.iter().enumerate() {
-        let (form, bytes) = member_offset_form(&btf, strukt, field)
-            .with_context(|| format!("offset of {strukt}.{field} in {}", btf_path.display()))?;
-        offsets[i] = bytes;
-        forms[i] = form as u8;
+        let Some(optional) = strukt.strip_prefix('?') else {
+            let (form, bytes) = member_offset_form(&btf, strukt, field)
+                .with_context(|| format!("offset of {strukt}.{field} in {}", btf_path.display()))?;
+            offsets[i] = bytes;
+            forms[i] = form as u8;
+            continue;
+        };
+        let (module, strukt) = match optional.split_once(':') {
+            Some((module, strukt)) => (Some(module), strukt),
+            None => (None, optional),
+        };
+        offsets[i] = OFFSET_ABSENT;
+        if let Ok((form, bytes)) = member_offset_form(&btf, strukt, field) {
+            (offsets[i], forms[i]) = (bytes, form as u8);
+        } else if let Some(module_btf) = module.and_then(|m| module_btf(btf_path, &btf, m)) {
+            if let Ok((form, bytes)) = member_offset_form(&module_btf, strukt, field) {
+                (offsets[i], forms[i]) = (bytes, form as u8);
+            }
+        }
     }
     let mut hook_args = vec![0u8; HOOK_SLOTS * HOOK_ARG_SLOTS];
     let mut missing_hooks = Vec::new();
@@ -69,6 +84,35 @@ pub fn resolve(btf_path: &Path) -> Result<KernelLayout> {
         }
     }
     Ok(KernelLayout { offsets, forms, hook_args, missing_hooks })
+}
+
+/// The BTF of kernel module `module`, beside the kernel's own (which it
+/// extends), if the module is loaded. Built into the kernel, its types are in
+/// the kernel's BTF; not loaded, no object of its can exist yet. The agent
+/// loads the modules it reads from ([`load_modules`]) before resolving.
+fn module_btf(vmlinux: &Path, base: &Btf, module: &str) -> Option<Btf> {
+    let path = vmlinux.with_file_name(module);
+    Btf::from_split_file(&path, base).ok()
+}
+
+/// Loads the kernel modules whose structs [`resolve`] reads (overlayfs), so
+/// that a module loaded only later, with the first container, does not leave
+/// its layout unknown. Best effort: a kernel without the module cannot mount
+/// what it provides.
+pub fn load_modules() {
+    for (strukt, _) in OFFSET_FIELDS {
+        let Some((module, _)) = strukt.strip_prefix('?').and_then(|s| s.split_once(':')) else {
+            continue;
+        };
+        if Path::new(VMLINUX_BTF).with_file_name(module).exists() {
+            continue;
+        }
+        let _ = std::process::Command::new("modprobe")
+            .args(["-q", module])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// Names of the arguments of LSM hook `hook` (`bpf_lsm_<hook>` in the kernel's BTF).

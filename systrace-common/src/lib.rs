@@ -650,6 +650,9 @@ macro_rules! kernel_offsets {
         /// (struct, field) for each [`Off`], in order. `a.b` names a nested
         /// member; `a|b` a member a later kernel renamed or replaced (the first
         /// that exists wins, and the programs are told which in `OFFSET_FORMS`).
+        /// A struct written `?s` may be missing (its offset is then
+        /// [`OFFSET_ABSENT`]); `?module:s` is looked for in that module's BTF
+        /// when the kernel has it as a module.
         pub const OFFSET_FIELDS: &[(&str, &str)] = &[$(($strukt, $field),)*];
     };
 }
@@ -722,7 +725,20 @@ kernel_offsets! {
     VM_AREA_STRUCT_VM_FILE => "vm_area_struct", "vm_file";
     IO_RING_CTX_SQ_DATA => "io_ring_ctx", "sq_data";
     IO_SQ_DATA_THREAD => "io_sq_data", "thread";
+    FILE_F_CRED => "file", "f_cred";
+    SUPER_BLOCK_S_FS_INFO => "super_block", "s_fs_info";
+    /// Since 6.6 overlayfs opens the files of its layers as backing files
+    /// whose `f_path` is the layer's path; `user_path` is the overlay's.
+    BACKING_FILE_USER_PATH => "?backing_file", "user_path";
+    /// The credentials overlayfs works under on its layers (its mounter's).
+    OVL_FS_CREATOR_CRED => "?overlay:ovl_fs", "creator_cred";
 }
+
+/// The offset of a field this kernel does not have (see [`OFFSET_FIELDS`]).
+pub const OFFSET_ABSENT: u64 = u64::MAX;
+
+/// `s_magic` of overlayfs (uapi `OVERLAYFS_SUPER_MAGIC`).
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// Number of [`Off`] entries: the length of the `OFFSETS` global.
 pub const OFFSET_COUNT: usize = OFFSET_FIELDS.len();

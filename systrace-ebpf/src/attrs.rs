@@ -8,9 +8,8 @@
 //! its owner and group; `write` its content, which includes timestamps and
 //! `user.` attributes. The inode hooks do not say through which mount the file
 //! was reached: its file system's mount in the caller's namespace gives the
-//! path. They also run when the kernel works on a file for an operation
-//! already decided, under borrowed credentials (overlayfs copying a file up to
-//! its upper layer): those are not asked about again.
+//! path. (What overlayfs does on its layers for an operation already decided
+//! on the overlay is left alone: see [`crate::overlay`].)
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, programs::LsmContext};
 use systrace_common::{access, Hook};
@@ -55,19 +54,12 @@ fn on_path(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
 lsm_program!(path_chmod = "path_chmod", Hook::PathChmod, |ctx| on_path(&ctx, Hook::PathChmod, access::CHMOD));
 lsm_program!(path_chown = "path_chown", Hook::PathChown, |ctx| on_path(&ctx, Hook::PathChown, access::CHOWN));
 
-/// `requested` on the inode hook's dentry (argument 0), unless the kernel is
-/// acting under borrowed credentials.
+/// `requested` on the inode hook's dentry (argument 0).
 #[inline(always)]
 fn on_dentry(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
     let Some(subject) = current_subject() else {
         return 0;
     };
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-    match unsafe { kernel::task_creds_overridden(task) } {
-        Ok(false) => {}
-        Ok(true) => return 0,
-        Err(_) => return check_unreadable(&subject, hook, requested, EACCES),
-    }
     let dentry: kernel::DentryPtr = arg(ctx, hook, 0);
     check_file(&subject, hook, Object { dentry, mnt: core::ptr::null() }, requested)
 }

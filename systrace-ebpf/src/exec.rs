@@ -13,6 +13,7 @@ use crate::{
     guard,
     hook::{arg, lsm_program},
     kernel::{self, FilePtr},
+    overlay,
     subject::current_subject,
 };
 
@@ -63,7 +64,7 @@ fn map_code(_ctx: &LsmContext, hook: Hook, file: FilePtr, prot: u64) -> i32 {
     let Some(subject) = current_subject() else {
         return 0;
     };
-    let Ok(object) = (unsafe { file_object(file) }) else {
+    let Ok(object) = (unsafe { file_object(file) }).and_then(|own| overlay::user_facing(file, own)) else {
         return check_unreadable(&subject, hook, access::MAP, EACCES);
     };
     match guard::foreign_io_uring(&subject, file) {

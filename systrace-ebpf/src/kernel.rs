@@ -7,7 +7,7 @@
 //! tables in `systrace_common` ([`Off`], [`Hook`]).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use systrace_common::{Hook, Off, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_COUNT};
+use systrace_common::{Hook, Off, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_ABSENT, OFFSET_COUNT, OVERLAYFS_SUPER_MAGIC};
 
 /// Byte offsets of kernel struct fields, indexed by [`Off`].
 #[no_mangle]
@@ -30,6 +30,12 @@ static NAME_KEY: [u64; 2] = [0; 2];
 pub fn off(o: Off) -> usize {
     // Volatile: without it the compiler folds the initial 0 into the code.
     unsafe { core::ptr::read_volatile(&OFFSETS[o as usize]) as usize }
+}
+
+/// Whether this kernel has an optional field (see `OFFSET_FIELDS`).
+#[inline(always)]
+pub fn has(o: Off) -> bool {
+    off(o) as u64 != OFFSET_ABSENT
 }
 
 #[inline(always)]
@@ -335,13 +341,48 @@ pub unsafe fn task_real_parent(task: TaskPtr) -> Result<TaskPtr, i64> {
     field(task, Off::TASK_STRUCT_REAL_PARENT)
 }
 
-/// Whether the task runs with credentials other than its own: the kernel acting
-/// for it under borrowed credentials (overlayfs copy-up and the like).
+/// `task->cred` when the task is not running with its own credentials
+/// (`real_cred`), null when it is.
 #[inline(always)]
-pub unsafe fn task_creds_overridden(task: TaskPtr) -> Result<bool, i64> {
+pub unsafe fn borrowed_cred(task: TaskPtr) -> Result<*const u8, i64> {
     let cred: *const u8 = field(task, Off::TASK_STRUCT_CRED)?;
     let real: *const u8 = field(task, Off::TASK_STRUCT_REAL_CRED)?;
-    Ok(cred != real)
+    Ok(if cred == real { core::ptr::null() } else { cred })
+}
+
+/// `file->f_cred`: the credentials the file was opened with.
+#[inline(always)]
+pub unsafe fn file_cred(file: FilePtr) -> Result<*const u8, i64> {
+    field(file, Off::FILE_F_CRED)
+}
+
+/// For an overlayfs superblock, the credentials overlayfs works on its layers
+/// with (`ovl_fs->creator_cred`); null for any other file system, or when
+/// this kernel's overlayfs layout is unknown.
+#[inline(always)]
+pub unsafe fn overlay_creator(sb: *const u8) -> Result<*const u8, i64> {
+    if !has(Off::OVL_FS_CREATOR_CRED) {
+        return Ok(core::ptr::null());
+    }
+    let magic: u64 = field(sb, Off::SUPER_BLOCK_S_MAGIC)?;
+    if magic != OVERLAYFS_SUPER_MAGIC {
+        return Ok(core::ptr::null());
+    }
+    let ofs: *const u8 = field(sb, Off::SUPER_BLOCK_S_FS_INFO)?;
+    if ofs.is_null() {
+        return Ok(core::ptr::null());
+    }
+    field(ofs, Off::OVL_FS_CREATOR_CRED)
+}
+
+/// `&container_of(file, struct backing_file, file)->user_path`, for a file
+/// known to be a backing file; null on kernels without backing files.
+#[inline(always)]
+pub unsafe fn backing_user_path(file: FilePtr) -> PathPtr {
+    if !has(Off::BACKING_FILE_USER_PATH) {
+        return core::ptr::null();
+    }
+    file.add(off(Off::BACKING_FILE_USER_PATH))
 }
 
 /// `task->cgroups->dfl_cgrp->kn`: the kernfs node of the task's cgroup v2 cgroup.

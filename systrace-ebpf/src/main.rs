@@ -22,6 +22,7 @@ mod hook;
 mod kernel;
 mod maps;
 mod network;
+mod overlay;
 mod probe;
 mod process;
 mod subject;

@@ -7,6 +7,7 @@ use systrace_common::{BindingKey, PolicyInfo};
 
 use crate::{
     kernel::{self, TaskPtr},
+    overlay,
     maps::{ACTIVE, BINDINGS, POLICIES},
 };
 
@@ -32,7 +33,9 @@ pub fn active_half() -> u32 {
     ACTIVE.get(0).copied().unwrap_or(0) & 1
 }
 
-/// The policy of the current cgroup, or of its nearest ancestor that has one.
+/// The policy of the current cgroup, or of its nearest ancestor that has one;
+/// none while overlayfs works on its layers for an operation already decided
+/// (see [`crate::overlay`]).
 #[inline(always)]
 pub fn current_subject() -> Option<Subject> {
     let half = active_half();
@@ -42,6 +45,9 @@ pub fn current_subject() -> Option<Subject> {
         None => nearest_ancestor_binding(half, cgroup_id)?,
     };
     let info = *unsafe { POLICIES.get(&policy) }?;
+    if overlay::acting_for_overlay() {
+        return None;
+    }
     Some(Subject { cgroup_id, anchor, policy, info })
 }
 

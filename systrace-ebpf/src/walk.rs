@@ -121,6 +121,7 @@ pub fn opaque_zero() -> u64 {
 }
 
 /// What an operation is about: a name in the tree, seen through a mount.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Object {
     /// The file's dentry; for a name being created, the new (negative) dentry.
@@ -512,6 +513,8 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
     w.audited = zero as u32;
     w.k0 = k0;
     w.k1 = k1;
+    // Overlayfs is about to work on its layers for this operation.
+    crate::overlay::note(object.dentry);
     // The object's own identity: for events, and for exact inode rules.
     let inode = unsafe { kernel::dentry_inode(object.dentry)? };
     if !inode.is_null() {
