@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use serde_json::Value;
 
 pub struct Agent {
@@ -132,6 +132,15 @@ impl Agent {
     pub fn forget(&mut self) {
         self.drain();
         self.seen.clear();
+    }
+
+    /// SIGTERM, as systemd stops a service; returns once the agent has exited.
+    pub fn terminate(mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        ensure!(status.success(), "agent exit status {status:?} after SIGTERM");
+        Ok(())
     }
 
     /// Ctrl-C, as a user would; returns the exit code and the final stats line.

@@ -158,6 +158,43 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                     128 + libc::WTERMSIG(status)
                 }
             }
+            "core-dump" => {
+                // core-dump DIR: a child crashes with DIR as its working
+                // directory and no limit on core files, so the kernel writes
+                // "core" there, under credentials it borrows for the dump.
+                // EACCES when no core file appeared; the child is reported.
+                let dir = arg(0)?;
+                let child = libc::fork();
+                if child == 0 {
+                    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+                    libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
+                    libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+                    if libc::chdir(dir.as_ptr()) != 0 {
+                        libc::_exit(125);
+                    }
+                    libc::signal(libc::SIGABRT, libc::SIG_DFL);
+                    libc::abort();
+                }
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+                (outcome.pid, outcome.tgid) = (child as u32, child as u32);
+                let dumped = std::fs::read_dir(Path::new(std::ffi::OsStr::from_bytes(dir.as_bytes())))
+                    .map(|entries| entries.flatten().any(|e| e.file_name().as_bytes().starts_with(b"core")))
+                    .unwrap_or(false);
+                if dumped {
+                    0
+                } else {
+                    libc::EACCES
+                }
+            }
+            "uring-personality-setxattr" => {
+                // uring-personality-setxattr PATH: register this process's
+                // credentials with an io_uring ring, change credentials (drop a
+                // capability), then set a user. attribute through the ring
+                // under the registered ones: the kernel runs it with borrowed
+                // credentials, which must not excuse it.
+                crate::op::uring_personality_setxattr(&arg(0)?)
+            }
             "mprotect-exec" => {
                 // mprotect-exec PATH: map the file readable, then ask for execute.
                 let fd = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
@@ -402,6 +439,45 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 }
                 outcome.rounds = 1;
                 rc(libc::syscall(libc::SYS_pivot_root, arg(0)?.as_ptr(), arg(1)?.as_ptr()))
+            }
+            "spawn-into" => {
+                // spawn-into CGROUP_DIR PATH: a child cloned straight into the
+                // cgroup (clone3, CLONE_INTO_CGROUP), whose first act is to open
+                // PATH; the errno it gets, as its exit status.
+                #[repr(C)]
+                #[derive(Default)]
+                struct CloneArgs {
+                    flags: u64,
+                    pidfd: u64,
+                    child_tid: u64,
+                    parent_tid: u64,
+                    exit_signal: u64,
+                    stack: u64,
+                    stack_size: u64,
+                    tls: u64,
+                    set_tid: u64,
+                    set_tid_size: u64,
+                    cgroup: u64,
+                }
+                const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+                let dir = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if dir < 0 {
+                    return Some(errno());
+                }
+                let path = arg(1)?;
+                let args = CloneArgs { flags: CLONE_INTO_CGROUP, exit_signal: libc::SIGCHLD as u64, cgroup: dir as u64, ..CloneArgs::default() };
+                let child = libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>());
+                if child == 0 {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                    libc::_exit(if fd < 0 { *libc::__errno_location() } else { 0 });
+                }
+                if child < 0 {
+                    return Some(errno());
+                }
+                let mut status = 0;
+                libc::waitpid(child as i32, &mut status, 0);
+                outcome.rounds = child as u64;
+                libc::WEXITSTATUS(status)
             }
             "tiocsti" => {
                 // tiocsti: push a character into a terminal's input.

@@ -27,6 +27,7 @@ const ROUNDS: usize = 15;
 const OPEN_ITERATIONS: u64 = 10_000;
 const EXEC_ITERATIONS: u64 = 60;
 const CONNECT_ITERATIONS: u64 = 2_000;
+const READ_ITERATIONS: u64 = 10_000;
 const LISTEN_PORT: u16 = 8080;
 const FLOOD_SECONDS: u64 = 3;
 
@@ -186,7 +187,8 @@ fn run(agent_bin: &Path) -> Result<()> {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string();
     fs::create_dir_all(ROOT)?;
     let allowed = Path::new(ROOT).join("allowed");
-    fs::write(&allowed, "x")?;
+    // 4 KiB: the read case reads it whole.
+    fs::write(&allowed, vec![b'x'; 4096])?;
     let denied = Path::new(ROOT).join("denied");
     fs::write(&denied, "x")?;
     let exec = Path::new(ROOT).join("true");
@@ -224,6 +226,11 @@ fn run(agent_bin: &Path) -> Result<()> {
         )?;
         v["ns_per_op"].as_f64().context("ns_per_op")
     };
+    let read = |cgroup: &str| -> Result<f64> {
+        workload(Some(&cg(cgroup)), &["bench-read", &allowed.display().to_string(), "500"])?;
+        let v = workload(Some(&cg(cgroup)), &["bench-read", &allowed.display().to_string(), &READ_ITERATIONS.to_string()])?;
+        v["ns_per_op"].as_f64().context("ns_per_op")
+    };
     let fork_exec = |cgroup: &str| -> Result<f64> {
         let v = workload(Some(&cg(cgroup)), &["bench-exec", &exec.display().to_string(), &EXEC_ITERATIONS.to_string()])?;
         v["ns_per_op"].as_f64().context("ns_per_op")
@@ -241,17 +248,21 @@ fn run(agent_bin: &Path) -> Result<()> {
     let mut open_ns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut exec_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let mut connect_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let mut read_ns: Vec<Vec<f64>> = vec![Vec::new(); 3];
     for round in 0..ROUNDS {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
         agent.set_state("detached")?;
         open_ns[0].push(open("bench-none")?);
         exec_ns[0].push(fork_exec("bench-none")?);
         connect_ns[0].push(connect("bench-none")?);
+        read_ns[0].push(read("bench-none")?);
         agent.set_state("noop")?;
         open_ns[1].push(open("bench-none")?);
         agent.set_state("attached")?;
         open_ns[2].push(open("bench-none")?);
+        read_ns[1].push(read("bench-none")?);
         open_ns[3].push(open("bench-r10")?);
+        read_ns[2].push(read("bench-r10")?);
         exec_ns[1].push(fork_exec("bench-r10")?);
         connect_ns[1].push(connect("bench-r10")?);
         open_ns[4].push(open("bench-r1k")?);
@@ -268,6 +279,12 @@ fn run(agent_bin: &Path) -> Result<()> {
         let ns = median(samples.clone());
         emit(json!({"case": "connect", "name": name, "kernel": kernel, "iterations": CONNECT_ITERATIONS,
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / connect_base, "samples_ns": samples}));
+    }
+    let read_base = median(read_ns[0].clone());
+    for (name, samples) in ["a_no_agent", "b_agent_unconfined", "c_confined_10_rules"].iter().zip(&read_ns) {
+        let ns = median(samples.clone());
+        emit(json!({"case": "read_4k", "name": name, "kernel": kernel, "iterations": READ_ITERATIONS,
+            "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / read_base, "samples_ns": samples}));
     }
     let exec_base = median(exec_ns[0].clone());
     for (name, samples) in ["a_no_agent", "c_confined_10_rules"].iter().zip(&exec_ns) {

@@ -308,6 +308,19 @@ impl Ctx<'_> {
         self.judge(args, out, expect)
     }
 
+    /// Runs the 32-bit program with `args` in the cgroup.
+    fn attack_i386(&mut self, args: &[&str], expect: Expect) -> Result<Outcome> {
+        let out = Command::new("/usr/bin/systrace-i386").arg(&self.cg).args(args).output()?;
+        ensure!(out.status.success(), "systrace-i386 {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        if out.stdout.is_empty() {
+            // An exec that worked: the program it ran printed nothing.
+            return Ok(Outcome::Bypassed(format!("i386 {args:?} succeeded")));
+        }
+        let outcome: op::Outcome = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("systrace-i386 output: {}", String::from_utf8_lossy(&out.stdout)))?;
+        self.judge(args, outcome, expect)
+    }
+
     fn judge(&mut self, args: &[&str], out: op::Outcome, expect: Expect) -> Result<Outcome> {
         if out.errno == 0 {
             return Ok(Outcome::Bypassed(format!("{args:?} succeeded")));
@@ -497,6 +510,15 @@ fn cases() -> Vec<Case> {
         e.by = By::Ino(f.secret_ino);
         c.attack(&["uring-open", s], e)
     });
+    // The kernel working under borrowed credentials: still this process's.
+    case!("io_uring_personality_setxattr", |c, f| {
+        let e = Expect { errno: EACCES, hooks: vec!["inode_setxattr"], protection: None, by: By::Pid };
+        c.attack(&["uring-personality-setxattr", "/tmp/bp/readonly.txt"], e)
+    });
+    case!("core_dump_into_denied_dir", |c, f| {
+        fs::write("/proc/sys/kernel/core_pattern", "core")?;
+        c.attack(&["core-dump", "/tmp/bp/secret"], Expect { errno: EACCES, hooks: vec!["path_mknod", "file_open"], protection: None, by: By::Pid })
+    });
     case!("o_trunc_read_only", |c, f| {
         let before = fs::metadata(p("readonly.txt"))?.len();
         let flags = (libc::O_RDONLY | libc::O_TRUNC).to_string();
@@ -644,6 +666,10 @@ fn cases() -> Vec<Case> {
     case!("mptcp_connect", |c, f| c.attack(&["proto-connect", "262", "127.0.0.1", "7001"], net("socket_connect")));
     case!("sctp_connectx", |c, f| c.attack(&["sctp-connectx", "127.0.0.1", "7001"], net("sctp_bind_connect")));
     case!("udplite_socket", |c, f| c.attack(&["socket", "2", "2", "136"], net("socket_create")));
+    // The same attacks from a 32-bit program, through the compat system calls.
+    case!("i386_open", |c, f| c.attack_i386(&["open", s], file("file_open")));
+    case!("i386_exec", |c, f| c.attack_i386(&["exec", "/tmp/bp/tool"], file("file_open")));
+    case!("i386_connect", |c, f| c.attack_i386(&["connect", "127.0.0.1", "7001"], net("socket_connect")));
     v
 }
 

@@ -11,6 +11,7 @@ mod attack;
 mod bench;
 mod bypass;
 mod lang;
+mod living;
 mod op;
 mod protect;
 mod refusal;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Some("lang") => lang::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         Some("bypass") => bypass::main(&args[1..]),
+        Some("living") => living::main(&args[1..]),
         _ => {
             eprintln!("usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)

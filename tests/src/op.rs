@@ -362,6 +362,31 @@ pub fn main(args: &[String]) -> ExitCode {
             outcome.ns_per_op = (cpu_ns() - started) / n as f64;
             errno
         }
+        "bench-read" => {
+            // One open, then N reads of the file's first 4 KiB (from the page
+            // cache): what a confined process pays per read() on a descriptor.
+            let n = count(1);
+            // SAFETY: a valid C string; the buffer outlives every pread.
+            let fd = unsafe { libc::open(a.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                errno_of(fd)
+            } else {
+                let mut buf = vec![0u8; 4096];
+                let started = cpu_ns();
+                let mut errno = 0;
+                for _ in 0..n {
+                    // SAFETY: buf holds 4096 bytes.
+                    if unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), 4096, 0) } < 0 {
+                        errno = errno_of(-1);
+                        break;
+                    }
+                }
+                outcome.ns_per_op = (cpu_ns() - started) / n as f64;
+                // SAFETY: fd is ours.
+                unsafe { libc::close(fd) };
+                errno
+            }
+        }
         "bench-exec" => {
             // N times: fork, exec the binary (as `true`), wait.
             let n = count(1);
@@ -697,6 +722,62 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     println!("{}", serde_json::to_string(&outcome).expect("serializable"));
     ExitCode::SUCCESS
+}
+
+/// See `uring-personality-setxattr` in the attacks.
+pub fn uring_personality_setxattr(path: &CString) -> i32 {
+    let last = || std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(ring) => ring,
+        Err(e) => return e.raw_os_error().unwrap_or(-1),
+    };
+    let personality = match ring.submitter().register_personality() {
+        Ok(id) => id,
+        Err(e) => return e.raw_os_error().unwrap_or(-1),
+    };
+    // New credentials: CAP_SYS_BOOT (22) leaves the effective set.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header { version: 0x2008_0522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget and capset with a version 3 header and two data blocks.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return last();
+        }
+        data[0].effective &= !(1 << 22);
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return last();
+        }
+    }
+    let name = c("user.systrace");
+    let value = b"x";
+    let entry = io_uring::opcode::SetXattr::new(name.as_ptr(), value.as_ptr().cast(), path.as_ptr(), value.len() as u32)
+        .build()
+        .personality(personality);
+    // SAFETY: the name, value and path outlive the wait below.
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        return libc::EBUSY;
+    }
+    if let Err(e) = ring.submit_and_wait(1) {
+        return e.raw_os_error().unwrap_or(-1);
+    }
+    let result = ring.completion().next().map(|cqe| cqe.result());
+    match result {
+        Some(r) if r < 0 => -r,
+        Some(_) => 0,
+        None => libc::EIO,
+    }
 }
 
 /// Opens `path` for reading through io_uring (IORING_OP_OPENAT); 0 or the errno.

@@ -11,12 +11,20 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cache_dir, run, say};
 
-const PACKAGES: [(&str, &str); 5] = [
+/// The file system makers the living-system cases run inside the VM.
+pub const MKFS_EXT4: &str = "/usr/sbin/mke2fs";
+pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
+
+const PACKAGES: [(&str, &str); 8] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
     ("debian-archive-keyring", "/usr/share/keyrings/debian-archive-keyring.gpg"),
     ("xz-utils", "/usr/bin/xz"),
+    // A static 32-bit program for the bypass cases through the compat system calls.
+    ("gcc-multilib", "/usr/lib32/libc.a"),
+    ("e2fsprogs", MKFS_EXT4),
+    ("btrfs-progs", MKFS_BTRFS),
 ];
 
 /// Kernel modules the VM tests load (with what they depend on): SCTP for the
@@ -317,7 +325,7 @@ mod tests {
 
     #[test]
     fn newest_kernel_package_sorts_last() {
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.12.117+deb13-cloud-amd64-unsigned",
             "linux-image-6.12.9+deb13-cloud-amd64-unsigned",
             "linux-image-6.12.107+deb13-cloud-amd64-unsigned",

@@ -38,6 +38,12 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+# A kernel that locks up stops the VM at once, with every CPU's stack on the
+# console, rather than at the run's timeout with nothing to go on.
+echo 1 > /proc/sys/kernel/softlockup_panic
+echo 1 > /proc/sys/kernel/softlockup_all_cpu_backtrace
+echo 1 > /proc/sys/kernel/hung_task_panic 2>/dev/null
+echo 5 > /proc/sys/kernel/printk
 if [ -f /lib/modules/systrace/order ]; then
   for m in $(cat /lib/modules/systrace/order); do
     insmod /lib/modules/systrace/$m.ko 2>/dev/null || echo "vm: module $m did not load"
