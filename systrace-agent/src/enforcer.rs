@@ -74,6 +74,10 @@ impl Attachment {
 /// One policy as it sits in the maps.
 struct Slot {
     slot: u32,
+    /// What was written to `POLICIES` for it.
+    info: PolicyInfo,
+    /// Paths its deny rules name, whose files' identities it follows.
+    anchors: Vec<(PathBuf, FileRule)>,
     names: Vec<NameKey>,
     inodes: Vec<InodeKey>,
     net: Vec<LpmKey<NetKey>>,
@@ -369,7 +373,16 @@ impl Enforcer {
         for (policy, ids) in policies.iter().zip(identities) {
             let slot = self.next_slot;
             self.next_slot = self.next_slot.checked_add(1).context("policy slots exhausted")?;
-            written.slots.push(Slot { slot, names: vec![], inodes: vec![], net: vec![], sockets: vec![], unix: vec![] });
+            written.slots.push(Slot {
+                slot,
+                info: policy.info,
+                anchors: policy.inode_anchors.iter().map(|(path, rule)| (path.clone(), *rule)).collect(),
+                names: vec![],
+                inodes: vec![],
+                net: vec![],
+                sockets: vec![],
+                unix: vec![],
+            });
             let record = written.slots.last_mut().expect("just pushed");
             self.write_policy(policy, ids, slot, record).with_context(|| format!("writing policy {}", policy.name))?;
             slots.push(slot);
@@ -467,7 +480,78 @@ impl Enforcer {
         }
         // Last: a slot without its info is never looked at by the programs.
         self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
+        record.info = info;
         Ok(())
+    }
+
+    /// (directory, name) of every path a deny rule in force names: where a
+    /// new file can come to bear that name.
+    pub fn anchor_names(&self) -> Vec<(PathBuf, std::ffi::OsString)> {
+        let mut out: Vec<(PathBuf, std::ffi::OsString)> = Vec::new();
+        for slot in &self.in_force.slots {
+            for (path, _) in &slot.anchors {
+                if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                    let entry = (dir.to_path_buf(), name.to_os_string());
+                    if !out.contains(&entry) {
+                        out.push(entry);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes the deny rules in force also follow the files that bear their
+    /// names now, as well as those they named at load: after an atomic replace,
+    /// a hard link someone makes elsewhere to the new file stays denied too.
+    /// (The names decide for the new file from the moment it bears the name;
+    /// this only adds identities.) Returns what was added: (slot, identity, path).
+    pub fn refresh_identities(&mut self) -> Result<Vec<(u32, FileId, PathBuf)>> {
+        let wanted: Vec<(usize, PathBuf, FileRule)> = self
+            .in_force
+            .slots
+            .iter()
+            .enumerate()
+            .flat_map(|(i, slot)| slot.anchors.iter().map(move |(path, rule)| (i, path.clone(), *rule)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_probe()?;
+        let mut added = Vec::new();
+        let mut failure = None;
+        for (i, path, rule) in wanted {
+            let id = match self.identity(&path) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let slot = self.in_force.slots[i].slot;
+            let key = InodeKey { policy: slot, generation: id.generation, dev: id.dev, ino: id.ino };
+            if self.in_force.slots[i].inodes.contains(&key) {
+                continue;
+            }
+            if let Err(e) = self.map::<InodeKey, FileRule>(names::INODE_RULES)?.insert(key, rule, 0) {
+                failure = Some(anyhow!(e).context(format!("following the new file at {}", path.display())));
+                break;
+            }
+            self.in_force.slots[i].inodes.push(key);
+            let info = self.in_force.slots[i].info;
+            if info.flags & systrace_common::policy_flags::INODE_RULES == 0 {
+                let info = PolicyInfo { flags: info.flags | systrace_common::policy_flags::INODE_RULES, ..info };
+                self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
+                self.in_force.slots[i].info = info;
+            }
+            added.push((slot, id, path));
+        }
+        self.set_probe(ProbeRequest::default())?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(added),
+        }
     }
 
     /// Removes every binding, target and unit entry of `half`.
@@ -529,16 +613,7 @@ impl Enforcer {
             }
         }
         if !paths.is_empty() {
-            if self.probe.is_none() {
-                // Kept attached from then on: it costs a stat() one array
-                // lookup, and attaching and detaching at every reload costs more.
-                let program: &mut Lsm = self
-                    .bpf
-                    .program_mut(Hook::InodeGetattr.name())
-                    .context("the identity probe program is missing")?
-                    .try_into()?;
-                self.probe = Some(program.attach().context("attaching the identity probe")?);
-            }
+            self.ensure_probe()?;
             let result = (|| -> Result<()> {
                 for (path, id) in paths.iter_mut() {
                     *id = self.identity(path)?;
@@ -557,6 +632,21 @@ impl Enforcer {
                     .collect()
             })
             .collect())
+    }
+
+    /// Attaches the identity probe the first time it is needed. Kept attached
+    /// from then on: it costs a stat() one array lookup, and attaching and
+    /// detaching at every reload costs more.
+    fn ensure_probe(&mut self) -> Result<()> {
+        if self.probe.is_none() {
+            let program: &mut Lsm = self
+                .bpf
+                .program_mut(Hook::InodeGetattr.name())
+                .context("the identity probe program is missing")?
+                .try_into()?;
+            self.probe = Some(program.attach().context("attaching the identity probe")?);
+        }
+        Ok(())
     }
 
     fn set_probe(&mut self, request: ProbeRequest) -> Result<()> {

@@ -543,6 +543,29 @@ fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames
     Ok(policies_json(compiled, &installed))
 }
 
+/// Has the deny rules in force follow the files that bear their names now
+/// (see [`Enforcer::refresh_identities`]), and reports each one added as a
+/// `follow` line.
+fn follow_new_files(enforcer: &mut Enforcer, names: &mut PolicyNames, out: &mut Output) {
+    match enforcer.refresh_identities() {
+        Ok(added) => {
+            for (slot, id, path) in added {
+                let policy = names.by_slot.get(&slot).cloned().unwrap_or_default();
+                out.emit(&json!({
+                    "type": "follow",
+                    "policy": policy,
+                    "path": path,
+                    "dev": policy::format_kernel_dev(id.dev),
+                    "ino": id.ino,
+                }));
+                names.paths.entry(policy).or_default().insert((id.dev, id.ino), path);
+            }
+            out.flush();
+        }
+        Err(e) => eprintln!("systrace-agent: following the files deny rules name: {e:#}"),
+    }
+}
+
 /// Gives freed heap back to the system. Parsing a large policy builds a document
 /// many times the file's size; glibc keeps those pages after it is dropped (233 MiB
 /// resident with 100,000 rules before this).
@@ -626,6 +649,14 @@ async fn serve(
         unsafe { AsyncFd::register(watcher) }.map_err(|e| anyhow::anyhow!("watching the policy files: {e}"))
     };
     let mut watcher = new_watcher()?;
+    // The names deny rules follow: a new file there is followed too.
+    let new_anchor_watcher = |enforcer: &Enforcer| -> Result<AsyncFd<watch::DirWatcher>> {
+        let names = enforcer.anchor_names();
+        let watcher = watch::DirWatcher::names(names.iter().map(|(dir, name)| (dir.as_path(), name.as_os_str())))?;
+        // SAFETY: as above, the watcher owns its descriptor.
+        unsafe { AsyncFd::register(watcher) }.map_err(|e| anyhow::anyhow!("watching the files deny rules name: {e}"))
+    };
+    let mut anchors = new_anchor_watcher(enforcer)?;
     let clock = Clock::now();
     let mut out = Output::new();
     let mut delivered: u64 = 0;
@@ -649,6 +680,8 @@ async fn serve(
         "policies": policies,
     }));
     out.flush();
+    // A file replaced between the identities' probe and the watch.
+    follow_new_files(enforcer, &mut names, &mut out);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -717,6 +750,13 @@ async fn serve(
                 }
                 guard.clear_ready();
             }
+            guard = anchors.readable() => {
+                let mut guard = guard?;
+                if guard.get_inner().drain() {
+                    follow_new_files(enforcer, &mut names, &mut out);
+                }
+                guard.clear_ready();
+            }
             _ = reload_timer => reload = true,
             _ = sighup.recv() => reload = true,
             _ = stats_timer.tick() => {
@@ -753,13 +793,22 @@ async fn serve(
             release_memory();
             match result {
                 Ok(compiled) => match apply(enforcer, &compiled, &mut names) {
-                    Ok(policies) => out.emit(&json!({
-                        "type": "status",
-                        "state": "reloaded",
-                        "generation": generation,
-                        "load_ms": started.elapsed().as_millis() as u64,
-                        "policies": policies,
-                    })),
+                    Ok(policies) => {
+                        match new_anchor_watcher(enforcer) {
+                            Ok(w) => anchors = w,
+                            Err(e) => eprintln!("systrace-agent: {e:#}"),
+                        }
+                        // A file replaced between the identities' probe and the
+                        // new watch.
+                        follow_new_files(enforcer, &mut names, &mut out);
+                        out.emit(&json!({
+                            "type": "status",
+                            "state": "reloaded",
+                            "generation": generation,
+                            "load_ms": started.elapsed().as_millis() as u64,
+                            "policies": policies,
+                        }))
+                    }
                     Err(e) => {
                         eprintln!("systrace-agent: reload failed while installing, the policies in force stay in force: {e:#}");
                         out.emit(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": [format!("{e:#}")]}));

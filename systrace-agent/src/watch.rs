@@ -5,6 +5,9 @@
 //! written, and its parent for the directory itself being renamed, removed or
 //! made anew (the watch on a renamed directory follows it, so the caller makes a
 //! new watcher after every reload).
+//!
+//! [`DirWatcher::names`] watches for files coming to bear given names (the
+//! paths deny rules name), so that the rules can follow the new files too.
 
 use std::{
     ffi::OsString,
@@ -47,6 +50,23 @@ impl DirWatcher {
         Ok(watcher)
     }
 
+    /// Watches for a file coming to bear each (directory, name): created,
+    /// linked or renamed there. Directories that do not exist are skipped.
+    pub fn names<'a>(entries: impl IntoIterator<Item = (&'a Path, &'a std::ffi::OsStr)>) -> Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            bail!("inotify_init1: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut watcher = DirWatcher { fd, watches: Vec::new() };
+        for (dir, name) in entries {
+            let _ = watcher.add(dir, libc::IN_CREATE | libc::IN_MOVED_TO, Some(name.to_os_string()));
+        }
+        Ok(watcher)
+    }
+
     fn add(&mut self, dir: &Path, mask: u32, only: Option<OsString>) -> Result<()> {
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
         // SAFETY: c is a valid C string, fd a valid inotify descriptor.
@@ -77,10 +97,12 @@ impl DirWatcher {
                 let name = name.split(|&b| b == 0).next().unwrap_or_default();
                 let self_event = event.mask & (libc::IN_MOVE_SELF | libc::IN_DELETE_SELF) != 0;
                 relevant |= self_event
-                    || match self.watches.iter().find(|(wd, _)| *wd == event.wd) {
-                        Some((_, Some(only))) => name == only.as_bytes(),
-                        _ => name.ends_with(b".toml"),
-                    };
+                    // One directory may be watched for several names (a watch
+                    // descriptor is per directory).
+                    || self.watches.iter().filter(|(wd, _)| *wd == event.wd).any(|(_, only)| match only {
+                        Some(only) => name == only.as_bytes(),
+                        None => name.ends_with(b".toml"),
+                    });
                 at += header + event.len as usize;
             }
         }

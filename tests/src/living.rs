@@ -209,7 +209,7 @@ fn replaced_files(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     let policy = Path::new(ROOT).join("living.toml");
     fs::write(&policy, replaced_files_policy(&roots))?;
     let cg = cgroup("systrace-living")?;
-    let agent = Agent::start(agent_bin, &[&policy])?;
+    let mut agent = Agent::start(agent_bin, &[&policy])?;
     for (fs_name, root) in &roots {
         let at = |rel: &str| root.join(rel).to_str().unwrap().to_string();
         r.case(&format!("rules_as_loaded_{fs_name}"), || {
@@ -234,6 +234,20 @@ fn replaced_files(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         r.case(&format!("deny_survives_atomic_replace_{fs_name}"), || {
             atomic_replace(&root.join("etc/shadow"), "root:newhash\n")?;
             expect(&cg, &["open", &at("etc/shadow"), "r"], EACCES, "read of the replaced shadow")
+        });
+        r.case(&format!("deny_follows_a_hard_link_to_the_new_file_{fs_name}"), || {
+            // The agent follows the file that bears the name now (a `follow`
+            // line); a hard link made to it elsewhere afterwards stays denied.
+            use std::os::unix::fs::MetadataExt;
+            let shadow = root.join("etc/shadow");
+            let ino = fs::metadata(&shadow)?.ino();
+            agent
+                .wait_for(Duration::from_secs(10), |v| {
+                    v["type"] == "follow" && v["path"] == shadow.to_str().unwrap() && v["ino"] == ino
+                })
+                .context("the agent did not follow the replaced shadow")?;
+            fs::hard_link(&shadow, root.join("www/shadow-link2"))?;
+            expect(&cg, &["open", &at("www/shadow-link2"), "r"], EACCES, "read of a hard link to the replaced shadow")
         });
         r.case(&format!("deny_survives_rm_and_recreate_{fs_name}"), || {
             fs::remove_file(root.join("etc/shadow"))?;
