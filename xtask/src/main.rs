@@ -360,12 +360,14 @@ echo 'the root password is hunter2' > /srv/demo/secret.txt
 echo "demo: systrace-agent run /etc/systrace/demo.toml (JSON lines below are its output)"
 systrace-agent run /etc/systrace/demo.toml | tee /tmp/agent.out &
 for i in $(seq 1 300); do grep -q '"enforcing"' /tmp/agent.out && break; sleep 0.1; done
-# Runs $1 in a shell that first moves itself into the confined cgroup.
+# Runs $1 in a shell that first moves itself into the confined cgroup. Its
+# output comes back through a pipe: a file opened outside would be written
+# through a descriptor the policy has not allowed, and be refused.
 try() {
-  if sh -c 'echo $$ > /sys/fs/cgroup/systrace-demo/cgroup.procs && eval "$1"' demo "$1" > /tmp/out 2>&1; then
+  if out=$(sh -c 'echo $$ > /sys/fs/cgroup/systrace-demo/cgroup.procs && eval "$1"' demo "$1" 2>&1); then
     echo "demo: allowed | $1"
   else
-    echo "demo: DENIED  | $1 -> $(cat /tmp/out)"
+    echo "demo: DENIED  | $1 -> $out"
   fi
   sleep 0.3
 }
