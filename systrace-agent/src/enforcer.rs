@@ -35,8 +35,10 @@ use systrace_common::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
 
-/// The do-nothing program the benchmark attaches to measure the floor.
-const BENCH_NOOP: &str = "bench_noop_file_open";
+/// The do-nothing programs the benchmark attaches to measure the floor:
+/// (program, hook).
+const BENCH_NOOP: [(&str, &str); 2] =
+    [("bench_noop_file_open", "file_open"), ("bench_noop_file_permission", "file_permission")];
 
 /// Tracepoints that bind cgroups as they appear, go, and are renamed.
 const CGROUP_TRACEPOINTS: [&str; 3] = ["cgroup_mkdir", "cgroup_rmdir", "cgroup_rename"];
@@ -297,7 +299,7 @@ impl Enforcer {
                 .map(|h| (h.name(), h.name()))
                 .collect(),
             Attachment::Detached => vec![],
-            Attachment::Noop => vec![(BENCH_NOOP, "file_open")],
+            Attachment::Noop => BENCH_NOOP.to_vec(),
         };
         for (name, hook) in names {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;

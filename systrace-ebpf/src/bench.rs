@@ -1,12 +1,18 @@
-//! A program that does nothing, attached by the benchmark in place of the real
-//! ones to measure the floor: what any BPF LSM program on `file_open` costs
-//! (the trampoline, entering and leaving the program). The agent never attaches
-//! it otherwise.
+//! Programs that do nothing, attached by the benchmark in place of the real
+//! ones to measure the floor: what any BPF LSM program on `file_open` and on
+//! `file_permission` (every read and write) costs (the trampoline, entering and
+//! leaving the program). The agent never attaches them otherwise.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 #[lsm(hook = "file_open")]
 #[inline(always)]
 pub fn bench_noop_file_open(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "file_permission")]
+#[inline(always)]
+pub fn bench_noop_file_permission(_ctx: LsmContext) -> i32 {
     0
 }

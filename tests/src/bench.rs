@@ -248,7 +248,7 @@ fn run(agent_bin: &Path) -> Result<()> {
     let mut open_ns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut exec_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let mut connect_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
-    let mut read_ns: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut read_ns: Vec<Vec<f64>> = vec![Vec::new(); 4];
     for round in 0..ROUNDS {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
         agent.set_state("detached")?;
@@ -258,11 +258,12 @@ fn run(agent_bin: &Path) -> Result<()> {
         read_ns[0].push(read("bench-none")?);
         agent.set_state("noop")?;
         open_ns[1].push(open("bench-none")?);
+        read_ns[1].push(read("bench-none")?);
         agent.set_state("attached")?;
         open_ns[2].push(open("bench-none")?);
-        read_ns[1].push(read("bench-none")?);
+        read_ns[2].push(read("bench-none")?);
         open_ns[3].push(open("bench-r10")?);
-        read_ns[2].push(read("bench-r10")?);
+        read_ns[3].push(read("bench-r10")?);
         exec_ns[1].push(fork_exec("bench-r10")?);
         connect_ns[1].push(connect("bench-r10")?);
         open_ns[4].push(open("bench-r1k")?);
@@ -281,7 +282,7 @@ fn run(agent_bin: &Path) -> Result<()> {
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / connect_base, "samples_ns": samples}));
     }
     let read_base = median(read_ns[0].clone());
-    for (name, samples) in ["a_no_agent", "b_agent_unconfined", "c_confined_10_rules"].iter().zip(&read_ns) {
+    for (name, samples) in ["a_no_agent", "a0_noop_program_floor", "b_agent_unconfined", "c_confined_10_rules"].iter().zip(&read_ns) {
         let ns = median(samples.clone());
         emit(json!({"case": "read_4k", "name": name, "kernel": kernel, "iterations": READ_ITERATIONS,
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / read_base, "samples_ns": samples}));
