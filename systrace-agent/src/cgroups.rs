@@ -39,6 +39,11 @@ pub fn matches(target: &Target, relative: &[String]) -> bool {
             if leaf != name {
                 return false;
             }
+            // systemd puts units in slices (and user managers' trees); a unit's
+            // name anywhere else is a directory some service made inside itself.
+            if !above.iter().all(|c| c.ends_with(".slice") || c.starts_with("user@")) {
+                return false;
+            }
             let manager = above.iter().find(|c| c.starts_with("user@"));
             match (user, manager) {
                 (None, None) => true,
@@ -99,6 +104,8 @@ mod tests {
         assert!(matches(&system, &parts("system.slice/web.service")));
         assert!(matches(&system, &parts("custom.slice/custom-web.slice/web.service")));
         assert!(!matches(&system, &parts("system.slice/web.service/child")));
+        assert!(!matches(&system, &parts("system.slice/other.service/web.service")), "a decoy inside a service");
+        assert!(!matches(&system, &parts("system.slice/other.service/x.slice/web.service")));
         assert!(!matches(&system, &parts("user.slice/user-1000.slice/user@1000.service/app.slice/web.service")));
         let any_user = Target::Unit { name: "web.service".into(), user: Some(None) };
         assert!(matches(&any_user, &parts("user.slice/user-1000.slice/user@1000.service/app.slice/web.service")));

@@ -30,7 +30,8 @@ use systrace_agent::{
 };
 use systrace_common::{
     names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo,
-    ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, CGROUP_PATH_LEN, UNIT_NAME_LEN,
+    ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, ANY_MINOR, CGROUP_PATH_LEN,
+    RAW_DEVICE_SLOTS, UNIT_NAME_LEN, kernel_dev,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
@@ -142,6 +143,49 @@ fn random_key() -> [u64; 2] {
     key
 }
 
+/// Character devices whose majors are fixed (Documentation/admin-guide/devices.txt):
+/// memory and I/O ports, input event devices and uinput (typing into a
+/// console outside the cgroup), SCSI generic (raw commands to disks), raw
+/// flash, model-specific registers.
+const FIXED_RAW_DEVICES: [(u32, u32); 8] = [
+    (1, 1),
+    (1, 2),
+    (1, 4),
+    (10, 223),
+    (13, ANY_MINOR),
+    (21, ANY_MINOR),
+    (90, ANY_MINOR),
+    (202, ANY_MINOR),
+];
+
+/// Drivers whose majors the kernel hands out at boot, by their name in
+/// /proc/devices: block SCSI generic, NVMe controllers and namespaces (both
+/// take raw commands), DAX (persistent memory directly).
+const DYNAMIC_RAW_DEVICES: [&str; 4] = ["bsg", "nvme", "nvme-generic", "dax"];
+
+/// The `RAW_DEVICES` global from the text of /proc/devices: the fixed ones,
+/// then the character majors of the drivers named above. Drivers loaded later
+/// are not covered (documented in the README).
+pub fn raw_devices(proc_devices: &str) -> [u32; RAW_DEVICE_SLOTS] {
+    let mut out = [0u32; RAW_DEVICE_SLOTS];
+    let mut n = 0;
+    for (major, minor) in FIXED_RAW_DEVICES {
+        out[n] = kernel_dev(major, minor);
+        n += 1;
+    }
+    let character = proc_devices.split("Block devices:").next().unwrap_or("");
+    for line in character.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(major), Some(name)) = (words.next(), words.next()) else { continue };
+        let Ok(major) = major.parse::<u32>() else { continue };
+        if DYNAMIC_RAW_DEVICES.contains(&name) && n < RAW_DEVICE_SLOTS {
+            out[n] = kernel_dev(major, ANY_MINOR);
+            n += 1;
+        }
+    }
+    out
+}
+
 impl Enforcer {
     /// Loads and attaches every program. Nothing is confined until policies are installed.
     pub fn load(layout: &KernelLayout) -> Result<Self, LoadFailure> {
@@ -156,6 +200,8 @@ impl Enforcer {
         loader.override_global(names::OFFSET_FORMS, &layout.forms, true);
         loader.override_global(names::HOOK_ARGS, layout.hook_args.as_slice(), true);
         loader.override_global(names::NAME_KEY, &name_key, true);
+        let raw = raw_devices(&std::fs::read_to_string("/proc/devices").unwrap_or_default());
+        loader.override_global(names::RAW_DEVICES, &raw, true);
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
         let stats = std::env::var_os("SYSTRACE_LOAD_STATS").is_some();
@@ -700,5 +746,22 @@ fn wait_for_readers() {
     let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
     if rc != 0 || one_cpu {
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_devices_take_dynamic_character_majors_only() {
+        let text = "Character devices:\n  1 mem\n 13 input\n248 bsg\n239 nvme-generic\n240 nvme\n\nBlock devices:\n259 blkext\n 66 nvme\n";
+        let raw = raw_devices(text);
+        assert!(raw.contains(&kernel_dev(1, 1)));
+        assert!(raw.contains(&kernel_dev(248, ANY_MINOR)));
+        assert!(raw.contains(&kernel_dev(239, ANY_MINOR)));
+        assert!(raw.contains(&kernel_dev(240, ANY_MINOR)));
+        assert!(!raw.contains(&kernel_dev(66, ANY_MINOR)), "block majors are not character devices");
+        assert!(!raw.contains(&kernel_dev(1, 3)), "/dev/null stays open");
     }
 }

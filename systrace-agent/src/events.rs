@@ -257,6 +257,8 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
             (_, net::IPPROTO_UDP) => Some("udp"),
             (_, net::IPPROTO_SCTP) => Some("sctp"),
             (_, net::IPPROTO_UDPLITE) => Some("udplite"),
+            (_, 1) => Some("icmp"),
+            (_, 58) => Some("icmpv6"),
             _ => Some("other"),
         },
         protection: (event.protection != 0).then(|| protect::name(event.protection)),

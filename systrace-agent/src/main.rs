@@ -702,6 +702,7 @@ async fn serve(
             "denied": enforcer.counter(Counter::Denied)?,
             "walk_undecided": enforcer.counter(Counter::WalkUndecided)?,
             "cgroups_bound": enforcer.counter(Counter::CgroupsBound)?,
+            "cgroups_bind_failed": enforcer.counter(Counter::BindFailed)?,
         }))
     };
     let emit_record = |out: &mut Output, record: Record| match record {

@@ -54,6 +54,19 @@ pub mod names {
     pub const OFFSET_FORMS: &str = "OFFSET_FORMS";
     pub const HOOK_ARGS: &str = "HOOK_ARGS";
     pub const NAME_KEY: &str = "NAME_KEY";
+    /// [`crate::RAW_DEVICE_SLOTS`] character devices (kernel `dev_t`s; a minor of
+    /// [`crate::ANY_MINOR`] stands for the whole major) that no confined process opens.
+    pub const RAW_DEVICES: &str = "RAW_DEVICES";
+}
+
+/// Entries of the `RAW_DEVICES` global.
+pub const RAW_DEVICE_SLOTS: usize = 16;
+/// The minor of a `RAW_DEVICES` entry that covers every device of its major.
+pub const ANY_MINOR: u32 = 0xf_ffff;
+
+/// A kernel `dev_t` (`MKDEV`): 12 bits of major above 20 bits of minor.
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & ANY_MINOR)
 }
 
 /// Access kinds, as bits. A rule holds the set it allows; an operation requests a set.
@@ -341,6 +354,7 @@ pub mod socket {
         [("ip", 0), ("icmp", 1), ("tcp", 6), ("udp", 17), ("icmpv6", 58), ("sctp", 132), ("udplite", 136)];
     pub const SOCK_STREAM: u16 = 1;
     pub const SOCK_DGRAM: u16 = 2;
+    pub const SOCK_RAW: u16 = 3;
     pub const SOCK_SEQPACKET: u16 = 5;
     pub const IPPROTO_MPTCP: u16 = 262;
 }
@@ -488,6 +502,17 @@ pub mod net {
     pub const IPPROTO_UDP: u8 = 17;
     pub const IPPROTO_SCTP: u8 = 132;
     pub const IPPROTO_UDPLITE: u8 = 136;
+    pub const IPPROTO_DCCP: u8 = 33;
+    /// The `proto` of [`crate::NetKey`]s for rules that name no protocol: they
+    /// decide every protocol (ICMP, UDP-Lite, raw sockets...) that no rule of the
+    /// policy names. They are also written under tcp, udp and every protocol
+    /// some rule names, so one lookup sees them together with those rules.
+    pub const PROTO_ANY: u8 = 0;
+    /// Whether a protocol has ports; for the others a sockaddr's port is
+    /// ignored by the kernel, and decided as 0.
+    pub const fn has_ports(proto: u8) -> bool {
+        matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP)
+    }
     /// Bits of [`crate::NetKey`] before the address: every rule matches them fully.
     pub const FIXED_PREFIX_BITS: u32 = 64;
     /// Port ranges one [`crate::NetRule`] holds.
@@ -555,9 +580,13 @@ pub enum Counter {
     ScratchBusy = 4,
     /// Cgroups the kernel bound to a policy as they appeared.
     CgroupsBound = 5,
+    /// Cgroups a policy names that could not be bound as they appeared (the
+    /// binding table was full): their processes are confined by an
+    /// ancestor's policy, if any, until the next reload binds them.
+    BindFailed = 6,
 }
 
-pub const COUNTER_SLOTS: u32 = 6;
+pub const COUNTER_SLOTS: u32 = 7;
 
 pub const COMM_LEN: usize = 16;
 /// Bytes of path components an event carries (see [`Event::path`]).
@@ -668,8 +697,11 @@ kernel_offsets! {
     INODE_I_SB => "inode", "i_sb";
     INODE_I_GENERATION => "inode", "i_generation";
     INODE_I_PRIVATE => "inode", "i_private";
+    INODE_I_RDEV => "inode", "i_rdev";
     SUPER_BLOCK_S_DEV => "super_block", "s_dev";
     SUPER_BLOCK_S_MAGIC => "super_block", "s_magic";
+    /// Read as a u32: the low half of an `unsigned long` (little endian).
+    SUPER_BLOCK_S_FLAGS => "super_block", "s_flags";
     SUPER_BLOCK_S_ROOT => "super_block", "s_root";
     /// A `list_head` of `mount.mnt_instance` nodes; since 6.17 the first
     /// `struct mount`, chained by `mnt_next_for_sb` (the second form).

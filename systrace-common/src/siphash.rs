@@ -49,9 +49,10 @@ impl SipHasher13 {
     }
 
     /// Absorbs the last 0 to 7 bytes (`tail`, little endian, zero above them)
-    /// and the total length, and returns the hash.
+    /// and the total length, and returns the hash. Works in place (the kernel
+    /// side keeps the hasher in a map, and a copy would take BPF stack).
     #[inline(always)]
-    pub fn finish(mut self, tail: u64, len: usize) -> u64 {
+    pub fn finish(&mut self, tail: u64, len: usize) -> u64 {
         self.block(tail | ((len as u64) << 56));
         self.v2 ^= 0xff;
         self.round();

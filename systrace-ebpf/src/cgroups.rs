@@ -5,6 +5,8 @@
 //! the unit's name wherever its slice puts it) in both halves of the binding
 //! table. The tracepoint fires before the new directory is made visible
 //! (`kernfs_activate`), so no process can be moved in before the binding exists.
+//! Cgroups made by confined processes are never bound: they stay under their
+//! maker's policy.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::btf_tracepoint, programs::BtfTracePointContext,
@@ -15,7 +17,7 @@ use crate::{
     decision::report_bound,
     kernel,
     maps::{count, BINDINGS, TARGETS, UNITS},
-    subject::active_half,
+    subject::{active_half, current_subject},
 };
 
 /// Levels above a unit's cgroup searched for its manager (`user@UID.service`).
@@ -74,6 +76,13 @@ unsafe fn appeared(cgrp: *const u8, path: *const u8) -> Result<(), i64> {
     let Some((id, kn)) = v2_cgroup(cgrp)? else {
         return Ok(());
     };
+    if current_subject().is_some() {
+        // Made (or renamed) by a confined process, inside its own cgroup (the
+        // cgroup protection refuses anywhere else): it stays under the policy
+        // that confines its maker. Binding it by its name would let the
+        // process pick a laxer policy, or fill the table with decoys.
+        return Ok(());
+    }
     let active = active_half();
     let mut bound_active = NONE;
     for half in 0..2u32 {
@@ -82,8 +91,9 @@ unsafe fn appeared(cgrp: *const u8, path: *const u8) -> Result<(), i64> {
             slot = unit_slot(half, kn);
         }
         if slot != NONE {
-            let _ = BINDINGS.insert(&BindingKey { half, _pad: 0, cgroup_id: id }, &(slot as u32), 0);
-            if half == active {
+            if BINDINGS.insert(&BindingKey { half, _pad: 0, cgroup_id: id }, &(slot as u32), 0).is_err() {
+                count(Counter::BindFailed);
+            } else if half == active {
                 bound_active = slot;
             }
         }
@@ -141,8 +151,42 @@ const MANAGER_NONE: u32 = 0;
 const MANAGER_MATCH: u32 = 1;
 const MANAGER_OTHER: u32 = 2;
 
+/// Whether the `len` bytes at the start of `name` end in `.slice`.
+#[inline(always)]
+fn is_slice(name: &[u8; 64], len: usize) -> bool {
+    if !(6..64).contains(&len) {
+        return false;
+    }
+    // Gathered into one word and compared once: a branch per byte would
+    // multiply the states the verifier walks through.
+    let at = len - 6;
+    let mut tail: u64 = 0;
+    for i in 0..6 {
+        tail |= (name[(at + i) & 63] as u64) << (8 * i);
+    }
+    tail == u64::from_le_bytes(*b".slice\0\0")
+}
+
+/// Whether the first 32 bytes of `name` are `manager` (NUL-padded, so a
+/// longer name differs at the padding).
+#[inline(always)]
+fn same_manager(name: &[u8; 64], manager: &[u8; 32]) -> bool {
+    let mut diff: u64 = 0;
+    for i in 0..4 {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&name[i * 8..i * 8 + 8]);
+        b.copy_from_slice(&manager[i * 8..i * 8 + 8]);
+        diff |= u64::from_ne_bytes(a) ^ u64::from_ne_bytes(b);
+    }
+    diff == 0
+}
+
 /// Looks above `kn` for a user manager's cgroup (`user@*.service`): none, the
-/// one `manager` names (any, if `manager` is empty), or another.
+/// one `manager` names (any, if `manager` is empty), or another. systemd puts
+/// units directly in slices (or in a user manager's tree): a unit name found
+/// below anything else (a directory a delegated service made inside itself)
+/// counts as another manager's, and is not bound.
 #[inline(always)]
 unsafe fn manager_above(kn: *const u8, manager: &[u8; 32]) -> u32 {
     let Ok((_, mut node)) = kernel::kernfs_node(kn) else {
@@ -152,15 +196,23 @@ unsafe fn manager_above(kn: *const u8, manager: &[u8; 32]) -> u32 {
         if node.is_null() {
             return MANAGER_NONE;
         }
-        let mut name = [0u8; 32];
+        let mut name = [0u8; 64];
         let Ok(n) = kernel::kernfs_name(node) else {
             return MANAGER_OTHER;
         };
-        if bpf_probe_read_kernel_str_bytes(n, &mut name).is_err() {
+        let Ok(read) = bpf_probe_read_kernel_str_bytes(n, &mut name) else {
             return MANAGER_OTHER;
-        }
+        };
+        let len = read.len();
         if name[..5] == *b"user@" {
-            return if manager[0] == 0 || name == *manager { MANAGER_MATCH } else { MANAGER_OTHER };
+            return if manager[0] == 0 || same_manager(&name, manager) { MANAGER_MATCH } else { MANAGER_OTHER };
+        }
+        let root = match kernel::kernfs_node(node) {
+            Ok((_, parent)) => parent.is_null(),
+            Err(_) => return MANAGER_OTHER,
+        };
+        if !root && !is_slice(&name, len) {
+            return MANAGER_OTHER;
         }
         node = match kernel::kernfs_node(node) {
             Ok((_, parent)) => parent,

@@ -351,7 +351,10 @@ pub struct NetTarget {
     pub addr: [u8; 16],
     pub port: u16,
     pub family: u8,
+    /// The socket's protocol, as reported.
     pub proto: u8,
+    /// The protocol the rules are looked up under (see [`rule_protocol`](crate::network)).
+    pub rule_proto: u8,
 }
 
 /// Writes an event about a network operation for every verdict other than a silent allow.

@@ -19,10 +19,12 @@ use crate::{
     hook::{arg, lsm_program},
     kernel,
     subject::current_subject,
-    walk::{walk, Object, Request, Resolution},
+    walk::{walk, Object, Request, Resolution, CHILD, OWN_INODE},
 };
 
 const RENAME_EXCHANGE: u32 = 1 << 1;
+const S_IFMT: u16 = 0o170_000;
+const S_IFDIR: u16 = 0o040_000;
 
 /// Protections on changing names in the directory `dir`; 0 or what the hook returns.
 #[inline(always)]
@@ -90,7 +92,13 @@ lsm_program!(path_rmdir = "path_rmdir", Hook::PathRmdir, |ctx| dir_entry(&ctx, H
 fn new_name(c: &mut FileCheck, from: Object, to: Object, requested: u32) -> i32 {
     c.dentry = from.dentry as u64;
     c.mnt = from.mnt as u64;
-    let widened = systrace_new_name(c, &to);
+    c.detail = 0;
+    let mut widened = systrace_new_name(c, &to);
+    if widened == 0 && is_directory(from.dentry) {
+        c.detail = CHILDREN;
+        widened = systrace_new_name(c, &to);
+        c.detail = 0;
+    }
     if widened != 0 {
         // Reported on the old name, with the content access the new name would
         // have gained (all of it when the names could not be read).
@@ -110,10 +118,16 @@ fn new_name(c: &mut FileCheck, from: Object, to: Object, requested: u32) -> i32 
 /// the names could not be read; leaves the file's identity in `check` for the
 /// report.
 ///
-/// A BPF global function: a rename checks two of these. The walks are
-/// inlined, one after the other, so no second global frame sits on this one.
-/// The caller's frame, which the 6.1 verifier adds to this one's, holds only
-/// the new name for it.
+/// A directory takes its whole tree along, while the rules stay with the
+/// names. With `check.detail` set to [`CHILDREN`] the comparison is for the
+/// files inside a directory (0 for anything else); and rules anchored at or
+/// below a directory's old name would stop applying to the files it holds:
+/// such a directory keeps its name.
+///
+/// A BPF global function: a rename checks up to four of these, one after the
+/// other. The walks are inlined, one after the other, so no second global
+/// frame sits on this one. The caller's frame, which the 6.1 verifier adds to
+/// this one's, holds only the new name for it.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn systrace_new_name(check: *mut FileCheck, to: *const Object) -> i32 {
@@ -121,23 +135,44 @@ pub extern "C" fn systrace_new_name(check: *mut FileCheck, to: *const Object) ->
         return -1;
     }
     let c = unsafe { &mut *check };
+    let children = c.detail == CHILDREN;
     let to = unsafe { *to };
     // One request and one resolution, used twice: the frame stays small.
     let mut request = Request::new(&c.subject, c.object(), access::CONTENT, true);
+    request.how = if children { CHILD } else { OWN_INODE };
     let mut res = Resolution::default();
     if walk(&request, &mut res) != 0 {
         return -1;
     }
+    if children && res.anchored {
+        return access::CONTENT as i32;
+    }
     let old = crate::decision::granted(&c.subject, &res);
     c.dev = res.id.dev;
     c.ino = res.id.ino;
-    request = Request::new(&c.subject, to, access::CONTENT, false);
+    request.dentry = to.dentry as u64;
+    request.mnt = to.mnt as u64;
+    request.how &= CHILD;
     res = Resolution::default();
     if walk(&request, &mut res) != 0 {
         return -1;
     }
     let new = crate::decision::granted(&c.subject, &res);
-    (new & !old & 0x7fff_ffff) as i32
+    ((new & !old) & 0x7fff_ffff) as i32
+}
+
+/// `FileCheck::detail` for [`systrace_new_name`]: compare the files inside.
+const CHILDREN: u32 = 1;
+
+/// Whether `dentry` is a directory; an unreadable one counts as one (the
+/// stricter checks then run).
+#[inline(always)]
+fn is_directory(dentry: kernel::DentryPtr) -> bool {
+    match unsafe { kernel::dentry_inode(dentry) } {
+        Ok(inode) if inode.is_null() => false,
+        Ok(inode) => unsafe { kernel::inode_mode(inode) }.map(|m| m & S_IFMT == S_IFDIR).unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 lsm_program!(path_link = "path_link", Hook::PathLink, |ctx| {

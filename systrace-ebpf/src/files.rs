@@ -47,6 +47,7 @@ const TIOCLINUX: u32 = 0x541c;
 const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+const BTRFS_IOCTL_MAGIC: u32 = 0x94;
 
 /// Access bits an open asks for, from the file's mode and flags.
 #[inline(always)]
@@ -307,14 +308,27 @@ unsafe fn received(subject: &Subject, file: FilePtr) -> Result<i32, i64> {
 lsm_program!(file_ioctl = "file_ioctl", Hook::FileIoctl, |ctx| ioctl(&ctx, Hook::FileIoctl));
 lsm_program!(file_ioctl_compat = "file_ioctl_compat", Hook::FileIoctlCompat, |ctx| ioctl(&ctx, Hook::FileIoctlCompat));
 
+/// Whether `cmd` is one of btrfs's own ioctls (its type, 0x94, is shared with
+/// a few generic ones that work on descriptors already decided: reflink
+/// clones, dedupe, reading the label). btrfs's create, snapshot and delete
+/// whole subvolumes, send streams of their contents and search the raw trees
+/// (small files live inline in them): a copy of a denied tree under an allowed
+/// name, or its contents, with no open, mkdir or rename to decide.
+#[inline(always)]
+fn btrfs_own(cmd: u32) -> bool {
+    (cmd >> 8) & 0xff == BTRFS_IOCTL_MAGIC && !matches!(cmd & 0xff, 9 | 13 | 49 | 54)
+}
+
 /// TIOCSTI and TIOCLINUX push input into a terminal, which a shell outside
-/// the cgroup may be reading: refused under the signal protection. Setting a
-/// file's flags (immutable, append-only, ...) needs `chmod` on it.
+/// the cgroup may be reading: refused under the signal protection. btrfs's
+/// own ioctls ([`btrfs_own`]) are refused under the system protection.
+/// Setting a file's flags (immutable, append-only, ...) needs `chmod` on it.
 #[inline(always)]
 fn ioctl(ctx: &LsmContext, hook: Hook) -> i32 {
     let cmd: u32 = arg(ctx, hook, 1);
     let chmod = matches!(cmd, FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS | FS_IOC_FSSETXATTR);
-    if !chmod && cmd != TIOCSTI && cmd != TIOCLINUX {
+    let btrfs = btrfs_own(cmd);
+    if !chmod && !btrfs && cmd != TIOCSTI && cmd != TIOCLINUX {
         return 0;
     }
     let Some(subject) = current_subject() else {
@@ -327,5 +341,6 @@ fn ioctl(ctx: &LsmContext, hook: Hook) -> i32 {
     if chmod {
         return check_file(&subject, hook, object, access::CHMOD);
     }
-    check_file_protection(&subject, hook, Detail { detail: cmd, target: 0, protection: protect::SIGNAL }, object)
+    let protection = if btrfs { protect::SYSTEM } else { protect::SIGNAL };
+    check_file_protection(&subject, hook, Detail { detail: cmd, target: 0, protection }, object)
 }

@@ -9,7 +9,11 @@
 //!   (oom_score_adj...), nor to global ones (/proc/sys, /proc/sysrq-trigger:
 //!   core_pattern and modprobe run programs as root outside any policy).
 //! - sysfs, debugfs, tracefs, securityfs, configfs, efivarfs: no writes.
-//! - block devices: not opened at all (a raw disk is every file at once).
+//! - block devices: not opened at all (a raw disk is every file at once), nor
+//!   the character devices that reach disks, memory or input directly
+//!   (`RAW_DEVICES`: /dev/mem, /dev/sg*, /dev/bsg/*, NVMe, /dev/input,
+//!   /dev/uinput, ...), nor /proc/kcore.
+//! - binfmt_misc: no writes (a registered interpreter runs as root).
 //! - io_uring rings whose submission thread runs outside the cgroup: not taken
 //!   in, not mapped (their requests would run unconfined).
 //! - bpffs: no unlinking or renaming (the agent's pinned links).
@@ -37,9 +41,13 @@ const SECURITYFS_MAGIC: u64 = 0x7363_6673;
 const CONFIGFS_MAGIC: u64 = 0x6265_6570;
 const EFIVARFS_MAGIC: u64 = 0xde5e_81e4;
 const PSTOREFS_MAGIC: u64 = 0x6165_676c;
+/// binfmt_misc: registering an interpreter runs it, as root, for whatever
+/// file matches (the kernel's "credentials from the binary" flag included).
+const BINFMTFS_MAGIC: u64 = 0x4249_4e4d;
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFBLK: u16 = 0o060_000;
+const S_IFCHR: u16 = 0o020_000;
 pub const S_IFSOCK: u16 = 0o140_000;
 
 /// Names whose writes move a process or thread into the file's cgroup: the v2
@@ -57,6 +65,13 @@ unsafe fn fs_of(dentry: DentryPtr) -> Result<(u64, InodePtr), i64> {
         return Ok((0, inode));
     }
     Ok((kernel::inode_fs_magic(inode)?, inode))
+}
+
+#[inline(always)]
+unsafe fn is_kcore(dentry: DentryPtr) -> Result<bool, i64> {
+    let mut name = [0u8; 8];
+    bpf_probe_read_kernel_str_bytes(kernel::dentry_name(dentry)?, &mut name)?;
+    Ok(name == *b"kcore\0\0\0")
 }
 
 #[inline(always)]
@@ -87,7 +102,13 @@ unsafe fn open_refused_by(subject: &Subject, dentry: DentryPtr, requested: u32) 
     if inode.is_null() {
         return Ok(0);
     }
-    if kernel::inode_mode(inode)? & S_IFMT == S_IFBLK {
+    match kernel::inode_mode(inode)? & S_IFMT {
+        S_IFBLK => return Ok(protect::SYSTEM),
+        S_IFCHR if kernel::raw_device(kernel::inode_rdev(inode)?) => return Ok(protect::SYSTEM),
+        _ => {}
+    }
+    if magic == PROC_SUPER_MAGIC && kernel::proc_inode_pid(inode)?.is_null() && is_kcore(dentry)? {
+        // The kernel's memory as an ELF core, read or written.
         return Ok(protect::SYSTEM);
     }
     if requested & WRITES == 0 {
@@ -116,7 +137,7 @@ unsafe fn open_refused_by(subject: &Subject, dentry: DentryPtr, requested: u32) 
             }
         }
         SYSFS_MAGIC | DEBUGFS_MAGIC | TRACEFS_MAGIC | SECURITYFS_MAGIC | CONFIGFS_MAGIC | EFIVARFS_MAGIC
-        | PSTOREFS_MAGIC => protect::SYSTEM,
+        | PSTOREFS_MAGIC | BINFMTFS_MAGIC => protect::SYSTEM,
         _ => 0,
     })
 }

@@ -7,7 +7,9 @@
 //! tables in `systrace_common` ([`Off`], [`Hook`]).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use systrace_common::{Hook, Off, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_ABSENT, OFFSET_COUNT, OVERLAYFS_SUPER_MAGIC};
+use systrace_common::{
+    Hook, Off, ANY_MINOR, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_ABSENT, OFFSET_COUNT, OVERLAYFS_SUPER_MAGIC, RAW_DEVICE_SLOTS,
+};
 
 /// Byte offsets of kernel struct fields, indexed by [`Off`].
 #[no_mangle]
@@ -21,6 +23,30 @@ static OFFSET_FORMS: [u8; OFFSET_COUNT] = [0; OFFSET_COUNT];
 /// argument the hook's program reads.
 #[no_mangle]
 static HOOK_ARGS: [u8; HOOK_SLOTS * HOOK_ARG_SLOTS] = [0; HOOK_SLOTS * HOOK_ARG_SLOTS];
+
+/// Character devices that reach hardware or the kernel's memory directly
+/// (see `names::RAW_DEVICES`); unused slots are 0.
+#[no_mangle]
+static RAW_DEVICES: [u32; RAW_DEVICE_SLOTS] = [0; RAW_DEVICE_SLOTS];
+
+/// Whether the device `rdev` is one of [`RAW_DEVICES`].
+#[inline(always)]
+pub fn raw_device(rdev: u32) -> bool {
+    let any = (rdev & !ANY_MINOR) | ANY_MINOR;
+    for i in 0..RAW_DEVICE_SLOTS {
+        let d = unsafe { core::ptr::read_volatile(&RAW_DEVICES[i]) };
+        if d != 0 && (d == rdev || d == any) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `inode->i_rdev`: the device a device file stands for.
+#[inline(always)]
+pub unsafe fn inode_rdev(inode: InodePtr) -> Result<u32, i64> {
+    field(inode, Off::INODE_I_RDEV)
+}
 
 /// The key of the path-component hash ([`systrace_common::name_hash`]).
 #[no_mangle]
@@ -150,6 +176,19 @@ pub unsafe fn dentry_name(dentry: DentryPtr) -> Result<*const u8, i64> {
 #[inline(always)]
 pub unsafe fn dentry_qstr(dentry: DentryPtr) -> Result<(*const u8, u32), i64> {
     Ok((field(dentry, Off::DENTRY_D_NAME_NAME)?, field(dentry, Off::DENTRY_D_NAME_LEN)?))
+}
+
+/// `SB_KERNMOUNT`: a file system the kernel mounted for itself.
+const SB_KERNMOUNT: u32 = 1 << 22;
+
+/// Whether `sb` is one of the kernel's own file systems (pipes, sockets,
+/// anonymous inodes, memfds, pidfds, message queues), mounted with
+/// `kern_mount` and reachable by no path. A private clone of a real file
+/// system's mount (overlayfs's layers) is not: its files have paths elsewhere.
+#[inline(always)]
+pub unsafe fn sb_kernel_internal(sb: *const u8) -> Result<bool, i64> {
+    let flags: u32 = field(sb, Off::SUPER_BLOCK_S_FLAGS)?;
+    Ok(flags & SB_KERNMOUNT != 0)
 }
 
 /// `sb->s_root`.

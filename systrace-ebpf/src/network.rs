@@ -9,7 +9,8 @@
 //! address the kernel routes it to: the socket's bound source address, or
 //! loopback. IPv4-mapped IPv6 addresses are matched as the IPv4 address they
 //! carry. MPTCP is decided as tcp (it falls back to TCP and reaches TCP
-//! listeners). Sockets of other families have no address rules: what may
+//! listeners). Rules that name no protocol decide every protocol, ICMP and
+//! raw sockets included ([`rule_protocol`]). Sockets of other families have no address rules: what may
 //! create them (`[[socket]]` rules) may also bind, connect and send with them.
 //!
 //! Rules live in an LPM trie keyed by (policy, operation, family, protocol,
@@ -117,7 +118,7 @@ fn decide_socket_address(subject: &Subject, hook: Hook, how: Use, sock: *const u
         }
         net::AF_INET | net::AF_INET6 => {
             let op = if how == Use::Bind { net::OP_BIND } else { net::OP_CONNECT };
-            match unsafe { inet_address(sk, family as u8, protocol, how, sockaddr, addrlen) } {
+            match unsafe { inet_address(sk, family as u8, sock_type, protocol, how, sockaddr, addrlen) } {
                 Ok(Address::Nothing) => 0,
                 Ok(Address::Inet(target)) => decide_target(subject, hook, op, &target),
                 Ok(Address::Malformed) | Err(_) => check_unreadable(subject, hook, 0, EPERM),
@@ -127,11 +128,18 @@ fn decide_socket_address(subject: &Subject, hook: Hook, how: Use, sock: *const u
     }
 }
 
-/// The protocol address rules are keyed by.
+/// The protocol address rules are looked up under. A raw socket writes whole
+/// packets of any protocol (its own port numbers included): only the rules
+/// that name no protocol decide it.
 #[inline(always)]
-fn rule_protocol(protocol: u16) -> u8 {
-    if protocol == socket::IPPROTO_MPTCP {
+fn rule_protocol(sock_type: u16, protocol: u16) -> u8 {
+    if sock_type == socket::SOCK_RAW {
+        net::PROTO_ANY
+    } else if protocol == socket::IPPROTO_MPTCP {
         net::IPPROTO_TCP
+    } else if protocol > 255 {
+        // No IP protocol: decided as one no rule names.
+        net::PROTO_ANY
     } else {
         protocol as u8
     }
@@ -142,6 +150,7 @@ fn rule_protocol(protocol: u16) -> u8 {
 unsafe fn inet_address(
     sk: *const u8,
     family: u8,
+    sock_type: u16,
     protocol: u16,
     how: Use,
     sockaddr: *const u8,
@@ -156,7 +165,7 @@ unsafe fn inet_address(
         // connect(AF_UNSPEC) dissolves an association; it reaches nobody.
         return Ok(Address::Nothing);
     }
-    let proto = rule_protocol(protocol);
+    let proto = rule_protocol(sock_type, protocol);
     let v4 = family == net::AF_INET || given == net::AF_INET;
     if !v4 && given == net::AF_UNSPEC && how == Use::Send && (proto == net::IPPROTO_UDP || proto == net::IPPROTO_UDPLITE) {
         // IPv6 UDP ignores an AF_UNSPEC destination and sends to the connected peer.
@@ -200,7 +209,8 @@ unsafe fn inet_address(
             addr[15] = 1;
         }
     }
-    Ok(Address::Inet(NetTarget { addr, port: u16::from_be(port), family: target_family, proto }))
+    let port = if net::has_ports(proto) { u16::from_be(port) } else { 0 };
+    Ok(Address::Inet(NetTarget { addr, port, family: target_family, proto: protocol as u8, rule_proto: proto }))
 }
 
 #[inline(always)]
@@ -212,12 +222,19 @@ fn decide_target(subject: &Subject, hook: Hook, op: u8, target: &NetTarget) -> i
 
 #[inline(always)]
 fn decide(subject: &Subject, op: u8, target: &NetTarget) -> Verdict {
-    let key = Key::new(
+    let mut key = Key::new(
         net::FIXED_PREFIX_BITS + 128,
-        NetKey { policy: subject.policy, op, family: target.family, proto: target.proto, _pad: 0, addr: target.addr },
+        NetKey { policy: subject.policy, op, family: target.family, proto: target.rule_proto, _pad: 0, addr: target.addr },
     );
+    let mut found = NET_RULES.get(&key);
+    if found.is_none() && target.rule_proto != net::PROTO_ANY {
+        // No rule names this protocol (or none covers the address): the rules
+        // that name no protocol decide.
+        key.data.proto = net::PROTO_ANY;
+        found = NET_RULES.get(&key);
+    }
     let mut decided: u32 = NOT_DECIDED;
-    if let Some(rule) = NET_RULES.get(&key) {
+    if let Some(rule) = found {
         let count = rule.count as usize;
         for i in 0..net::MAX_PORT_RULES {
             if i >= count {
@@ -310,7 +327,7 @@ fn sctp(ctx: &LsmContext) -> i32 {
         SCTP_SOCKOPT_CONNECTX | SCTP_SENDMSG_CONNECT | SCTP_SET_PEER_PRIMARY_ADDR => net::OP_CONNECT,
         _ => return check_unreadable(&subject, hook, 0, EPERM),
     };
-    let Ok((family, _, protocol)) = (unsafe { kernel::sock_kind(sk) }) else {
+    let Ok((family, sock_type, protocol)) = (unsafe { kernel::sock_kind(sk) }) else {
         return check_unreadable(&subject, hook, 0, EPERM);
     };
     let mut walk = SctpAddresses {
@@ -321,6 +338,7 @@ fn sctp(ctx: &LsmContext) -> i32 {
         at: crate::walk::opaque_zero() as u32,
         op: op as u32,
         family: family as u32,
+        sock_type: sock_type as u32,
         protocol: protocol as u32,
         verdict: crate::walk::opaque_zero() as u32,
         failed: crate::walk::opaque_zero() as u32,
@@ -359,6 +377,7 @@ struct SctpAddresses {
     at: u32,
     op: u32,
     family: u32,
+    sock_type: u32,
     protocol: u32,
     /// The first refusal's verdict, or 0.
     verdict: u32,
@@ -379,7 +398,7 @@ extern "C" fn sctp_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let size: u32 = if given as u8 == net::AF_INET { 16 } else { 28 };
     let how = if w.op as u8 == net::OP_BIND { Use::Bind } else { Use::Connect };
     let rest = (w.addrlen - w.at) as i32;
-    match unsafe { inet_address(w.sk as *const u8, w.family as u8, w.protocol as u16, how, here, rest) } {
+    match unsafe { inet_address(w.sk as *const u8, w.family as u8, w.sock_type as u16, w.protocol as u16, how, here, rest) } {
         Ok(Address::Inet(target)) => {
             let verdict = decide(&w.subject, w.op as u8, &target);
             if verdict != Verdict::Allowed {

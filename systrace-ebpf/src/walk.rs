@@ -107,6 +107,14 @@ const NEED_MOUNT: u32 = 4;
 /// can name it, the policy's default decides.
 const PATHLESS: u32 = 5;
 
+/// The state for a walk that reached the root of one of the kernel's internal
+/// mounts at `dentry`: pathless if the file system is the kernel's own,
+/// undecided for a real one (overlayfs's private clones of its layers).
+#[inline(always)]
+unsafe fn internal(dentry: DentryPtr) -> Result<u32, i64> {
+    Ok(if kernel::sb_kernel_internal(kernel::dentry_sb(dentry)?)? { PATHLESS } else { UNDECIDED })
+}
+
 /// A zero the verifier cannot see through. Before Linux 6.8 the verifier checked a
 /// `bpf_loop` callback as if it ran once, from the caller's initial values, then
 /// hard-wired the branches that single pass never took. Loop state that starts
@@ -142,6 +150,9 @@ pub struct Resolution {
     pub unresolved: u32,
     /// The path could not be known; see the module's documentation.
     pub undecided: bool,
+    /// Rules are anchored at the object's name or below it (the rule tree
+    /// has a node for its full path): what they decide stays with the name.
+    pub anchored: bool,
     pub id: FileId,
     /// The mount the walk found for an object that came without one.
     pub mnt: u64,
@@ -157,6 +168,10 @@ struct Walk {
     ns_root: u64,
     /// Components recorded (levels climbed): the object is level 0.
     levels: u32,
+    /// 1 when deciding for a child of the object (see [`Request::child`]).
+    child: u32,
+    /// The descent reached the object's own name.
+    anchored: u32,
     state: u32,
     policy: u32,
     inode_rules: u32,
@@ -199,9 +214,11 @@ impl Walk {
         self.audited = (self.audited & !c) | (c & set.audit & !set.deny);
     }
 
-    /// The rules of a node `level` levels above the object (0: the object).
+    /// The rules of a node `level` levels above the object (0: the object),
+    /// or above the object's child when the walk decides for one.
     #[inline(always)]
     fn apply(&mut self, rule: &FileRule, level: u32) {
+        let level = level + (self.child & 1);
         if level >= 1 {
             self.set(&rule.subtree);
         }
@@ -257,15 +274,15 @@ unsafe fn climb(w: &mut Walk) -> Result<bool, i64> {
         // The root of a mount: continue where it is attached. A bind mount's
         // root is a directory of another tree; its inode's deny rules apply here.
         let mount = kernel::mount_of(w.mnt as VfsMountPtr);
-        if w.inode_rules != 0 && w.levels > 0 {
-            w.inode_rules_at(dentry, w.levels)?;
+        if w.inode_rules != 0 && w.levels + w.child > 0 {
+            w.inode_rules_at(dentry, w.levels + (w.child & 1))?;
         }
         let parent = kernel::mount_parent(mount)?;
         if parent == mount {
             w.state = if mount as u64 == w.ns_root {
                 DONE
             } else if kernel::mount_ns(mount)? as u64 == MNT_NS_INTERNAL {
-                PATHLESS
+                internal(dentry)?
             } else {
                 // A mount of another namespace, or detached (open_tree, lazy umount).
                 UNDECIDED
@@ -284,8 +301,11 @@ unsafe fn climb(w: &mut Walk) -> Result<bool, i64> {
         // (whose dentries stand alone on the kernel's internal mounts), or the
         // hook gave no mount, or the file moved out from under a bind mount's
         // root, or the dentry is cut off from its tree (open_by_handle_at).
+        // Internal mounts of real file systems (overlayfs's private clones of
+        // its layers, which fanotify hands out descriptors on) are not
+        // pathless: their files have names the rules speak of.
         if w.mnt != 0 && kernel::mount_ns(kernel::mount_of(w.mnt as VfsMountPtr))? as u64 == MNT_NS_INTERNAL {
-            w.state = PATHLESS;
+            w.state = internal(dentry)?;
             return Ok(false);
         }
         let root = kernel::sb_root(kernel::dentry_sb(dentry)?)?;
@@ -349,7 +369,7 @@ unsafe fn find_mount(w: &mut Walk, walk: *mut c_void) -> Result<u64, i64> {
 #[inline(never)]
 extern "C" fn descend_step(_index: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *(*(ctx as *mut WalkRef)).walk };
-    match unsafe { descend(w, ctx) } {
+    match unsafe { descend(w) } {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(_) => {
@@ -361,13 +381,13 @@ extern "C" fn descend_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// One step down the rule tree. Returns whether to continue.
 #[inline(always)]
-unsafe fn descend(w: &mut Walk, walk: *mut c_void) -> Result<bool, i64> {
+unsafe fn descend(w: &mut Walk) -> Result<bool, i64> {
     if w.depth == 0 || w.depth > w.levels || w.depth as usize > RING {
         return Ok(false);
     }
     let level = w.levels - w.depth;
     let dentry = w.ring[(level as usize) & (RING - 1)] as DentryPtr;
-    let hash = name_hash(w, dentry, walk)?;
+    let hash = name_hash(w, dentry)?;
     let key = NameKey { policy: w.policy, parent: w.node, hash };
     let Some(node) = NAME_RULES.get_ptr(&key) else {
         return Ok(false);
@@ -378,28 +398,10 @@ unsafe fn descend(w: &mut Walk, walk: *mut c_void) -> Result<bool, i64> {
     Ok(true)
 }
 
-#[inline(never)]
-extern "C" fn hash_block(index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(*(ctx as *mut WalkRef)).walk };
-    if index >= w.hash_blocks {
-        return 1;
-    }
-    match unsafe { kernel::read_at::<u64>(w.hash_name as *const u8, ((index as usize) & 31) * 8) } {
-        Ok(block) => {
-            w.hasher.block(block);
-            0
-        }
-        Err(_) => {
-            w.state = FAILED;
-            1
-        }
-    }
-}
-
 /// [`systrace_common::name_hash`] of a dentry's name, read from the kernel in
 /// 8-byte blocks. The hasher lives in the walk's map slot, not on the stack.
 #[inline(always)]
-unsafe fn name_hash(w: &mut Walk, dentry: DentryPtr, walk: *mut c_void) -> Result<u64, i64> {
+unsafe fn name_hash(w: &mut Walk, dentry: DentryPtr) -> Result<u64, i64> {
     let (name, len) = kernel::dentry_qstr(dentry)?;
     if len > 255 {
         return Err(-1);
@@ -408,9 +410,14 @@ unsafe fn name_hash(w: &mut Walk, dentry: DentryPtr, walk: *mut c_void) -> Resul
     w.hash_name = name as u64;
     w.hash_blocks = full as u64;
     w.hasher = SipHasher13::new(w.k0, w.k1);
-    bpf_loop(32, hash_block as *mut c_void, walk, 0);
-    if w.state == FAILED {
-        return Err(-1);
+    // A bounded loop, not another bpf_loop: a nested callback would add a
+    // frame to the deepest chain of calls, which 6.1 bounds at 512 bytes.
+    for i in 0..32usize {
+        if i as u64 >= w.hash_blocks {
+            break;
+        }
+        let block: u64 = kernel::read_at(name, i * 8)?;
+        w.hasher.block(block);
     }
     let rem = len & 7;
     let mut tail: u64 = 0;
@@ -435,8 +442,16 @@ pub struct Request {
     pub policy: u32,
     pub inode_rules: u32,
     pub requested: u32,
-    pub own_inode: u32,
+    /// [`OWN_INODE`] and [`CHILD`] (one field: the requests sit on the stack
+    /// of hooks whose frames the 6.1 verifier adds up to its 512-byte bound).
+    pub how: u32,
 }
+
+/// The object's own inode deny rules apply.
+pub const OWN_INODE: u32 = 1;
+/// Decide for a (hypothetical) child of the object rather than the object:
+/// what a directory's rules and its ancestors' grant the files in it.
+pub const CHILD: u32 = 2;
 
 impl Request {
     #[inline(always)]
@@ -447,7 +462,7 @@ impl Request {
             policy: subject.policy,
             inode_rules: subject.info.flags & INODE_RULES_FLAG,
             requested,
-            own_inode: own_inode as u32,
+            how: if own_inode { OWN_INODE } else { 0 },
         }
     }
 }
@@ -487,7 +502,7 @@ pub fn walk(request: &Request, res: &mut Resolution) -> i64 {
 #[inline(always)]
 unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> Result<(), i64> {
     let object = Object { dentry: request.dentry as DentryPtr, mnt: request.mnt as VfsMountPtr };
-    let (requested, own_inode) = (request.requested, request.own_inode != 0);
+    let (requested, own_inode) = (request.requested, request.how & OWN_INODE != 0);
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let ns = unsafe { kernel::task_mnt_ns(task)? };
     let ns_root = unsafe { kernel::ns_root(ns)? };
@@ -500,6 +515,8 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
     w.ns = ns as u64;
     w.ns_root = ns_root as u64;
     w.levels = zero as u32;
+    w.child = (request.how & CHILD) >> 1;
+    w.anchored = zero as u32;
     w.state = zero as u32;
     w.policy = request.policy;
     w.inode_rules = request.inode_rules;
@@ -519,7 +536,7 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
     let inode = unsafe { kernel::dentry_inode(object.dentry)? };
     if !inode.is_null() {
         res.id = unsafe { kernel::inode_id(inode)? };
-        if w.inode_rules != 0 && own_inode {
+        if w.inode_rules != 0 && own_inode && w.child == 0 {
             let key = InodeKey { policy: w.policy, generation: res.id.generation, dev: res.id.dev, ino: res.id.ino };
             if let Some(rule) = unsafe { INODE_RULES.get(&key) } {
                 w.inode_deny |= rule.exact.deny & requested;
@@ -561,6 +578,11 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
                 if w.state == FAILED {
                     return Err(-1);
                 }
+                // The descent matched every component, the object's own name
+                // included: rules are anchored there or below.
+                if w.depth == w.levels + 1 {
+                    w.anchored = 1;
+                }
             }
         }
         // An object of the kernel's own (a pipe, a socket, a pidfd, a memfd):
@@ -576,6 +598,7 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
         // UNDECIDED, or the climb ran out of steps.
         _ => res.undecided = true,
     }
+    res.anchored = w.anchored != 0;
     let deny = w.inode_deny;
     res.denied = (w.denied | deny) & requested;
     res.allowed = w.allowed & !deny & requested;

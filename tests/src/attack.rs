@@ -373,6 +373,47 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 libc::close(fd);
                 e
             }
+            "raw-sendto" => {
+                // raw-sendto PROTOCOL ADDRESS: one packet of that IP protocol
+                // (ICMP: an echo request) from a raw socket to an IPv4 address.
+                let protocol: i32 = num(operands, 0)?;
+                let ip: std::net::Ipv4Addr = operands[1].parse().ok()?;
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                // Type 8 (echo request), code 0, checksum of the rest, id 1, sequence 1.
+                let packet: [u8; 8] = [8, 0, 0xf7, 0xfd, 0, 1, 0, 1];
+                let sa = sockaddr_in(libc::AF_INET, ip, 0);
+                let e = rc(libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                libc::close(fd);
+                e
+            }
+            "btrfs-snapshot" => {
+                // btrfs-snapshot SOURCE DIR NAME: a snapshot of the subvolume at
+                // SOURCE, made in DIR as NAME (BTRFS_IOC_SNAP_CREATE_V2).
+                let source = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if source < 0 {
+                    return Some(errno());
+                }
+                let dir = libc::open(arg(1)?.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if dir < 0 {
+                    libc::close(source);
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                // struct btrfs_ioctl_vol_args_v2: fd, transid, flags, 4 unused u64s, name[4040].
+                let mut args = vec![0u8; 4096];
+                args[..8].copy_from_slice(&(source as i64).to_ne_bytes());
+                let name = operands.get(2)?.as_bytes();
+                args[56..56 + name.len()].copy_from_slice(name);
+                const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong = 0x5000_9417;
+                let e = rc(libc::ioctl(dir, BTRFS_IOC_SNAP_CREATE_V2, args.as_mut_ptr()) as libc::c_long);
+                libc::close(dir);
+                libc::close(source);
+                e
+            }
             "proto-connect" => {
                 // proto-connect PROTOCOL ADDRESS PORT: a stream socket of that
                 // protocol (MPTCP 262, SCTP 132), connected to an IPv4 address.

@@ -72,6 +72,11 @@ path = "/tmp/bp/secret/**"
 access = ["read", "write", "exec", "map", "create", "delete", "rename", "chmod", "chown"]
 verdict = "deny"
 
+[[file]]
+path = "/tmp/bp/nest/inner/**"
+access = ["read"]
+verdict = "deny"
+
 [[exec]]
 path = "/bin/busybox"
 
@@ -138,6 +143,11 @@ access = ["read", "write", "exec", "map", "create", "delete", "rename", "chmod",
 verdict = "deny"
 
 [[file]]
+path = "/tmp/bp/nest/inner/**"
+access = ["read"]
+verdict = "deny"
+
+[[file]]
 path = "/tmp/bp/readonly.txt"
 access = ["write", "chmod", "chown", "delete", "rename"]
 verdict = "deny"
@@ -181,6 +191,12 @@ verdict = "deny"
 [[socket]]
 family = "inet"
 protocol = "udplite"
+verdict = "deny"
+
+# No protocol: every protocol, raw sockets and ICMP included.
+[[net]]
+operations = ["connect"]
+address = "127.0.0.3"
 verdict = "deny"
 "#;
 
@@ -348,10 +364,12 @@ struct Fixtures {
 fn setup() -> Result<()> {
     // Left over from an earlier run, if any.
     let _ = Command::new("umount").arg(p("allowed/alias")).stderr(std::process::Stdio::null()).status();
+    let _ = Command::new("umount").arg(p("allowed/btrfs")).stderr(std::process::Stdio::null()).status();
     let _ = fs::remove_dir_all(ROOT);
-    for dir in ["allowed/newroot/old", "secret", "drop"] {
+    for dir in ["allowed/newroot/old", "secret", "drop", "nest/inner", "allowed/btrfs"] {
         fs::create_dir_all(p(dir))?;
     }
+    fs::write(p("nest/inner/note.txt"), "denied below the directory being moved\n")?;
     fs::write(p("secret/secret.txt"), "the secret\n")?;
     fs::write(p("readonly.txt"), "read me\n")?;
     fs::write(p("allowed/decoy"), "decoy\n")?;
@@ -387,11 +405,26 @@ fn setup() -> Result<()> {
     if unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) } != 0 {
         bail!("setting trusted.systrace on readonly.txt: {}", std::io::Error::last_os_error());
     }
-    // A block device node.
-    let blk = std::ffi::CString::new(p("blk").as_os_str().as_encoded_bytes())?;
-    // SAFETY: a valid C string.
-    if unsafe { libc::mknod(blk.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) } != 0 {
-        bail!("mknod blk: {}", std::io::Error::last_os_error());
+    // A block device node, and /dev/mem under another name.
+    for (name, kind, major, minor) in [("blk", libc::S_IFBLK, 7, 0), ("mem", libc::S_IFCHR, 1, 1)] {
+        let node = std::ffi::CString::new(p(name).as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid C string.
+        if unsafe { libc::mknod(node.as_ptr(), kind | 0o600, libc::makedev(major, minor)) } != 0 {
+            bail!("mknod {name}: {}", std::io::Error::last_os_error());
+        }
+    }
+    // btrfs where the policies let the process read and write: its own
+    // ioctls would copy whole trees (snapshots) with no mkdir or open to decide.
+    let img = p("btrfs.img");
+    fs::File::create(&img)?.set_len(128 << 20)?;
+    let made = Command::new("/usr/bin/mkfs.btrfs").args(["-q", "-f"]).arg(&img).status()?;
+    ensure!(made.success(), "mkfs.btrfs failed");
+    let mounted = Command::new("mount").args(["-o", "loop"]).arg(&img).arg(p("allowed/btrfs")).status()?;
+    ensure!(mounted.success(), "mounting btrfs failed");
+    // binfmt_misc, where interpreters are registered.
+    if !Path::new("/proc/sys/fs/binfmt_misc/register").exists() {
+        let status = Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]).status()?;
+        ensure!(status.success(), "mounting binfmt_misc failed");
     }
     for cg in ["/sys/fs/cgroup/systrace-bypass-deny", "/sys/fs/cgroup/systrace-bypass-allow", ELSEWHERE, AGENT_CGROUP] {
         fs::create_dir_all(cg)?;
@@ -480,6 +513,23 @@ fn cases() -> Vec<Case> {
         let result = c.attack(&["open", "/tmp/bp/allowed/alias/secret.txt", "r"], file("file_open"));
         let _ = Command::new("umount").arg(p("allowed/alias")).status();
         result
+    });
+    case!("rename_denied_dir_away", |c, f| {
+        // The deny rule stays with the name; the directory would take its files along.
+        let to = format!("/tmp/bp/allowed/secret-{}", c.style);
+        let outcome = c.attack(&["rename", "/tmp/bp/secret", &to], file("path_rename"));
+        if Path::new(&to).exists() {
+            fs::rename(&to, p("secret"))?;
+        }
+        outcome
+    });
+    case!("rename_parent_of_denied_dir", |c, f| {
+        let to = format!("/tmp/bp/allowed/nest-{}", c.style);
+        let outcome = c.attack(&["rename", "/tmp/bp/nest", &to], file("path_rename"));
+        if Path::new(&to).exists() {
+            fs::rename(&to, p("nest"))?;
+        }
+        outcome
     });
     case!("proc_self_fd_reopen", |c, f| c.attack(&["reopen", "/tmp/bp/readonly.txt"], file("file_open")));
     case!("o_path_reopen", |c, f| {
@@ -603,6 +653,17 @@ fn cases() -> Vec<Case> {
         c.attack(&["write", &path, "never"], protected("file_open", "system"))
     });
     case!("block_device", |c, f| c.attack(&["open", "/tmp/bp/blk", "r"], protected("file_open", "system")));
+    case!("dev_mem", |c, f| c.attack(&["open", "/tmp/bp/mem", "r"], protected("file_open", "system")));
+    case!("proc_kcore", |c, f| c.attack(&["open", "/proc/kcore", "r"], protected("file_open", "system")));
+    case!("btrfs_snapshot", |c, f| {
+        let name = format!("snap-{}", c.style);
+        c.attack(&["btrfs-snapshot", "/tmp/bp/allowed/btrfs", "/tmp/bp/allowed/btrfs", &name], protected("file_ioctl", "system"))
+    });
+    case!("binfmt_misc_register", |c, f| {
+        // An interpreter the kernel would run, as root, for every matching file.
+        let rule = format!(":systrace-{}:E::systrace::/tmp/bp/tool:", c.style);
+        c.attack(&["write", "/proc/sys/fs/binfmt_misc/register", &rule], protected("file_open", "system"))
+    });
     case!("io_uring_sqpoll_handoff", |c, f| {
         // A ring made outside, whose submission thread runs outside, inherited
         // across exec: mapping it would let requests run unconfined. (io_uring
@@ -666,6 +727,12 @@ fn cases() -> Vec<Case> {
     case!("mptcp_connect", |c, f| c.attack(&["proto-connect", "262", "127.0.0.1", "7001"], net("socket_connect")));
     case!("sctp_connectx", |c, f| c.attack(&["sctp-connectx", "127.0.0.1", "7001"], net("sctp_bind_connect")));
     case!("udplite_socket", |c, f| c.attack(&["socket", "2", "2", "136"], net("socket_create")));
+    case!("raw_icmp_to_denied_address", |c, f| {
+        // Default deny: no rule lets the process make a raw socket. Default
+        // allow: the rule naming no protocol covers ICMP too.
+        let e = Expect { errno: EPERM, hooks: vec!["socket_create", "socket_sendmsg"], protection: None, by: By::Pid };
+        c.attack(&["raw-sendto", "1", "127.0.0.3"], e)
+    });
     // The same attacks from a 32-bit program, through the compat system calls.
     case!("i386_open", |c, f| c.attack_i386(&["open", s], file("file_open")));
     case!("i386_exec", |c, f| c.attack_i386(&["exec", "/tmp/bp/tool"], file("file_open")));

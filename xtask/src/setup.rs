@@ -29,8 +29,9 @@ const PACKAGES: [(&str, &str); 8] = [
 
 /// Kernel modules the VM tests load (with what they depend on): SCTP for the
 /// network cases, loop, btrfs and overlay for the file systems file rules are
-/// tested on. The cloud kernels build them as modules.
-pub const MODULES: [&str; 4] = ["sctp", "loop", "btrfs", "overlay"];
+/// tested on, binfmt_misc for the bypass case that registers an interpreter.
+/// The cloud kernels build them as modules.
+pub const MODULES: [&str; 5] = ["sctp", "loop", "btrfs", "overlay", "binfmt_misc"];
 
 pub fn all() -> Result<()> {
     packages()?;
@@ -251,6 +252,7 @@ fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
         visit(m, &index, out, &mut order, 0)?;
     }
     std::fs::write(out.join("order"), order.join("\n") + "\n")?;
+    std::fs::write(out.join("wanted"), MODULES.join("\n"))?;
     Ok(())
 }
 
@@ -258,6 +260,10 @@ fn find_vmlinuz(dir: &Path, spec: KernelSpec) -> Result<Option<Kernel>> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
     // A cache from before modules were kept is downloaded again.
     let Ok(order) = std::fs::read_to_string(dir.join("modules/order")) else { return Ok(None) };
+    // A cache made for another list of modules is downloaded again.
+    if std::fs::read_to_string(dir.join("modules/wanted")).ok().as_deref() != Some(MODULES.join("\n").as_str()) {
+        return Ok(None);
+    }
     let modules: Vec<PathBuf> = order.lines().filter(|l| !l.is_empty()).map(|m| dir.join("modules").join(format!("{m}.ko"))).collect();
     for e in entries {
         let path = e?.path();

@@ -438,6 +438,7 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
     }
 
     let mut net_rules = Vec::new();
+    let names_sctp = raw.net.iter().any(|r| matches!(r.protocol, Some(Protocol::Sctp)));
     let mut unix = Vec::new();
     for rule in &raw.net {
         if rule.operations.get_ref().is_empty() {
@@ -472,7 +473,10 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
             Some(Protocol::Tcp) => vec![net::IPPROTO_TCP],
             Some(Protocol::Udp) => vec![net::IPPROTO_UDP],
             Some(Protocol::Sctp) => vec![net::IPPROTO_SCTP],
-            None => vec![net::IPPROTO_TCP, net::IPPROTO_UDP],
+            // Every protocol: under its own key (see `net::PROTO_ANY`) and
+            // next to the rules of tcp, udp and any protocol a rule names.
+            None if names_sctp => vec![net::PROTO_ANY, net::IPPROTO_TCP, net::IPPROTO_UDP, net::IPPROTO_SCTP],
+            None => vec![net::PROTO_ANY, net::IPPROTO_TCP, net::IPPROTO_UDP],
         };
         let ports = match &rule.ports {
             Some(p) => parse_ports(p.get_ref()).map_err(|m| map.diagnostic(Severity::Error, p.span(), m))?,
@@ -1199,8 +1203,8 @@ family = "inet6"
 ports = 443
 "#;
         let p = parse_str(text).unwrap();
-        // Rule 1: tcp+udp; rule 2: tcp; rule 3: 2 operations x tcp+udp.
-        assert_eq!(p.net.len(), 2 + 1 + 4);
+        // Rule 1: any+tcp+udp; rule 2: tcp; rule 3: 2 operations x any+tcp+udp.
+        assert_eq!(p.net.len(), 3 + 1 + 6);
         let c = compile_net(&p.net).unwrap();
         let host = c[&(net::OP_CONNECT, net::AF_INET, net::IPPROTO_TCP, [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 32)];
         // The /32 entry carries its own deny first, then the covering /8 allow.
@@ -1208,7 +1212,10 @@ ports = 443
         assert_eq!((host.ports[0].lo, host.ports[0].hi, host.ports[0].verdict), (8080, 8080, rule_verdict::DENY));
         assert_eq!((host.ports[1].lo, host.ports[1].hi, host.ports[1].verdict), (8000, 8099, rule_verdict::ALLOW));
         let v6 = c.keys().filter(|k| k.1 == net::AF_INET6).count();
-        assert_eq!(v6, 4);
+        assert_eq!(v6, 6);
+        // ICMP, raw sockets: the rules that name no protocol, under their own key.
+        let any = c[&(net::OP_CONNECT, net::AF_INET, net::PROTO_ANY, [127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8)];
+        assert_eq!((any.count, any.ports[0].verdict), (1, rule_verdict::ALLOW));
     }
 
     #[test]
