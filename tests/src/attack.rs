@@ -211,6 +211,34 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 libc::munmap(map, 4096);
                 e
             }
+            "map-files-write" => {
+                // map-files-write PATH: map the file readable, then open the
+                // mapping's /proc/self/map_files link for writing (the kernel
+                // follows it to the file the mapping holds: for an overlay, the
+                // layer's file on overlayfs's private mount) and write.
+                let fd = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Some(errno());
+                }
+                let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+                libc::close(fd);
+                if map == libc::MAP_FAILED {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let start = map as usize;
+                let link = c(&format!("/proc/self/map_files/{:x}-{:x}", start, start + 4096));
+                let wfd = libc::open(link.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let e = if wfd < 0 {
+                    errno()
+                } else {
+                    let w = rc(libc::pwrite(wfd, b"X".as_ptr().cast(), 1, 0) as libc::c_long);
+                    libc::close(wfd);
+                    w
+                };
+                libc::munmap(map, 4096);
+                e
+            }
             "fd-write" => {
                 // fd-write: write to the descriptor held from before the cgroup.
                 let fd = pre.fd?;

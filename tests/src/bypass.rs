@@ -77,6 +77,11 @@ path = "/tmp/bp/nest/inner/**"
 access = ["read"]
 verdict = "deny"
 
+# An overlay the process may read and map, not write.
+[[file]]
+path = "/tmp/bp/ro-ovl/**"
+access = ["read", "map"]
+
 [[exec]]
 path = "/bin/busybox"
 
@@ -160,6 +165,11 @@ verdict = "deny"
 [[file]]
 path = "/tmp/bp/drop/**"
 access = ["read"]
+verdict = "deny"
+
+[[file]]
+path = "/tmp/bp/ro-ovl/**"
+access = ["write"]
 verdict = "deny"
 
 [[net]]
@@ -364,7 +374,9 @@ struct Fixtures {
 fn setup() -> Result<()> {
     // Left over from an earlier run, if any.
     let _ = Command::new("umount").arg(p("allowed/alias")).stderr(std::process::Stdio::null()).status();
-    let _ = Command::new("umount").arg(p("allowed/btrfs")).stderr(std::process::Stdio::null()).status();
+    for mount in ["allowed/btrfs", "ro-ovl"] {
+        let _ = Command::new("umount").arg(p(mount)).stderr(std::process::Stdio::null()).status();
+    }
     let _ = fs::remove_dir_all(ROOT);
     for dir in ["allowed/newroot/old", "secret", "drop", "nest/inner", "allowed/btrfs"] {
         fs::create_dir_all(p(dir))?;
@@ -421,6 +433,14 @@ fn setup() -> Result<()> {
     ensure!(made.success(), "mkfs.btrfs failed");
     let mounted = Command::new("mount").args(["-o", "loop"]).arg(&img).arg(p("allowed/btrfs")).status()?;
     ensure!(mounted.success(), "mounting btrfs failed");
+    // An overlay whose file sits in the upper layer (as after a copy-up).
+    for d in ["ovl-lower", "ovl-upper", "ovl-work", "ro-ovl"] {
+        fs::create_dir_all(p(d))?;
+    }
+    fs::write(p("ovl-upper/f.txt"), "overlay file\n")?;
+    let options = format!("lowerdir={},upperdir={},workdir={}", p("ovl-lower").display(), p("ovl-upper").display(), p("ovl-work").display());
+    let mounted = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(p("ro-ovl")).status()?;
+    ensure!(mounted.success(), "mounting the overlay failed");
     // binfmt_misc, where interpreters are registered.
     if !Path::new("/proc/sys/fs/binfmt_misc/register").exists() {
         let status = Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]).status()?;
@@ -621,6 +641,13 @@ fn cases() -> Vec<Case> {
         let e = Expect { errno: 0, hooks: vec!["mmap_file"], protection: None, by: By::Ino(f.tool_ino) };
         c.reported(&out, &e)?;
         Ok(Outcome::Denied)
+    });
+    case!("overlay_layer_through_map_files", |c, f| {
+        // The link leads to the layer's file on overlayfs's private mount, a
+        // mount of the kernel's but a real tree: decided as the overlay's.
+        let outcome = c.attack(&["map-files-write", "/tmp/bp/ro-ovl/f.txt"], file("file_open"));
+        ensure!(fs::read_to_string(p("ovl-upper/f.txt"))? == "overlay file\n", "the layer's file was written");
+        outcome
     });
     case!("mprotect_exec", |c, f| c.attack(&["mprotect-exec", "/tmp/bp/tool"], file("file_mprotect")));
     case!("fork_double_fork_setsid", |c, f| {

@@ -350,6 +350,17 @@ fn restarted_units(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         ensure!(out.errno == 0, "a system unit named like a user unit was confined: errno {}", out.errno);
         Ok(())
     });
+    r.case("unit_name_inside_a_service_is_not_bound", || {
+        // systemd puts units in slices: a directory named like a unit that a
+        // delegated service makes inside its own cgroup is no unit (and a
+        // flood of them must not fill the binding table).
+        let decoy = Path::new("/sys/fs/cgroup/system.slice/delegated.service/victim2.service");
+        fs::create_dir_all(decoy)?;
+        let out = op::run_args(None, &["spawn-into".as_ref(), decoy.as_os_str(), secret.as_os_str()])?;
+        let _ = fs::remove_dir(decoy);
+        ensure!(out.errno == 0, "a unit-named directory inside a service was bound: errno {}", out.errno);
+        Ok(())
+    });
     r.case("removed_cgroups_leave_no_binding", || {
         // Bound cgroups come and go 60 times above: the binding table must not
         // fill up; removing the last ones and making more still binds.
