@@ -41,8 +41,15 @@ pub fn matches(target: &Target, relative: &[String]) -> bool {
             }
             // systemd puts units in slices (and user managers' trees); a unit's
             // name anywhere else is a directory some service made inside itself.
-            if !above.iter().all(|c| c.ends_with(".slice") || c.starts_with("user@")) {
-                return false;
+            // As the kernel side checks it: from the unit up to a user
+            // manager (or the root), slices only, named in fewer than 64 bytes.
+            for c in above.iter().rev() {
+                if c.starts_with("user@") {
+                    break;
+                }
+                if !c.ends_with(".slice") || c.len() >= 64 {
+                    return false;
+                }
             }
             let manager = above.iter().find(|c| c.starts_with("user@"));
             match (user, manager) {

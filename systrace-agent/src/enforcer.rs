@@ -144,24 +144,32 @@ fn random_key() -> [u64; 2] {
 }
 
 /// Character devices whose majors are fixed (Documentation/admin-guide/devices.txt):
-/// memory and I/O ports, input event devices and uinput (typing into a
-/// console outside the cgroup), SCSI generic (raw commands to disks), raw
-/// flash, model-specific registers.
-const FIXED_RAW_DEVICES: [(u32, u32); 8] = [
+/// memory and I/O ports, hibernation images, device-mapper control (table
+/// status shows dm-crypt keys), input event devices, uinput and uhid (typing
+/// into a console outside the cgroup), SCSI generic (raw commands to disks),
+/// I2C, raw flash, USB devices (usbfs can detach a disk's driver and talk to
+/// it), model-specific registers.
+const FIXED_RAW_DEVICES: [(u32, u32); 13] = [
     (1, 1),
     (1, 2),
     (1, 4),
     (10, 223),
+    (10, 231),
+    (10, 236),
+    (10, 239),
     (13, ANY_MINOR),
     (21, ANY_MINOR),
+    (89, ANY_MINOR),
     (90, ANY_MINOR),
+    (189, ANY_MINOR),
     (202, ANY_MINOR),
 ];
 
 /// Drivers whose majors the kernel hands out at boot, by their name in
 /// /proc/devices: block SCSI generic, NVMe controllers and namespaces (both
-/// take raw commands), DAX (persistent memory directly).
-const DYNAMIC_RAW_DEVICES: [&str; 4] = ["bsg", "nvme", "nvme-generic", "dax"];
+/// take raw commands), DAX (persistent memory directly), raw HID, and ZFS's
+/// control device (snapshots, like btrfs's ioctls).
+const DYNAMIC_RAW_DEVICES: [&str; 6] = ["bsg", "nvme", "nvme-generic", "dax", "hidraw", "zfs"];
 
 /// The `RAW_DEVICES` global from the text of /proc/devices: the fixed ones,
 /// then the character majors of the drivers named above. Drivers loaded later

@@ -60,7 +60,7 @@ pub mod names {
 }
 
 /// Entries of the `RAW_DEVICES` global.
-pub const RAW_DEVICE_SLOTS: usize = 16;
+pub const RAW_DEVICE_SLOTS: usize = 24;
 /// The minor of a `RAW_DEVICES` entry that covers every device of its major.
 pub const ANY_MINOR: u32 = 0xf_ffff;
 
@@ -239,6 +239,12 @@ pub struct PolicyInfo {
 pub mod policy_flags {
     /// The policy has deny rules that follow inodes: look them up.
     pub const INODE_RULES: u32 = 1 << 0;
+    /// The policy's connect rules allow every address and port (no deny rule,
+    /// and the default or a rule naming no address, port or protocol allows):
+    /// raw sockets, which can write any destination, may send.
+    pub const RAW_CONNECT: u32 = 1 << 1;
+    /// The same for bind rules.
+    pub const RAW_BIND: u32 = 1 << 2;
 }
 
 /// Self-protection a policy applies to its processes, as bits of

@@ -9,7 +9,9 @@
 //! maker's policy.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_str_bytes, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use systrace_common::{unit_kind, BindingKey, Counter, TargetKey, UnitKey, CGROUP_PATH_LEN, UNIT_NAME_LEN};
 
@@ -76,15 +78,18 @@ unsafe fn appeared(cgrp: *const u8, path: *const u8) -> Result<(), i64> {
     let Some((id, kn)) = v2_cgroup(cgrp)? else {
         return Ok(());
     };
-    if current_subject().is_some() {
+    if current_subject().is_some() && !user_manager() {
         // Made (or renamed) by a confined process, inside its own cgroup (the
         // cgroup protection refuses anywhere else): it stays under the policy
         // that confines its maker. Binding it by its name would let the
-        // process pick a laxer policy, or fill the table with decoys.
+        // process pick a laxer policy, or fill the table with decoys. A
+        // user's systemd, confined with the user's session, still makes the
+        // user's units.
         return Ok(());
     }
     let active = active_half();
     let mut bound_active = NONE;
+    let mut failed = false;
     for half in 0..2u32 {
         let mut slot = target_slot(half, path);
         if slot == NONE {
@@ -92,17 +97,49 @@ unsafe fn appeared(cgrp: *const u8, path: *const u8) -> Result<(), i64> {
         }
         if slot != NONE {
             if BINDINGS.insert(&BindingKey { half, _pad: 0, cgroup_id: id }, &(slot as u32), 0).is_err() {
-                count(Counter::BindFailed);
+                failed = true;
             } else if half == active {
                 bound_active = slot;
             }
         }
+    }
+    if failed {
+        count(Counter::BindFailed);
     }
     if bound_active != NONE {
         count(Counter::CgroupsBound);
         report_bound(bound_active as u32, id);
     }
     Ok(())
+}
+
+/// Whether the current process is a user's systemd: it runs in
+/// `user@UID.service/init.scope`, where nothing else runs.
+#[inline(never)]
+fn user_manager() -> bool {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(kn) = (unsafe { kernel::task_cgroup_node(task) }) else {
+        return false;
+    };
+    let mut name = [0u8; 16];
+    match unsafe { kernel::kernfs_name(kn) } {
+        Ok(n) if unsafe { bpf_probe_read_kernel_str_bytes(n, &mut name) }.is_ok() => {}
+        _ => return false,
+    }
+    if name[..11] != *b"init.scope\0" {
+        return false;
+    }
+    let Ok((_, parent)) = (unsafe { kernel::kernfs_node(kn) }) else {
+        return false;
+    };
+    if parent.is_null() {
+        return false;
+    }
+    let mut above = [0u8; 8];
+    match unsafe { kernel::kernfs_name(parent) } {
+        Ok(n) => unsafe { bpf_probe_read_kernel_str_bytes(n, &mut above) }.is_ok() && above[..5] == *b"user@",
+        Err(_) => false,
+    }
 }
 
 /// The slot of the policy naming this cgroup path in `half`, or [`NONE`].

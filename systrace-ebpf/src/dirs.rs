@@ -120,9 +120,10 @@ fn new_name(c: &mut FileCheck, from: Object, to: Object, requested: u32) -> i32 
 ///
 /// A directory takes its whole tree along, while the rules stay with the
 /// names. With `check.detail` set to [`CHILDREN`] the comparison is for the
-/// files inside a directory (0 for anything else); and rules anchored at or
-/// below a directory's old name would stop applying to the files it holds:
-/// such a directory keeps its name.
+/// files inside a directory; and rules anchored at or below a directory's old
+/// name would stop applying to the files it holds, as rules anchored at or
+/// below its new name would start to: such a directory neither leaves nor
+/// takes such a name. A name whose path cannot be known counts as widening.
 ///
 /// A BPF global function: a rename checks up to four of these, one after the
 /// other. The walks are inlined, one after the other, so no second global
@@ -144,7 +145,7 @@ pub extern "C" fn systrace_new_name(check: *mut FileCheck, to: *const Object) ->
     if walk(&request, &mut res) != 0 {
         return -1;
     }
-    if children && res.anchored {
+    if (children && res.anchored) || (res.undecided && blind(c)) {
         return access::CONTENT as i32;
     }
     let old = crate::decision::granted(&c.subject, &res);
@@ -157,8 +158,19 @@ pub extern "C" fn systrace_new_name(check: *mut FileCheck, to: *const Object) ->
     if walk(&request, &mut res) != 0 {
         return -1;
     }
+    if (children && res.anchored) || (res.undecided && blind(c)) {
+        return access::CONTENT as i32;
+    }
     let new = crate::decision::granted(&c.subject, &res);
     ((new & !old) & 0x7fff_ffff) as i32
+}
+
+/// Whether a name whose path cannot be known (a detached mount, another
+/// namespace's) hides what the rules would say of it: both names would look
+/// alike, and the comparison would see no widening.
+#[inline(always)]
+fn blind(c: &FileCheck) -> bool {
+    c.subject.info.denied_somewhere != 0 || c.subject.info.default == systrace_common::Default::Deny as u8
 }
 
 /// `FileCheck::detail` for [`systrace_new_name`]: compare the files inside.

@@ -37,6 +37,7 @@ const S_IFREG: u16 = 0o100_000;
 const S_IFDIR: u16 = 0o040_000;
 const S_IFLNK: u16 = 0o120_000;
 const S_IFBLK: u16 = 0o060_000;
+const S_IFCHR: u16 = 0o020_000;
 
 const MAY_WRITE: i32 = 0x2;
 const MAY_READ: i32 = 0x4;
@@ -48,6 +49,7 @@ const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 const BTRFS_IOCTL_MAGIC: u32 = 0x94;
+const BCACHEFS_IOCTL_MAGIC: u32 = 0xbc;
 
 /// Access bits an open asks for, from the file's mode and flags.
 #[inline(always)]
@@ -162,6 +164,10 @@ fn permission(ctx: &LsmContext) -> i32 {
     };
     let file: FilePtr = arg(ctx, Hook::FilePermission, 0);
     let mask: i32 = arg(ctx, Hook::FilePermission, 1);
+    let key = FileCacheKey { file: file as u64, policy: subject.policy, _pad: 0 };
+    if cached(&key, file, mask) {
+        return 0;
+    }
     let (Ok((dentry, mnt)), Ok(mode), Ok(flags)) = (
         unsafe { kernel::path_parts(kernel::file_path(file)) },
         unsafe { kernel::file_mode(file) },
@@ -176,8 +182,23 @@ fn permission(ctx: &LsmContext) -> i32 {
     // Files and directories only. Pipes, sockets and terminals are not file
     // access (sockets are decided where they connect and send), and a
     // descriptor of the kernel's own (an eventfd) has no path.
-    match unsafe { kernel::file_inode(file).and_then(|i| kernel::inode_mode(i)) } {
+    let Ok(inode) = (unsafe { kernel::file_inode(file) }) else {
+        return check_unreadable(&subject, Hook::FilePermission, access::READ, EACCES);
+    };
+    match unsafe { kernel::inode_mode(inode) } {
         Ok(m) if matches!(m & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK) => {}
+        Ok(m) if m & S_IFMT == S_IFCHR => {
+            // A raw device's descriptor from before confinement: as at open.
+            return match unsafe { kernel::inode_rdev(inode) } {
+                Ok(rdev) if !kernel::raw_device(rdev) => 0,
+                _ => check_file_protection(
+                    &subject,
+                    Hook::FilePermission,
+                    Detail { detail: 0, target: 0, protection: protect::SYSTEM },
+                    Object { dentry, mnt },
+                ),
+            };
+        }
         Ok(_) => return 0,
         Err(_) => return check_unreadable(&subject, Hook::FilePermission, access::READ, EACCES),
     }
@@ -191,7 +212,6 @@ fn permission(ctx: &LsmContext) -> i32 {
     if needed == 0 {
         return 0;
     }
-    let key = FileCacheKey { file: file as u64, policy: subject.policy, _pad: 0 };
     if let Some(entry) = unsafe { FILE_CACHE.get(&key) } {
         if entry.dentry == dentry as u64 && needed & !entry.granted == 0 {
             return 0;
@@ -217,6 +237,29 @@ fn permission(ctx: &LsmContext) -> i32 {
         let _ = FILE_CACHE.insert(&key, &entry, 0);
     }
     hook_return(verdict, EACCES)
+}
+
+/// The common case, in one lookup and one read: this descriptor was decided
+/// before (it passed the checks for its kind then: a `struct file` never
+/// changes its path) and what it asks for now is granted whatever its flags
+/// say (a write needs `write` and `append`, as `fcntl` can switch `O_APPEND`).
+#[inline(always)]
+fn cached(key: &FileCacheKey, file: FilePtr, mask: i32) -> bool {
+    let Some(entry) = (unsafe { FILE_CACHE.get(key) }) else {
+        return false;
+    };
+    let mut needed = 0;
+    if mask & MAY_READ != 0 {
+        needed |= access::READ;
+    }
+    if mask & (MAY_WRITE | MAY_APPEND) != 0 {
+        needed |= access::WRITE | access::APPEND;
+    }
+    if needed & !entry.granted != 0 {
+        return false;
+    }
+    // A `struct file` freed and reused for another file does not inherit the entry.
+    matches!(unsafe { kernel::file_dentry(file) }, Ok(d) if d as u64 == entry.dentry)
 }
 
 /// Resolves what a descriptor may do (`requested`: everything its mode allows)
@@ -308,26 +351,35 @@ unsafe fn received(subject: &Subject, file: FilePtr) -> Result<i32, i64> {
 lsm_program!(file_ioctl = "file_ioctl", Hook::FileIoctl, |ctx| ioctl(&ctx, Hook::FileIoctl));
 lsm_program!(file_ioctl_compat = "file_ioctl_compat", Hook::FileIoctlCompat, |ctx| ioctl(&ctx, Hook::FileIoctlCompat));
 
-/// Whether `cmd` is one of btrfs's own ioctls (its type, 0x94, is shared with
-/// a few generic ones that work on descriptors already decided: reflink
-/// clones, dedupe, reading the label). btrfs's create, snapshot and delete
-/// whole subvolumes, send streams of their contents and search the raw trees
-/// (small files live inline in them): a copy of a denied tree under an allowed
-/// name, or its contents, with no open, mkdir or rename to decide.
+/// Whether `cmd` copies, reads or replaces a whole tree without an open, a
+/// mkdir or a rename to decide. btrfs (type 0x94): create, snapshot and
+/// delete subvolumes (1, 14, 15, 23, 24, 63), send a stream of one (38),
+/// search the raw trees, where small files live inline (17), resolve inodes
+/// and extents to paths (35, 36, 59), mark a received subvolume (37), change a
+/// subvolume's flags or the default one (26, 19), set the label (50), add,
+/// remove or replace devices (10, 11, 53). bcachefs (type 0xbc): create and
+/// destroy subvolumes and snapshots (16, 17). btrfs's other ioctls (space and
+/// device information, sync, defragmentation, the generic reflink and dedupe
+/// that share its type) stay allowed.
 #[inline(always)]
-fn btrfs_own(cmd: u32) -> bool {
-    (cmd >> 8) & 0xff == BTRFS_IOCTL_MAGIC && !matches!(cmd & 0xff, 9 | 13 | 49 | 54)
+fn copies_trees(cmd: u32) -> bool {
+    match (cmd >> 8) & 0xff {
+        BTRFS_IOCTL_MAGIC => matches!(cmd & 0xff, 1 | 10 | 11 | 14 | 15 | 17 | 19 | 23 | 24 | 26 | 35 | 36 | 37 | 38 | 50 | 53 | 59 | 63),
+        BCACHEFS_IOCTL_MAGIC => matches!(cmd & 0xff, 16 | 17),
+        _ => false,
+    }
 }
 
 /// TIOCSTI and TIOCLINUX push input into a terminal, which a shell outside
-/// the cgroup may be reading: refused under the signal protection. btrfs's
-/// own ioctls ([`btrfs_own`]) are refused under the system protection.
+/// the cgroup may be reading: refused under the signal protection. The
+/// ioctls that copy whole trees ([`copies_trees`]) are refused under the
+/// system protection.
 /// Setting a file's flags (immutable, append-only, ...) needs `chmod` on it.
 #[inline(always)]
 fn ioctl(ctx: &LsmContext, hook: Hook) -> i32 {
     let cmd: u32 = arg(ctx, hook, 1);
     let chmod = matches!(cmd, FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS | FS_IOC_FSSETXATTR);
-    let btrfs = btrfs_own(cmd);
+    let btrfs = copies_trees(cmd);
     if !chmod && !btrfs && cmd != TIOCSTI && cmd != TIOCLINUX {
         return 0;
     }

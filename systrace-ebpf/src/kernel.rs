@@ -124,6 +124,12 @@ pub unsafe fn file_path(file: FilePtr) -> PathPtr {
     file.add(off(Off::FILE_F_PATH))
 }
 
+/// `file->f_path.dentry`.
+#[inline(always)]
+pub unsafe fn file_dentry(file: FilePtr) -> Result<DentryPtr, i64> {
+    read(file, off(Off::FILE_F_PATH) + off(Off::PATH_DENTRY))
+}
+
 /// `file->f_inode`.
 #[inline(always)]
 pub unsafe fn file_inode(file: FilePtr) -> Result<InodePtr, i64> {

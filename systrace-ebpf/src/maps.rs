@@ -98,7 +98,7 @@ pub static FILE_CACHE: LruHashMap<FileCacheKey, FileCacheEntry> = LruHashMap::wi
 /// Creator credentials of overlays confined processes touched, and the
 /// overlay's superblock (see `overlay`).
 #[map(name = "OVERLAY_CREDS")]
-pub static OVERLAY_CREDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static OVERLAY_CREDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -9,8 +9,8 @@
 //! address the kernel routes it to: the socket's bound source address, or
 //! loopback. IPv4-mapped IPv6 addresses are matched as the IPv4 address they
 //! carry. MPTCP is decided as tcp (it falls back to TCP and reaches TCP
-//! listeners). Rules that name no protocol decide every protocol, ICMP and
-//! raw sockets included ([`rule_protocol`]). Sockets of other families have no address rules: what may
+//! listeners). Rules that name no protocol decide every protocol, ICMP
+//! included ([`rule_protocol`]); a raw socket reaches every address ([`RAW`]). Sockets of other families have no address rules: what may
 //! create them (`[[socket]]` rules) may also bind, connect and send with them.
 //!
 //! Rules live in an LPM trie keyed by (policy, operation, family, protocol,
@@ -20,7 +20,7 @@
 //! decided by the `connect` rules.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::LsmContext};
-use systrace_common::{net, socket, Hook, NetKey, SocketKey, Verdict};
+use systrace_common::{net, policy_flags, socket, Hook, NetKey, SocketKey, Verdict};
 
 use crate::{
     decision::{check_unreadable, hook_return, report_net, report_other, rule_decision, violation, Detail, NetTarget, EPERM},
@@ -128,13 +128,11 @@ fn decide_socket_address(subject: &Subject, hook: Hook, how: Use, sock: *const u
     }
 }
 
-/// The protocol address rules are looked up under. A raw socket writes whole
-/// packets of any protocol (its own port numbers included): only the rules
-/// that name no protocol decide it.
+/// The protocol address rules are looked up under ([`RAW`] for raw sockets).
 #[inline(always)]
 fn rule_protocol(sock_type: u16, protocol: u16) -> u8 {
     if sock_type == socket::SOCK_RAW {
-        net::PROTO_ANY
+        RAW
     } else if protocol == socket::IPPROTO_MPTCP {
         net::IPPROTO_TCP
     } else if protocol > 255 {
@@ -220,8 +218,19 @@ fn decide_target(subject: &Subject, hook: Hook, op: u8, target: &NetTarget) -> i
     hook_return(verdict, EPERM)
 }
 
+/// `rule_proto` of a raw socket. It writes whole packets, its own port
+/// numbers included, and with `IP_HDRINCL` (which any raw socket can switch
+/// on) its own destination address: it is decided as reaching every address
+/// on every port, which a policy allows only if its rules for the operation
+/// allow everything (`policy_flags::RAW_CONNECT`, `RAW_BIND`).
+const RAW: u8 = 255;
+
 #[inline(always)]
 fn decide(subject: &Subject, op: u8, target: &NetTarget) -> Verdict {
+    if target.rule_proto == RAW {
+        let flag = if op == net::OP_BIND { policy_flags::RAW_BIND } else { policy_flags::RAW_CONNECT };
+        return if subject.info.flags & flag != 0 { Verdict::Allowed } else { violation(subject) };
+    }
     let mut key = Key::new(
         net::FIXED_PREFIX_BITS + 128,
         NetKey { policy: subject.policy, op, family: target.family, proto: target.rule_proto, _pad: 0, addr: target.addr },

@@ -365,6 +365,21 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 }
                 e
             }
+            "tree-rename" => {
+                // tree-rename DIR A B: a detached copy of the mount tree at DIR
+                // (open_tree OPEN_TREE_CLONE: no LSM hook, and a path no walk can
+                // place), and a rename of A to B inside it; the same directory
+                // entries as through DIR itself.
+                const OPEN_TREE_CLONE: libc::c_uint = 1;
+                let tree = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, arg(0)?.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint);
+                if tree < 0 {
+                    return Some(errno());
+                }
+                outcome.rounds = 1;
+                let e = rc(libc::renameat(tree as i32, arg(1)?.as_ptr(), tree as i32, arg(2)?.as_ptr()) as libc::c_long);
+                libc::close(tree as i32);
+                e
+            }
             "open-handle" => {
                 // open-handle: open_by_handle_at with the handle read before the
                 // cgroup (--pre-read) on the mount held open (--pre-dir).

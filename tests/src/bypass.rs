@@ -77,6 +77,16 @@ path = "/tmp/bp/nest/inner/**"
 access = ["read"]
 verdict = "deny"
 
+# Whatever lands in the inbox may be read: a rule anchored below a name
+# that does not exist yet.
+[[file]]
+path = "/tmp/bp/landing/inbox/**"
+access = ["read"]
+
+[[file]]
+path = "/tmp/bp/landing"
+access = ["create", "delete", "rename"]
+
 # An overlay the process may read and map, not write.
 [[file]]
 path = "/tmp/bp/ro-ovl/**"
@@ -540,6 +550,29 @@ fn cases() -> Vec<Case> {
         let outcome = c.attack(&["rename", "/tmp/bp/secret", &to], file("path_rename"));
         if Path::new(&to).exists() {
             fs::rename(&to, p("secret"))?;
+        }
+        outcome
+    });
+    case!("rename_in_a_detached_tree", |c, f| {
+        // The same directory entries, renamed through a copy of the mount that
+        // no walk can place: both names look alike to the rules.
+        let to = format!("secret-{}", c.style);
+        let outcome = c.attack(&["tree-rename", ROOT, "secret", &to], file("path_rename"));
+        if p(&to).exists() {
+            fs::rename(p(&to), p("secret"))?;
+        }
+        outcome
+    });
+    case!("rename_onto_rules_anchored_below", |c, f| {
+        // A directory of unreadable files (in the drop box) taking a name
+        // below which a rule lets everything be read.
+        let from = p(&format!("drop/d-{}", c.style));
+        fs::create_dir_all(from.join("inbox"))?;
+        fs::write(from.join("inbox/n.txt"), "dropped, not for reading\n")?;
+        let from = from.to_str().unwrap().to_string();
+        let outcome = c.attack(&["rename", &from, "/tmp/bp/landing"], file("path_rename"));
+        if p("landing").exists() {
+            fs::rename(p("landing"), &from)?;
         }
         outcome
     });

@@ -132,6 +132,8 @@ fn build() -> Result<Binaries> {
 struct Tally {
     passed: usize,
     failed: usize,
+    /// Scenarios run again after the guest kernel locked up in its own code patching.
+    reruns: usize,
 }
 
 /// Runs the host unit tests, echoing cargo's output and adding up its result lines.
@@ -218,17 +220,24 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
     for (scenario, cmdline) in scenarios {
         let payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
         let initrd = vm::initramfs(scenario, &payload)?;
-        // The guest kernel sometimes oopses while patching its own code at boot
-        // (int3 in sched_clock_cpu under two TCG vCPUs), before init has run. Such a
-        // boot tested nothing, so it gets one more try; anything after the first
-        // TEST line counts as it is.
+        // The guest kernel sometimes trips over its own live code patching under
+        // two TCG vCPUs: an oops at boot (int3 in sched_clock_cpu, before init
+        // has run), or, on 6.1, both vCPUs spinning on the int3 that patching a
+        // hook's BPF trampoline plants (a program attached or detached while
+        // others run the hook) until the soft-lockup watchdog panics. Neither is
+        // a test result: the scenario runs once more, from a fresh boot, and the
+        // rerun is reported. Any other stop counts as it is.
+        let bypass_before = bypass.len();
         for attempt in 1..=2 {
+            bypass.truncate(bypass_before);
             let mut run = Tally::default();
             let mut summary = None;
             let mut panicked = false;
+            let mut patching_lockup = false;
             let finished = vm::boot(&kernel, cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(900), |line| {
                 println!("[{} {scenario}] {line}", spec.label);
                 panicked |= line.contains("Kernel panic");
+                patching_lockup |= line.contains("RIP: 0010:asm_exc_int3");
                 if line.starts_with("TEST ") {
                     if line.ends_with(" ok") {
                         run.passed += 1;
@@ -249,6 +258,16 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
             let tested_nothing = run.passed + run.failed == 0;
             if !finished && panicked && tested_nothing && attempt == 1 {
                 say(&format!("kernel {} ({scenario}): the kernel panicked while booting, before any test ran; booting again", kernel.release));
+                continue;
+            }
+            if !finished && panicked && patching_lockup && attempt == 1 {
+                say(&format!(
+                    "kernel {} ({scenario}): the guest kernel locked up on an int3 of its own code patching (soft-lockup panic, see above); \
+                     running the scenario again from a fresh boot, its {} results so far discarded",
+                    kernel.release,
+                    run.passed + run.failed
+                ));
+                tally.reruns += 1;
                 continue;
             }
             if !finished || summary.is_none() {
@@ -335,7 +354,12 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
     println!();
     let mut total = Tally::default();
     for (name, t) in &lines {
-        println!("{name}: {} passed, {} failed", t.passed, t.failed);
+        let reruns = if t.reruns > 0 {
+            format!(" ({} scenario run again after a guest kernel lockup, reported above)", t.reruns)
+        } else {
+            String::new()
+        };
+        println!("{name}: {} passed, {} failed{reruns}", t.passed, t.failed);
         total.passed += t.passed;
         total.failed += t.failed;
     }
@@ -520,8 +544,12 @@ fn print_bench_table(results: &[serde_json::Value]) {
         println!("  targets: (b) <= 1.02x (a): {b:.3}x {}; (c) <= 1.10x (a): {c:.3}x {}; (e) <= 1.10x (c): {:.3}x {}",
             verdict(b <= 1.02), verdict(c <= 1.10), e / c, verdict(e / c <= 1.10));
         let read = of("read_4k").find(|r| r["name"] == "c_confined_10_rules").and_then(|r| r["ratio_vs_baseline"].as_f64());
-        if let Some(read) = read {
-            println!("  target: confined read() of 4 KiB <= 1.03x (a): {read:.3}x {}", verdict(read <= 1.03));
+        let read_floor = of("read_4k").find(|r| r["name"] == "a0_noop_program_floor").and_then(|r| r["ratio_vs_baseline"].as_f64());
+        if let (Some(read), Some(read_floor)) = (read, read_floor) {
+            println!(
+                "  target: confined read() of 4 KiB <= 1.03x (a): {read:.3}x {} (a do-nothing program on file_permission alone: {read_floor:.3}x)",
+                verdict(read <= 1.03)
+            );
         }
         println!(
             "  of the overhead, a program that does nothing already costs {:.3}x: (b) adds {:.3}x and (c) {:.3}x on top",

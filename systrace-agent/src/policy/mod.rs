@@ -833,8 +833,8 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Resul
             DefaultVerdict::Allow => u64::MAX,
         }),
         denied_somewhere: files::denied_somewhere(&policy.files),
-        // Set once the anchors are found on the file system.
-        flags: 0,
+        // INODE_RULES is set once the anchors are found on the file system.
+        flags: network::raw_flags(&policy.net, policy.default == DefaultVerdict::Allow),
     };
     let net = compile_net(&policy.net).map_err(error)?;
     Ok(Compiled {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use systrace_common::{net, rule_verdict, socket, NetRule, PortRule, SocketKey};
+use systrace_common::{net, policy_flags, rule_verdict, socket, NetRule, PortRule, SocketKey};
 
 use super::RuleVerdict;
 
@@ -189,6 +189,30 @@ pub fn compile_net(rules: &[NetRuleSpec]) -> Result<BTreeMap<NetEntryKey, NetRul
     Ok(out)
 }
 
+/// `policy_flags::RAW_CONNECT` and `RAW_BIND`: whether the rules for each
+/// operation let a socket reach every address on every port (a raw socket can
+/// write any destination): no deny rule, and the default or, for both
+/// families, a rule naming no address, port or protocol allows.
+pub fn raw_flags(rules: &[NetRuleSpec], default_allows: bool) -> u32 {
+    let open = |op: u8| {
+        let denies = rules.iter().any(|r| r.op == op && r.verdict == RuleVerdict::Deny);
+        let everything = |family: u8| {
+            rules.iter().any(|r| {
+                r.op == op && r.family == family && r.proto == net::PROTO_ANY && r.prefix == 0 && r.ports == (0, u16::MAX)
+            })
+        };
+        !denies && (default_allows || (everything(net::AF_INET) && everything(net::AF_INET6)))
+    };
+    let mut flags = 0;
+    if open(net::OP_CONNECT) {
+        flags |= policy_flags::RAW_CONNECT;
+    }
+    if open(net::OP_BIND) {
+        flags |= policy_flags::RAW_BIND;
+    }
+    flags
+}
+
 /// One socket rule: a family, a type or every type, a protocol or every protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketRuleSpec {
@@ -218,7 +242,12 @@ pub fn compile_sockets(explicit: &[SocketRuleSpec], net_rules: &[NetRuleSpec], u
             || out.contains_key(&(family, sock_type, SocketKey::ANY))
             || explicit.iter().any(|r| (r.family, r.sock_type, r.protocol) == (family, sock_type, protocol))
     };
-    for rule in net_rules.iter().filter(|r| r.verdict != RuleVerdict::Deny) {
+    // A rule naming no protocol is also written under sctp when some rule
+    // names sctp; only rules that name sctp themselves imply SCTP sockets.
+    let expanded = |r: &NetRuleSpec| {
+        r.proto == net::IPPROTO_SCTP && net_rules.iter().any(|o| o.proto == net::PROTO_ANY && NetRuleSpec { proto: r.proto, ..o.clone() } == *r)
+    };
+    for rule in net_rules.iter().filter(|r| r.verdict != RuleVerdict::Deny && !expanded(r)) {
         let mut families = vec![rule.family as u16];
         // An IPv6 socket reaches IPv4-mapped addresses, which IPv4 rules decide.
         if rule.family == net::AF_INET {
@@ -272,6 +301,43 @@ mod tests {
         let local = parse_address("local", &["10.0.2.15".parse().unwrap(), "127.0.0.1".parse().unwrap()]).unwrap();
         assert_eq!(local.len(), 4);
         assert!(local.contains(&parse_cidr("10.0.2.15").unwrap()));
+    }
+
+    #[test]
+    fn raw_sockets_need_every_address_allowed() {
+        let any = |op, family, verdict| NetRuleSpec {
+            op,
+            family,
+            proto: net::PROTO_ANY,
+            addr: [0; 16],
+            prefix: 0,
+            ports: (0, u16::MAX),
+            verdict,
+        };
+        assert_eq!(raw_flags(&[], true), policy_flags::RAW_CONNECT | policy_flags::RAW_BIND);
+        assert_eq!(raw_flags(&[], false), 0);
+        let open = [any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow), any(net::OP_CONNECT, net::AF_INET6, RuleVerdict::Allow)];
+        assert_eq!(raw_flags(&open, false), policy_flags::RAW_CONNECT);
+        let one_deny = NetRuleSpec { addr: [127, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], prefix: 32, ..any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Deny) };
+        assert_eq!(raw_flags(&[one_deny], true), policy_flags::RAW_BIND, "one deny rule closes raw connects");
+        let only_v4 = [any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow)];
+        assert_eq!(raw_flags(&only_v4, false), 0);
+    }
+
+    #[test]
+    fn sctp_sockets_come_only_from_rules_that_name_sctp() {
+        let any = NetRuleSpec {
+            op: net::OP_CONNECT,
+            family: net::AF_INET,
+            proto: net::PROTO_ANY,
+            addr: [0; 16],
+            prefix: 0,
+            ports: (0, u16::MAX),
+            verdict: RuleVerdict::Allow,
+        };
+        let expanded = NetRuleSpec { proto: net::IPPROTO_SCTP, ..any.clone() };
+        let s = compile_sockets(&[], &[any, expanded], &[]);
+        assert!(!s.contains_key(&(2, 1, 132)) && !s.contains_key(&(2, 5, 132)));
     }
 
     #[test]
