@@ -109,6 +109,24 @@ fn unix_connect(path: &str) -> std::io::Result<i32> {
     Ok(std::os::fd::IntoRawFd::into_raw_fd(stream))
 }
 
+/// Opens `path` read-only and maps its first page readable; the errno if either fails.
+fn map_readable(path: &CString, flags: libc::c_int) -> Result<*mut libc::c_void, i32> {
+    // SAFETY: a valid C string; the descriptor is closed once, the mapping outlives it.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, flags, fd, 0);
+        let e = errno();
+        libc::close(fd);
+        if map == libc::MAP_FAILED {
+            return Err(e);
+        }
+        Ok(map)
+    }
+}
+
 /// Runs `verb`; `None` if it is not an attack of this module.
 pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Outcome) -> Option<i32> {
     let arg = |i: usize| operands.get(i).map(|s| c(s));
@@ -197,15 +215,10 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
             }
             "mprotect-exec" => {
                 // mprotect-exec PATH: map the file readable, then ask for execute.
-                let fd = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Some(errno());
-                }
-                let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0);
-                libc::close(fd);
-                if map == libc::MAP_FAILED {
-                    return Some(errno());
-                }
+                let map = match map_readable(&arg(0)?, libc::MAP_PRIVATE) {
+                    Ok(map) => map,
+                    Err(e) => return Some(e),
+                };
                 outcome.rounds = 1;
                 let e = rc(libc::mprotect(map, 4096, libc::PROT_READ | libc::PROT_EXEC) as libc::c_long);
                 libc::munmap(map, 4096);
@@ -216,15 +229,10 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 // mapping's /proc/self/map_files link for writing (the kernel
                 // follows it to the file the mapping holds: for an overlay, the
                 // layer's file on overlayfs's private mount) and write.
-                let fd = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Some(errno());
-                }
-                let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
-                libc::close(fd);
-                if map == libc::MAP_FAILED {
-                    return Some(errno());
-                }
+                let map = match map_readable(&arg(0)?, libc::MAP_SHARED) {
+                    Ok(map) => map,
+                    Err(e) => return Some(e),
+                };
                 outcome.rounds = 1;
                 let start = map as usize;
                 let link = c(&format!("/proc/self/map_files/{:x}-{:x}", start, start + 4096));

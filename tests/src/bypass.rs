@@ -501,6 +501,16 @@ pub fn main(args: &[String]) -> ExitCode {
 
 type Case = (&'static str, Box<dyn Fn(&mut Ctx, &Fixtures) -> Result<Outcome>>);
 
+/// A rename that must be refused at `path_rename`; if it went through, the
+/// directory goes back from `moved` to `home` for the cases after it.
+fn rename_attack(c: &mut Ctx, args: &[&str], moved: &Path, home: &Path) -> Result<Outcome> {
+    let outcome = c.attack(args, file("path_rename"));
+    if moved.exists() {
+        fs::rename(moved, home)?;
+    }
+    outcome
+}
+
 fn cases() -> Vec<Case> {
     let s = "/tmp/bp/secret/secret.txt";
     let mut v: Vec<Case> = Vec::new();
@@ -547,21 +557,13 @@ fn cases() -> Vec<Case> {
     case!("rename_denied_dir_away", |c, f| {
         // The deny rule stays with the name; the directory would take its files along.
         let to = format!("/tmp/bp/allowed/secret-{}", c.style);
-        let outcome = c.attack(&["rename", "/tmp/bp/secret", &to], file("path_rename"));
-        if Path::new(&to).exists() {
-            fs::rename(&to, p("secret"))?;
-        }
-        outcome
+        rename_attack(c, &["rename", "/tmp/bp/secret", &to], Path::new(&to), &p("secret"))
     });
     case!("rename_in_a_detached_tree", |c, f| {
         // The same directory entries, renamed through a copy of the mount that
         // no walk can place: both names look alike to the rules.
         let to = format!("secret-{}", c.style);
-        let outcome = c.attack(&["tree-rename", ROOT, "secret", &to], file("path_rename"));
-        if p(&to).exists() {
-            fs::rename(p(&to), p("secret"))?;
-        }
-        outcome
+        rename_attack(c, &["tree-rename", ROOT, "secret", &to], &p(&to), &p("secret"))
     });
     case!("rename_onto_rules_anchored_below", |c, f| {
         // A directory of unreadable files (in the drop box) taking a name
@@ -569,20 +571,11 @@ fn cases() -> Vec<Case> {
         let from = p(&format!("drop/d-{}", c.style));
         fs::create_dir_all(from.join("inbox"))?;
         fs::write(from.join("inbox/n.txt"), "dropped, not for reading\n")?;
-        let from = from.to_str().unwrap().to_string();
-        let outcome = c.attack(&["rename", &from, "/tmp/bp/landing"], file("path_rename"));
-        if p("landing").exists() {
-            fs::rename(p("landing"), &from)?;
-        }
-        outcome
+        rename_attack(c, &["rename", from.to_str().unwrap(), "/tmp/bp/landing"], &p("landing"), &from)
     });
     case!("rename_parent_of_denied_dir", |c, f| {
         let to = format!("/tmp/bp/allowed/nest-{}", c.style);
-        let outcome = c.attack(&["rename", "/tmp/bp/nest", &to], file("path_rename"));
-        if Path::new(&to).exists() {
-            fs::rename(&to, p("nest"))?;
-        }
-        outcome
+        rename_attack(c, &["rename", "/tmp/bp/nest", &to], Path::new(&to), &p("nest"))
     });
     case!("proc_self_fd_reopen", |c, f| c.attack(&["reopen", "/tmp/bp/readonly.txt"], file("file_open")));
     case!("o_path_reopen", |c, f| {

@@ -222,13 +222,15 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
         let initrd = vm::initramfs(scenario, &payload)?;
         // The guest kernel sometimes trips over its own live code patching under
         // two TCG vCPUs: an oops at boot (int3 in sched_clock_cpu, before init
-        // has run), or, on 6.1, both vCPUs spinning on the int3 that patching a
-        // hook's BPF trampoline plants (a program attached or detached while
-        // others run the hook) until the soft-lockup watchdog panics. Neither is
-        // a test result: the scenario runs once more, from a fresh boot, and the
-        // rerun is reported. Any other stop counts as it is.
+        // has run), or a vCPU running into the int3 that patching a hook's BPF
+        // trampoline plants (a program attached or detached while another vCPU
+        // runs the hook: the agent handover does 64 of these under load) after
+        // the patch is done ("Oops: int3"), or both vCPUs spinning on it until
+        // the soft-lockup watchdog panics (6.1). None is a test result: the
+        // scenario runs again from a fresh boot (twice at most), and each rerun
+        // is reported. Any other stop counts as it is.
         let bypass_before = bypass.len();
-        for attempt in 1..=2 {
+        for attempt in 1..=3 {
             bypass.truncate(bypass_before);
             let mut run = Tally::default();
             let mut summary = None;
@@ -237,7 +239,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
             let finished = vm::boot(&kernel, cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(900), |line| {
                 println!("[{} {scenario}] {line}", spec.label);
                 panicked |= line.contains("Kernel panic");
-                patching_lockup |= line.contains("RIP: 0010:asm_exc_int3");
+                patching_lockup |= line.contains("RIP: 0010:asm_exc_int3") || line.contains("Oops: int3");
                 if line.starts_with("TEST ") {
                     if line.ends_with(" ok") {
                         run.passed += 1;
@@ -260,9 +262,9 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
                 say(&format!("kernel {} ({scenario}): the kernel panicked while booting, before any test ran; booting again", kernel.release));
                 continue;
             }
-            if !finished && panicked && patching_lockup && attempt == 1 {
+            if !finished && panicked && patching_lockup && attempt < 3 {
                 say(&format!(
-                    "kernel {} ({scenario}): the guest kernel locked up on an int3 of its own code patching (soft-lockup panic, see above); \
+                    "kernel {} ({scenario}): the guest kernel stopped on an int3 of its own code patching (see above); \
                      running the scenario again from a fresh boot, its {} results so far discarded",
                     kernel.release,
                     run.passed + run.failed
@@ -355,7 +357,7 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
     let mut total = Tally::default();
     for (name, t) in &lines {
         let reruns = if t.reruns > 0 {
-            format!(" ({} scenario run again after a guest kernel lockup, reported above)", t.reruns)
+            format!(" ({} scenario runs repeated after the guest kernel stopped on its own code patching, reported above)", t.reruns)
         } else {
             String::new()
         };

@@ -303,17 +303,13 @@ mod tests {
         assert!(local.contains(&parse_cidr("10.0.2.15").unwrap()));
     }
 
+    /// A rule for every address and port, of no protocol.
+    fn any(op: u8, family: u8, verdict: RuleVerdict) -> NetRuleSpec {
+        NetRuleSpec { op, family, proto: net::PROTO_ANY, addr: [0; 16], prefix: 0, ports: (0, u16::MAX), verdict }
+    }
+
     #[test]
     fn raw_sockets_need_every_address_allowed() {
-        let any = |op, family, verdict| NetRuleSpec {
-            op,
-            family,
-            proto: net::PROTO_ANY,
-            addr: [0; 16],
-            prefix: 0,
-            ports: (0, u16::MAX),
-            verdict,
-        };
         assert_eq!(raw_flags(&[], true), policy_flags::RAW_CONNECT | policy_flags::RAW_BIND);
         assert_eq!(raw_flags(&[], false), 0);
         let open = [any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow), any(net::OP_CONNECT, net::AF_INET6, RuleVerdict::Allow)];
@@ -326,17 +322,9 @@ mod tests {
 
     #[test]
     fn sctp_sockets_come_only_from_rules_that_name_sctp() {
-        let any = NetRuleSpec {
-            op: net::OP_CONNECT,
-            family: net::AF_INET,
-            proto: net::PROTO_ANY,
-            addr: [0; 16],
-            prefix: 0,
-            ports: (0, u16::MAX),
-            verdict: RuleVerdict::Allow,
-        };
-        let expanded = NetRuleSpec { proto: net::IPPROTO_SCTP, ..any.clone() };
-        let s = compile_sockets(&[], &[any, expanded], &[]);
+        let every = any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow);
+        let expanded = NetRuleSpec { proto: net::IPPROTO_SCTP, ..every.clone() };
+        let s = compile_sockets(&[], &[every, expanded], &[]);
         assert!(!s.contains_key(&(2, 1, 132)) && !s.contains_key(&(2, 5, 132)));
     }
 
