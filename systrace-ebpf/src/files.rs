@@ -165,8 +165,12 @@ fn permission(ctx: &LsmContext) -> i32 {
     let file: FilePtr = arg(ctx, Hook::FilePermission, 0);
     let mask: i32 = arg(ctx, Hook::FilePermission, 1);
     let key = FileCacheKey { file: file as u64, policy: subject.policy, _pad: 0 };
-    if cached(&key, file, mask) {
-        return 0;
+    // Looked up once, for the quick answer and, on a miss, the exact one below.
+    let entry = unsafe { FILE_CACHE.get(&key) }.copied();
+    if let Some(entry) = &entry {
+        if cached(entry, file, mask) {
+            return 0;
+        }
     }
     let (Ok((dentry, mnt)), Ok(mode), Ok(flags)) = (
         unsafe { kernel::path_parts(kernel::file_path(file)) },
@@ -212,7 +216,7 @@ fn permission(ctx: &LsmContext) -> i32 {
     if needed == 0 {
         return 0;
     }
-    if let Some(entry) = unsafe { FILE_CACHE.get(&key) } {
+    if let Some(entry) = entry {
         if entry.dentry == dentry as u64 && needed & !entry.granted == 0 {
             return 0;
         }
@@ -244,10 +248,7 @@ fn permission(ctx: &LsmContext) -> i32 {
 /// changes its path) and what it asks for now is granted whatever its flags
 /// say (a write needs `write` and `append`, as `fcntl` can switch `O_APPEND`).
 #[inline(always)]
-fn cached(key: &FileCacheKey, file: FilePtr, mask: i32) -> bool {
-    let Some(entry) = (unsafe { FILE_CACHE.get(key) }) else {
-        return false;
-    };
+fn cached(entry: &FileCacheEntry, file: FilePtr, mask: i32) -> bool {
     let mut needed = 0;
     if mask & MAY_READ != 0 {
         needed |= access::READ;

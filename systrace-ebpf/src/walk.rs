@@ -193,10 +193,7 @@ struct Walk {
     scan_node: u64,
     scan_end: u64,
     scan_found: u64,
-    /// The hash of one name (see [`name_hash`]): where it is, how many 8-byte
-    /// blocks are left to absorb, and the hasher.
-    hash_name: u64,
-    hash_blocks: u64,
+    /// The hasher of one name (see [`name_hash`]).
     hasher: SipHasher13,
     /// Dentries by level, modulo RING: the last RING levels climbed.
     ring: [u64; RING],
@@ -407,13 +404,11 @@ unsafe fn name_hash(w: &mut Walk, dentry: DentryPtr) -> Result<u64, i64> {
         return Err(-1);
     }
     let full = len / 8;
-    w.hash_name = name as u64;
-    w.hash_blocks = full as u64;
     w.hasher = SipHasher13::new(w.k0, w.k1);
     // A bounded loop, not another bpf_loop: a nested callback would add a
     // frame to the deepest chain of calls, which 6.1 bounds at 512 bytes.
     for i in 0..32usize {
-        if i as u64 >= w.hash_blocks {
+        if i as u32 >= full {
             break;
         }
         let block: u64 = kernel::read_at(name, i * 8)?;

@@ -53,19 +53,31 @@ fn sockaddr_in(family: i32, ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr
     sa
 }
 
+/// Room for one descriptor in a message's control data.
+fn fd_space() -> usize {
+    // SAFETY: a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize }
+}
+
+/// A one-byte message with `control` as its control buffer, for passing one descriptor.
+fn fd_message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid; the pointers set are to live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
+}
+
 /// Sends `fd` over the connected unix socket `sock` (SCM_RIGHTS).
 pub fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
     let mut byte = [b'x'];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = vec![0u8; fd_space()];
+    let msg = fd_message(&mut iov, &mut control);
     // SAFETY: msghdr points at live buffers of the sizes given.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -83,15 +95,10 @@ pub fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
 fn recv_fd(sock: i32) -> std::io::Result<Option<i32>> {
     let mut byte = [0u8];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = vec![0u8; fd_space()];
+    let mut msg = fd_message(&mut iov, &mut control);
     // SAFETY: as in send_fd.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
         if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -287,27 +294,6 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                     errno()
                 } else {
                     0
-                }
-            }
-            "recv-fd-map" => {
-                // recv-fd-map SOCKPATH: take a descriptor (an io_uring ring made
-                // outside) and map its submission queue.
-                let sock = match unix_connect(&operands[0]) {
-                    Ok(s) => s,
-                    Err(e) => return Some(e.raw_os_error().unwrap_or(-1)),
-                };
-                match recv_fd(sock) {
-                    Ok(Some(fd)) => {
-                        outcome.rounds = 1;
-                        let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
-                        if map == libc::MAP_FAILED {
-                            errno()
-                        } else {
-                            0
-                        }
-                    }
-                    Ok(None) => libc::EPERM,
-                    Err(e) => e.raw_os_error().unwrap_or(-1),
                 }
             }
             "pidfd-getfd" => {
@@ -536,40 +522,22 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 // spawn-into CGROUP_DIR PATH: a child cloned straight into the
                 // cgroup (clone3, CLONE_INTO_CGROUP), whose first act is to open
                 // PATH; the errno it gets, as its exit status.
-                #[repr(C)]
-                #[derive(Default)]
-                struct CloneArgs {
-                    flags: u64,
-                    pidfd: u64,
-                    child_tid: u64,
-                    parent_tid: u64,
-                    exit_signal: u64,
-                    stack: u64,
-                    stack_size: u64,
-                    tls: u64,
-                    set_tid: u64,
-                    set_tid_size: u64,
-                    cgroup: u64,
-                }
-                const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-                let dir = libc::open(arg(0)?.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
-                if dir < 0 {
-                    return Some(errno());
-                }
                 let path = arg(1)?;
-                let args = CloneArgs { flags: CLONE_INTO_CGROUP, exit_signal: libc::SIGCHLD as u64, cgroup: dir as u64, ..CloneArgs::default() };
-                let child = libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>());
-                if child == 0 {
+                let first_act = || {
                     let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
-                    libc::_exit(if fd < 0 { *libc::__errno_location() } else { 0 });
+                    if fd < 0 {
+                        *libc::__errno_location()
+                    } else {
+                        0
+                    }
+                };
+                match crate::op::clone_into_cgroup(&arg(0)?, first_act) {
+                    Ok((pid, status)) => {
+                        outcome.rounds = pid as u64;
+                        status
+                    }
+                    Err(e) => e,
                 }
-                if child < 0 {
-                    return Some(errno());
-                }
-                let mut status = 0;
-                libc::waitpid(child as i32, &mut status, 0);
-                outcome.rounds = child as u64;
-                libc::WEXITSTATUS(status)
             }
             "tiocsti" => {
                 // tiocsti: push a character into a terminal's input.

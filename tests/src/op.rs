@@ -168,6 +168,49 @@ fn errno_of(rc: libc::c_int) -> i32 {
     }
 }
 
+/// Starts a child straight in the cgroup at `dir` (clone3 with
+/// CLONE_INTO_CGROUP) that runs `child` and exits with what it returns:
+/// (the child's pid, its exit status), or the errno of the open or the clone.
+pub fn clone_into_cgroup(dir: &CString, child: impl FnOnce() -> i32) -> Result<(i32, i32), i32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    // SAFETY: a valid C string and a clone3 argument block of its own size;
+    // the child only runs `child` and exits.
+    unsafe {
+        let fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(errno_of(fd));
+        }
+        let args = CloneArgs { flags: CLONE_INTO_CGROUP, exit_signal: libc::SIGCHLD as u64, cgroup: fd as u64, ..CloneArgs::default() };
+        let pid = libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>());
+        if pid == 0 {
+            libc::_exit(child());
+        }
+        let e = errno_of(pid as libc::c_int);
+        libc::close(fd);
+        if pid < 0 {
+            return Err(e);
+        }
+        let mut status = 0;
+        libc::waitpid(pid as libc::pid_t, &mut status, 0);
+        Ok((pid as i32, libc::WEXITSTATUS(status)))
+    }
+}
+
 /// Opens `path` with `flags`; 0 or the errno.
 fn open_errno(path: &CString, flags: libc::c_int) -> i32 {
     // SAFETY: path is a valid C string.
@@ -516,44 +559,12 @@ pub fn main(args: &[String]) -> ExitCode {
         "clone-into" => {
             // clone-into CGROUP_DIR: clone3 with CLONE_INTO_CGROUP, starting the
             // child in another cgroup; the child exits at once.
-            #[repr(C)]
-            #[derive(Default)]
-            struct CloneArgs {
-                flags: u64,
-                pidfd: u64,
-                child_tid: u64,
-                parent_tid: u64,
-                exit_signal: u64,
-                stack: u64,
-                stack_size: u64,
-                tls: u64,
-                set_tid: u64,
-                set_tid_size: u64,
-                cgroup: u64,
-            }
-            const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-            let dir = unsafe { libc::open(a.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-            if dir < 0 {
-                errno_of(dir)
-            } else {
-                outcome.rounds = 1;
-                let args = CloneArgs {
-                    flags: CLONE_INTO_CGROUP,
-                    exit_signal: libc::SIGCHLD as u64,
-                    cgroup: dir as u64,
-                    ..CloneArgs::default()
-                };
-                let child = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
-                if child == 0 {
-                    unsafe { libc::_exit(0) };
-                }
-                if child > 0 {
-                    let mut status = 0;
-                    unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) };
+            match clone_into_cgroup(&a, || 0) {
+                Ok(_) => {
+                    outcome.rounds = 1;
                     0
-                } else {
-                    errno_of(-1)
                 }
+                Err(e) => e,
             }
         }
         "socket" => {
