@@ -147,6 +147,7 @@ pub fn verdict_name(v: u8) -> &'static str {
         Some(Verdict::Denied) => "denied",
         Some(Verdict::Audited) => "audit",
         Some(Verdict::AuditRule) => "audit-rule",
+        Some(Verdict::Learned) => "learned",
         None => "unknown",
     }
 }

@@ -6,3 +6,5 @@ pub mod cgroups;
 pub mod events;
 pub mod offsets;
 pub mod policy;
+pub mod homes;
+pub mod learn;

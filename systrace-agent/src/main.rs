@@ -5,6 +5,7 @@
 
 mod enforcer;
 mod pins;
+mod session;
 mod watch;
 
 use std::{
@@ -20,7 +21,7 @@ use serde_json::json;
 use systrace_agent::{
     cgroups::cgroup2_root,
     events::{self, Clock, PolicyNames, Record},
-    offsets,
+    learn, offsets,
     policy::{self, Compiled, Diagnostic, Host, Policy, Severity, SystemResolver},
 };
 use systrace_common::Counter;
@@ -68,6 +69,69 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run a command confined by a policy from its first instruction, in a
+    /// cgroup of its own, and exit with its status. Denials are printed on
+    /// standard error; --events writes every event as a JSON line.
+    Exec {
+        policy: PathBuf,
+        /// Write every event (JSON lines) here.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        #[arg(long)]
+        verifier_log: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Observe a command (`-- CMD ARGS`, from its first instruction), a cgroup or
+    /// a unit, recording every access the policy (by default an empty one) does
+    /// not allow, once per distinct access; deny rules still deny. Writes the
+    /// observations for `generate` and `replay`.
+    Learn {
+        /// Start from this policy: its rules apply, the rest is recorded.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Where the observations go (JSON lines).
+        #[arg(short, long, default_value = "learned.jsonl")]
+        output: PathBuf,
+        /// A cgroup to observe (relative to the cgroup2 mount).
+        #[arg(long, conflicts_with_all = ["unit", "command"])]
+        cgroup: Option<String>,
+        /// A systemd unit to observe, from its next start.
+        #[arg(long, conflicts_with = "command")]
+        unit: Option<String>,
+        /// With --cgroup or --unit: stop after this many seconds (else at Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        #[arg(long)]
+        verifier_log: bool,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Write a policy that allows what learning runs saw, generalized; or, when
+    /// the output exists, add to it what it does not allow yet, keeping its edits.
+    Generate {
+        /// Observation files (from `learn`, or any agent's event lines).
+        #[arg(required = true)]
+        observations: Vec<PathBuf>,
+        /// The policy to write, or to merge into.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The policy's name (a new file only); defaults to the output's file name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A directory with this many distinct names used becomes a glob.
+        #[arg(long, default_value_t = 3)]
+        collapse: usize,
+        /// Also allow what was denied (the events of an enforcing agent).
+        #[arg(long)]
+        from_denials: bool,
+    },
+    /// Say which recorded accesses a policy would refuse.
+    Replay {
+        policy: PathBuf,
+        #[arg(required = true)]
+        observations: Vec<PathBuf>,
+    },
     /// Say whether this kernel can enforce, and print the struct offsets read from its BTF.
     Probe,
     /// Stop the enforcement a killed agent left behind: remove its pinned programs
@@ -80,6 +144,37 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Probe => probe(),
+        Command::Exec { policy, events, verifier_log, command } => session::main(session::Session {
+            policy: Some(policy),
+            subject: session::Subject::Command(command),
+            learn: false,
+            events,
+            duration: None,
+            verifier_log,
+        }),
+        Command::Learn { policy, output, cgroup, unit, duration, verifier_log, command } => {
+            let subject = match (cgroup, unit) {
+                (Some(c), _) => session::Subject::Target(policy::Target::Cgroup(format!("/{}", c.trim_start_matches('/')))),
+                (None, Some(u)) => session::Subject::Target(policy::Target::Unit { name: u, user: None }),
+                (None, None) if !command.is_empty() => session::Subject::Command(command),
+                (None, None) => {
+                    eprintln!("systrace-agent: learn what? give -- CMD ARGS, --cgroup PATH or --unit NAME");
+                    return ExitCode::from(2);
+                }
+            };
+            session::main(session::Session {
+                policy,
+                subject,
+                learn: true,
+                events: Some(output),
+                duration: duration.map(Duration::from_secs),
+                verifier_log,
+            })
+        }
+        Command::Generate { observations, output, name, collapse, from_denials } => {
+            generate(&observations, &output, name, collapse, from_denials)
+        }
+        Command::Replay { policy, observations } => replay(&policy, &observations),
         Command::Detach => detach(),
         Command::Run { policies, policy_dir, stats_interval, verifier_log, handover, bench_detach_signal } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -138,7 +233,121 @@ fn detach() -> ExitCode {
 
 /// What parsing needs to know about this host.
 fn host() -> Host {
-    Host { cgroup_root: cgroup2_root(), local_addresses: local_addresses() }
+    host_for(None, None)
+}
+
+/// As [`host`], with a command's `$HOME` among the homes and the target of
+/// policies that name none (`exec`, `learn`).
+fn host_for(home: Option<PathBuf>, default_target: Option<policy::Target>) -> Host {
+    Host {
+        cgroup_root: cgroup2_root(),
+        local_addresses: local_addresses(),
+        homes: systrace_agent::homes::system_homes(home),
+        default_target,
+    }
+}
+
+fn read_observations(files: &[PathBuf], from_denials: bool) -> Result<learn::Observations, String> {
+    let mut obs = learn::Observations { include_denied: from_denials, ..Default::default() };
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+        obs.read(&text);
+    }
+    Ok(obs)
+}
+
+fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: usize, from_denials: bool) -> ExitCode {
+    let mut obs = match read_observations(files, from_denials) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("systrace-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = name.unwrap_or_else(|| {
+        output.file_stem().map_or("learned".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let mut sensitive = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        sensitive.push(exe.display().to_string());
+    }
+    let options = learn::generate::Options { collapse, name, target: None, sensitive };
+    let existing = match std::fs::read_to_string(output) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            eprintln!("systrace-agent: {}: cannot read: {e}", output.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match existing {
+        None => learn::generate::generate(&obs, &options),
+        Some(old) => {
+            // What the policy already allows needs nothing new; its ${HOME} is the learned one.
+            let home = obs.home().map(PathBuf::from);
+            let host = host_for(home, Some(policy::Target::Cgroup("/systrace.exec/generate".into())));
+            let current = match policy::parse(output, &old, &host) {
+                Ok(p) => p,
+                Err(d) => {
+                    eprintln!("{d}");
+                    eprintln!("systrace-agent: {} left as it was", output.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            obs.seen.retain(|seen, ev| learn::replay::decide(&current, seen, ev) != learn::replay::Decision::Allowed);
+            let generated = learn::generate::generalize(&obs, &options);
+            if generated.is_empty() {
+                eprintln!("systrace-agent: {} already allows everything observed; left as it was", output.display());
+                return ExitCode::SUCCESS;
+            }
+            match learn::merge::merge(&old, &generated) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("systrace-agent: {}: {e}; left as it was", output.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    // Written next to it and renamed over it: a reader never sees half a policy.
+    let tmp = output.with_extension("toml.new");
+    if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, output)) {
+        eprintln!("systrace-agent: writing {}: {e}", output.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!("systrace-agent: wrote {} ({} distinct accesses observed)", output.display(), obs.seen.len());
+    ExitCode::SUCCESS
+}
+
+fn replay(policy_file: &Path, files: &[PathBuf]) -> ExitCode {
+    let obs = match read_observations(files, true) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("systrace-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let host = host_for(obs.home().map(PathBuf::from), Some(policy::Target::Cgroup("/systrace.exec/replay".into())));
+    let policy = match read_and_parse(policy_file, &host) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("{d}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut refused = 0;
+    for (seen, ev) in &obs.seen {
+        if let learn::replay::Decision::Refused(why) = learn::replay::decide(&policy, seen, ev) {
+            refused += 1;
+            println!("{}", json!({"type": "would-deny", "access": format!("{seen:?}"), "why": why, "count": ev.count, "programs": ev.programs}));
+        }
+    }
+    eprintln!("systrace-agent: {} would refuse {refused} of {} distinct recorded accesses", policy.name, obs.seen.len());
+    if refused > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// This host's interface addresses, for `address = "local"`.
@@ -185,8 +394,12 @@ fn read_and_parse(file: &Path, host: &Host) -> Result<Policy, Diagnostic> {
     policy::parse(file, &text, host)
 }
 
+/// The target `check` gives a policy that names none: such a policy is for
+/// `exec` and `learn`, which bind it to a command's own cgroup.
+const NO_TARGET: &str = "/systrace.exec/<command>";
+
 fn check(files: &[PathBuf]) -> ExitCode {
-    let host = host();
+    let host = host_for(None, Some(policy::Target::Cgroup(NO_TARGET.into())));
     let mut errors = 0;
     let mut parsed = Vec::new();
     for file in files {
@@ -203,6 +416,10 @@ fn check(files: &[PathBuf]) -> ExitCode {
                         };
                         eprintln!("{d}");
                     }
+                }
+                if policy.target == policy::Target::Cgroup(NO_TARGET.into()) {
+                    println!("{}: ok ({} file rules; no target: for `exec` and `learn` only)", file.display(), policy.files.len());
+                    continue;
                 }
                 if let policy::Target::Cgroup(path) = &policy.target {
                     if !host.cgroup_root.join(path.trim_start_matches('/')).is_dir() {
@@ -617,6 +834,10 @@ fn pin(enforcer: &mut Enforcer) -> Result<Option<PathBuf>> {
     // A failure here has taken links out of the program: fatal, not a warning.
     enforcer.pin(&own)?;
     for dir in pins::others(root, Some(&own)) {
+        let session = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(pins::SESSION_PREFIX));
+        if session && pins::owner_alive(&dir) {
+            continue;
+        }
         match pins::remove_dir(&dir) {
             Ok(n) => eprintln!("systrace-agent: took over from {}: {n} pinned programs detached", dir.display()),
             Err(e) => eprintln!("systrace-agent: taking over from {}: {e:#}", dir.display()),

@@ -29,6 +29,16 @@ fn is_bpffs(path: &Path) -> bool {
 /// Makes sure `/sys/fs/bpf` is a bpffs (mounting one if not) and returns this
 /// agent's own, empty pin directory.
 pub fn prepare(root: &Path) -> Result<PathBuf> {
+    prepare_named(root, &std::process::id().to_string())
+}
+
+/// Prefix of the pin directories of `exec` and `learn` agents: a service
+/// agent that starts takes over what dead agents left, but not these while
+/// their owner runs (they confine one command, not the services).
+pub const SESSION_PREFIX: &str = "exec-";
+
+/// As [`prepare`], for a directory named `name`.
+pub fn prepare_named(root: &Path, name: &str) -> Result<PathBuf> {
     let bpffs = root.parent().context("pin root has no parent")?;
     if !is_bpffs(bpffs) {
         let target = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes())?;
@@ -38,7 +48,7 @@ pub fn prepare(root: &Path) -> Result<PathBuf> {
             bail!("{} is not a bpffs and mounting one failed: {}", bpffs.display(), std::io::Error::last_os_error());
         }
     }
-    let own = root.join(std::process::id().to_string());
+    let own = root.join(name);
     if own.exists() {
         // A previous agent with our pid (the pid was reused) died: its pins are stale.
         remove_dir(&own)?;
@@ -95,6 +105,7 @@ pub fn owner_alive(dir: &Path) -> bool {
     let Some(pid) = dir.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
+    let pid = pid.strip_prefix(SESSION_PREFIX).unwrap_or(pid);
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "systrace-agent")
 }
 

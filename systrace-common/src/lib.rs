@@ -118,6 +118,10 @@ pub enum Mode {
     Enforce = 0,
     /// Allow, but report what would have been denied.
     Audit = 1,
+    /// Learning (complain mode): deny rules still deny; what the policy's
+    /// default or a missing grant would refuse is allowed and reported once
+    /// per distinct (policy, hook, object, access) ([`Verdict::Learned`]).
+    Learn = 2,
 }
 
 /// Verdict applied to an access no rule decides.
@@ -139,6 +143,8 @@ pub enum Verdict {
     Audited = 2,
     /// Allowed by a rule that asks for a report.
     AuditRule = 3,
+    /// Allowed and recorded while learning ([`Mode::Learn`]).
+    Learned = 4,
 }
 
 impl Verdict {
@@ -148,6 +154,7 @@ impl Verdict {
             1 => Self::Denied,
             2 => Self::Audited,
             3 => Self::AuditRule,
+            4 => Self::Learned,
             _ => return None,
         })
     }
@@ -590,9 +597,12 @@ pub enum Counter {
     /// binding table was full): their processes are confined by an
     /// ancestor's policy, if any, until the next reload binds them.
     BindFailed = 6,
+    /// Learned accesses not reported again: the kernel had already reported
+    /// the same policy, hook, object and access ([`Mode::Learn`]).
+    LearnRepeats = 7,
 }
 
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 8;
 
 pub const COMM_LEN: usize = 16;
 /// Bytes of path components an event carries (see [`Event::path`]).

@@ -16,7 +16,7 @@ use systrace_common::{
 
 use crate::{
     kernel,
-    maps::{acquire_scratch, count, release_scratch, EVENTS},
+    maps::{acquire_scratch, count, release_scratch, EVENTS, LEARNED},
     subject::{current_subject, Subject},
     walk::{opaque_zero, walk, Object, Request, Resolution},
 };
@@ -35,8 +35,21 @@ pub const EACCES: i32 = 13;
 pub fn violation(subject: &Subject) -> Verdict {
     if subject.info.mode == Mode::Audit as u8 {
         Verdict::Audited
+    } else if subject.info.mode == Mode::Learn as u8 {
+        Verdict::Learned
     } else {
         Verdict::Denied
+    }
+}
+
+/// The verdict for an access a deny rule names: learning records only what
+/// the policy leaves open, so there it is denied as when enforcing.
+#[inline(always)]
+pub fn denied_by_rule(subject: &Subject) -> Verdict {
+    if subject.info.mode == Mode::Learn as u8 {
+        Verdict::Denied
+    } else {
+        violation(subject)
     }
 }
 
@@ -48,7 +61,7 @@ pub fn rule_decision(subject: &Subject, rule: Option<u8>) -> Verdict {
     match rule {
         Some(rule_verdict::ALLOW) => Verdict::Allowed,
         Some(rule_verdict::AUDIT) => Verdict::AuditRule,
-        Some(_) => violation(subject),
+        Some(_) => denied_by_rule(subject),
         None if subject.info.default == Default::Allow as u8 => Verdict::Allowed,
         None => violation(subject),
     }
@@ -61,7 +74,9 @@ pub fn rule_decision(subject: &Subject, rule: Option<u8>) -> Verdict {
 pub fn verdict(subject: &Subject, res: &Resolution) -> Verdict {
     let default_denies = subject.info.default == Default::Deny as u8;
     let undecided_denies = res.undecided && res.unresolved & subject.info.denied_somewhere != 0;
-    if res.denied != 0 || (res.unresolved != 0 && (default_denies || undecided_denies)) {
+    if res.denied != 0 {
+        denied_by_rule(subject)
+    } else if res.unresolved != 0 && (default_denies || undecided_denies) {
         violation(subject)
     } else if res.audited != 0 {
         Verdict::AuditRule
@@ -300,10 +315,58 @@ fn begin_event(subject: &Subject, hook: u16, verdict: Verdict, requested: u32) -
 /// has already been decided: a full ring buffer costs the report, never the decision.
 #[inline(always)]
 fn send_event(event: *mut Event) {
+    if unsafe { (*event).verdict } == Verdict::Learned as u8 {
+        let key = learned_key(unsafe { &*event });
+        if LEARNED.get_ptr(&key).is_some() {
+            count(Counter::LearnRepeats);
+            release_scratch();
+            return;
+        }
+        let _ = LEARNED.insert(&key, &1, 0);
+    }
     if EVENTS.output::<Event>(unsafe { &*event }, 0).is_err() {
         count(Counter::RingFull);
     }
     release_scratch();
+}
+
+/// What makes a learned access distinct: policy, hook, access, object (the
+/// inode, the address, the hook's detail) and the first bytes of its path,
+/// leaf first, which tell apart the names created in one directory. Mixed into
+/// 64 bits: two accesses sharing a key by chance lose one report, at odds of
+/// about 2^-64 per pair.
+#[inline(always)]
+fn learned_key(e: &Event) -> u64 {
+    let word = |b: &[u8], at: usize| -> u64 {
+        let mut w = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            w |= (b[at + i] as u64) << (8 * i);
+            i += 1;
+        }
+        w
+    };
+    let words = [
+        (e.policy as u64) << 32 | (e.hook as u64) << 16 | (e.net_family as u64) << 8 | e.net_proto as u64,
+        (e.requested as u64) << 32 | e.detail as u64,
+        e.dev,
+        e.ino,
+        word(&e.net_addr, 0),
+        word(&e.net_addr, 8),
+        (e.net_port as u64) << 32 | e.target as u64,
+        word(&e.path, 0),
+        word(&e.path, 8),
+        word(&e.path, 16),
+        word(&e.path, 24),
+    ];
+    let mut h = 0x6a09_e667_f3bc_c908u64;
+    let mut i = 0;
+    while i < words.len() {
+        h = (h ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+        i += 1;
+    }
+    h
 }
 
 /// Counts and writes the event a [`FileCheck`] describes: a rule's decision, or

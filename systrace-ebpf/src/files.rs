@@ -11,7 +11,7 @@ use systrace_common::{access, protect, Counter, Hook, Verdict};
 use crate::{
     decision::{
         check_file, check_file_protection, check_unreadable, granted, hook_return, run_check, systrace_report_file,
-        violation, Detail, FileCheck, CHECK_REPORT, CHECK_UNREADABLE, EACCES, EPERM,
+        denied_by_rule, violation, Detail, FileCheck, CHECK_REPORT, CHECK_UNREADABLE, EACCES, EPERM,
     },
     guard::systrace_guard_open,
     guard,
@@ -283,7 +283,9 @@ pub extern "C" fn systrace_permission(check: *mut FileCheck) -> i32 {
         return CHECK_UNREADABLE | CHECK_REPORT;
     }
     let granted = granted(&c.subject, &res);
-    let verdict = if needed & !granted != 0 {
+    let verdict = if needed & res.denied != 0 {
+        denied_by_rule(&c.subject)
+    } else if needed & !granted != 0 {
         violation(&c.subject)
     } else if res.audited & needed != 0 {
         Verdict::AuditRule

@@ -100,6 +100,12 @@ pub static FILE_CACHE: LruHashMap<FileCacheKey, FileCacheEntry> = LruHashMap::wi
 #[map(name = "OVERLAY_CREDS")]
 pub static OVERLAY_CREDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Keys of what learning already reported ([`systrace_common::Mode::Learn`]):
+/// a busy daemon repeats the same few accesses, and the ring carries each once.
+/// An evicted key only costs a repeated report, which the agent drops.
+#[map(name = "LEARNED")]
+pub static LEARNED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
+
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 

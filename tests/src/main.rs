@@ -11,6 +11,7 @@ mod attack;
 mod bench;
 mod bypass;
 mod lang;
+mod learning;
 mod living;
 mod op;
 mod protect;
@@ -20,6 +21,10 @@ mod suite;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Under the name `probe`, this binary is the learning suite's CGI program.
+    if std::env::args().next().is_some_and(|a| a.ends_with("/probe") || a == "probe") {
+        return learning::cgi_main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("op") => op::main(&args[1..]),
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("bypass") => bypass::main(&args[1..]),
         Some("living") => living::main(&args[1..]),
+        Some("learning") => learning::main(&args[1..]),
         _ => {
             eprintln!("usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)

@@ -39,6 +39,9 @@ enum Cmd {
         /// Skip the host unit tests.
         #[arg(long)]
         vm_only: bool,
+        /// Only this VM scenario (suite, lang, bypass, living, learning, refusal).
+        #[arg(long)]
+        scenario: Option<String>,
     },
     /// Enforcement overhead, measured side by side in one VM run per kernel.
     Bench {
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => setup::all(),
         Cmd::Build => setup::all().and_then(|()| build().map(|_| ())),
-        Cmd::Test { kernel, vm_only } => test(kernel.as_deref(), vm_only),
+        Cmd::Test { kernel, vm_only, scenario } => test(kernel.as_deref(), vm_only, scenario.as_deref()),
         Cmd::Demo { kernel } => demo(&kernel),
         Cmd::Vm { kernel, command } => vm_command(&kernel, &command),
         Cmd::Bench { kernel } => bench(kernel.as_deref()),
@@ -205,20 +208,27 @@ struct KernelRun {
 /// foundation suite, the policy-language suite, the bypass attacks and the
 /// living-system cases with the BPF LSM active, and the refusal check with it
 /// left out of `lsm=`.
-fn vm_suite(spec: setup::KernelSpec, bins: &Binaries) -> Result<KernelRun> {
+fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Result<KernelRun> {
     let kernel = setup::kernel(spec)?;
     let scenarios = [
         ("suite", spec.cmdline),
         ("lang", spec.cmdline),
         ("bypass", spec.cmdline),
         ("living", spec.cmdline),
+        ("learning", spec.cmdline),
         ("refusal", spec.cmdline_without_bpf_lsm),
     ];
     let mut bypass = Vec::new();
     let mut tally = Tally::default();
     let started = Instant::now();
     for (scenario, cmdline) in scenarios {
-        let payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
+        if only.is_some_and(|o| o != scenario) {
+            continue;
+        }
+        let mut payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
+        if scenario == "learning" {
+            payload.files.extend(vm::python_files()?);
+        }
         let initrd = vm::initramfs(scenario, &payload)?;
         // The guest kernel sometimes trips over its own live code patching under
         // two TCG vCPUs: an oops at boot (int3 in sched_clock_cpu, before init
@@ -332,7 +342,7 @@ fn bypass_table(kernels: &[(String, Vec<BypassRow>)]) -> Tally {
     tally
 }
 
-fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
+fn test(only: Option<&str>, vm_only: bool, scenario: Option<&str>) -> Result<()> {
     let specs = match only {
         Some(label) => vec![setup::kernel_spec(label)?],
         None => setup::KERNELS.to_vec(),
@@ -345,14 +355,19 @@ fn test(only: Option<&str>, vm_only: bool) -> Result<()> {
     let bins = build()?;
     let mut bypass = Vec::new();
     for spec in specs {
-        let run = vm_suite(spec, &bins)?;
+        let run = vm_suite(spec, &bins, scenario)?;
         lines.push((run.name, run.tally));
         bypass.push((spec.label.to_string(), run.bypass));
     }
     println!();
-    println!("bypass suite (case x kernel/policy style: deny = default deny, allow = default allow with deny rules):");
-    let bypass_tally = bypass_table(&bypass);
-    println!("bypass suite: {} passed, {} failed", bypass_tally.passed, bypass_tally.failed);
+    let bypass_tally = if scenario.is_none_or(|s| s == "bypass") {
+        println!("bypass suite (case x kernel/policy style: deny = default deny, allow = default allow with deny rules):");
+        let t = bypass_table(&bypass);
+        println!("bypass suite: {} passed, {} failed", t.passed, t.failed);
+        t
+    } else {
+        Tally::default()
+    };
     println!();
     let mut total = Tally::default();
     for (name, t) in &lines {

@@ -76,6 +76,7 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Resul
         mode: match policy.mode {
             Mode::Enforce => systrace_common::Mode::Enforce as u8,
             Mode::Audit => systrace_common::Mode::Audit as u8,
+            Mode::Learn => systrace_common::Mode::Learn as u8,
         },
         default: match policy.default {
             DefaultVerdict::Deny => systrace_common::Default::Deny as u8,

@@ -33,7 +33,12 @@ mod tests {
     const ROOT: &str = "/sys/fs/cgroup";
 
     fn host() -> Host {
-        Host { cgroup_root: PathBuf::from(ROOT), local_addresses: vec!["10.0.2.15".parse().unwrap()] }
+        Host {
+            cgroup_root: PathBuf::from(ROOT),
+            local_addresses: vec!["10.0.2.15".parse().unwrap()],
+            homes: vec![PathBuf::from("/home/alice"), PathBuf::from("/root")],
+            default_target: None,
+        }
     }
 
     fn parse_str(text: &str) -> Result<Policy, Diagnostic> {

@@ -12,6 +12,9 @@ use super::*;
 pub enum Mode {
     Enforce,
     Audit,
+    /// Complain mode: deny rules deny, and what the rest of the policy would
+    /// refuse is allowed and recorded once per distinct access (`learn`).
+    Learn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -131,6 +134,12 @@ pub struct Host {
     pub cgroup_root: PathBuf,
     /// This host's interface addresses, for `address = "local"`.
     pub local_addresses: Vec<std::net::IpAddr>,
+    /// What `${HOME}` in a rule's path stands for: every home directory, as
+    /// AppArmor's `@{HOME}` does (see [`crate::homes`]).
+    pub homes: Vec<PathBuf>,
+    /// The target of a policy that names none: the transient cgroup of
+    /// `exec` and `learn`. `None` for `run`, where a policy must name one.
+    pub default_target: Option<Target>,
 }
 
 /// A validated policy, not yet tied to the file system.

@@ -132,6 +132,9 @@ fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
 }
 
 
+/// In a rule's path, every home directory ([`Host::homes`]).
+pub const HOME_VARIABLE: &str = "${HOME}";
+
 /// Parses and validates one policy file's text.
 pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic> {
     let map = SourceMap::new(file, text);
@@ -156,14 +159,34 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
         None => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
     };
 
-    let (target, target_span) = parse_target(&map, &raw, &host.cgroup_root)?;
+    let (target, target_span) = parse_target(&map, &raw, host)?;
 
     let mut files = Vec::with_capacity(raw.file.len() + raw.exec.len());
     let mut add = |path: &str, span: Range<usize>, access: u32, verdict: RuleVerdict| -> Result<(), Diagnostic> {
         // +1 skips the opening quote; exact for paths without escapes.
-        let (anchor, scope) = parse_pattern(path)
-            .map_err(|(at, msg)| map.diagnostic(Severity::Error, span.start + 1 + at..span.end, msg))?;
-        files.push(FileRuleSpec { path: anchor, scope, access, verdict, location: map.locate(span.start) });
+        let expanded: Vec<String> = match path.strip_prefix(HOME_VARIABLE) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                host.homes.iter().map(|home| format!("{}{rest}", home.display())).collect()
+            }
+            _ if path.contains('$') => {
+                let at = path.find('$').unwrap_or(0);
+                return Err(map.diagnostic(
+                    Severity::Error,
+                    span.start + 1 + at..span.end,
+                    format!("the only variable is {HOME_VARIABLE}, at the start of a path"),
+                ));
+            }
+            _ => vec![path.to_string()],
+        };
+        let written = !path.starts_with(HOME_VARIABLE);
+        for path in expanded {
+            // An offset into an expanded ${HOME} path is not one into the text.
+            let (anchor, scope) = parse_pattern(&path).map_err(|(at, msg)| {
+                let at = if written { at } else { 0 };
+                map.diagnostic(Severity::Error, span.start + 1 + at..span.end, msg)
+            })?;
+            files.push(FileRuleSpec { path: anchor, scope, access, verdict, location: map.locate(span.start) });
+        }
         Ok(())
     };
     for name in raw.include.iter().flatten() {
@@ -348,8 +371,12 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
 }
 
 /// The cgroup or unit a policy confines.
-fn parse_target(map: &SourceMap, raw: &RawPolicy, cgroup_root: &Path) -> Result<(Target, Range<usize>), Diagnostic> {
+fn parse_target(map: &SourceMap, raw: &RawPolicy, host: &Host) -> Result<(Target, Range<usize>), Diagnostic> {
+    let cgroup_root = &host.cgroup_root;
     let given: Vec<&Spanned<String>> = [&raw.cgroup, &raw.unit, &raw.user_unit].into_iter().flatten().collect();
+    if let (true, Some(target)) = (given.is_empty(), &host.default_target) {
+        return Ok((target.clone(), 0..0));
+    }
     if given.is_empty() {
         return Err(map.diagnostic(
             Severity::Error,

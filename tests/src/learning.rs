@@ -1,0 +1,444 @@
+//! Policy generation on programs no one here wrote: busybox httpd with a CGI
+//! program, and Python's http.server. Each is learned from its first
+//! instruction (`learn -- CMD`), a policy generated, and the same traffic run
+//! again under `exec` with that policy: no denial. Then what the policy does
+//! not allow is tried from inside (a CGI reading /etc/shadow, running a shell,
+//! connecting out, binding another port): each must be refused by our hook,
+//! reported for that CGI process, after the case began.
+//!
+//! `systrace-vmtest learning AGENT`. The CGI is this binary under the name
+//! `probe` ([`cgi_main`]).
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::suite::Runner;
+
+const HTTPD_PORT: u16 = 8080;
+const PY_PORT: u16 = 8000;
+const DOCROOT: &str = "/srv/www";
+const HTTPD: &str = "/usr/local/sbin/httpd";
+const WORK: &str = "/tmp/learning";
+
+/// The CGI program: `QUERY_STRING` says what to try; prints what happened.
+pub fn cgi_main() -> ExitCode {
+    let query = std::env::var("QUERY_STRING").unwrap_or_default();
+    let pid = std::process::id();
+    let outcome = |r: std::io::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "denied".to_string(),
+        Err(e) => format!("error {e}"),
+    };
+    let result = match query.as_str() {
+        "page" => "ok".to_string(),
+        "shadow" => outcome(std::fs::read("/etc/shadow").map(drop)),
+        // exec in this very process: the denial must name the CGI's own pid.
+        "shell" => outcome(Err(Command::new("/bin/sh").args(["-c", "true"]).exec())),
+        "connect" => outcome(TcpStream::connect(("127.0.0.1", 9)).map(drop).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })),
+        "bind" => outcome(std::net::TcpListener::bind(("127.0.0.1", 8081)).map(drop)),
+        other => format!("unknown query {other:?}"),
+    };
+    print!("Content-Type: text/plain\r\n\r\npid={pid} {query}={result}\n");
+    ExitCode::SUCCESS
+}
+
+/// `GET path` over HTTP/1.0; the status code and body.
+fn get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+fn wait_port(port: u16, child: &mut Child) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the agent exited ({status}) before port {port} opened");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("port {port} did not open within 120 s")
+}
+
+/// An agent subcommand (`learn`, `exec`) running a server, its standard error in a file.
+struct Session {
+    child: Child,
+    stderr: String,
+}
+
+impl Session {
+    fn start(agent: &Path, args: &[&str], env: &[(&str, &str)], name: &str) -> Result<Session> {
+        let stderr = format!("{WORK}/{name}.stderr");
+        let mut cmd = Command::new(agent);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr)?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // Its own process group: the test's signals are not the server's.
+        cmd.process_group(0);
+        Ok(Session { child: cmd.spawn()?, stderr })
+    }
+
+    /// SIGINT (the agent forwards it to the command) and the agent's exit status.
+    fn stop(mut self) -> Result<(Option<i32>, String)> {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status.code(), std::fs::read_to_string(&self.stderr).unwrap_or_default()));
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let _ = self.child.kill();
+                bail!("the agent did not stop within 120 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn lines(path: &str) -> Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn denials(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|v| v["type"] == "event" && v["verdict"] == "denied").collect()
+}
+
+fn run_agent(agent: &Path, args: &[&str]) -> Result<(i32, String)> {
+    let out = Command::new(agent).args(args).output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+fn setup_docroot() -> Result<()> {
+    for dir in ["docs", "img", "cgi-bin"] {
+        std::fs::create_dir_all(format!("{DOCROOT}/{dir}"))?;
+    }
+    std::fs::write(format!("{DOCROOT}/index.html"), "<h1>index</h1>\n")?;
+    std::fs::write(format!("{DOCROOT}/about.html"), "<h1>about</h1>\n")?;
+    std::fs::write(format!("{DOCROOT}/docs/a.html"), "<h1>a</h1>\n")?;
+    std::fs::write(format!("{DOCROOT}/img/logo.png"), "PNG\n")?;
+    std::fs::copy("/proc/self/exe", format!("{DOCROOT}/cgi-bin/probe"))?;
+    std::fs::create_dir_all("/usr/local/sbin")?;
+    std::fs::copy("/bin/busybox", HTTPD)?;
+    std::fs::write("/etc/shadow", "root:*:19000:0:99999:7:::\n")?;
+    Ok(())
+}
+
+const PAGES: [&str; 5] = ["/", "/index.html", "/about.html", "/docs/a.html", "/img/logo.png"];
+
+/// The learned traffic; every page must come back whole.
+fn traffic(port: u16) -> Result<()> {
+    for page in PAGES {
+        let (status, body) = get(port, page)?;
+        ensure!(status == 200, "GET {page}: status {status}");
+        let file = if page == "/" { "/index.html" } else { page };
+        let want = std::fs::read_to_string(format!("{DOCROOT}{file}"))?;
+        ensure!(body == want, "GET {page}: body {body:?}");
+    }
+    let (status, body) = get(port, "/cgi-bin/probe?page")?;
+    ensure!(status == 200 && body.contains("page=ok"), "CGI: status {status}, body {body:?}");
+    Ok(())
+}
+
+fn httpd_args() -> Vec<String> {
+    vec![HTTPD.into(), "-f".into(), "-p".into(), format!("127.0.0.1:{HTTPD_PORT}"), "-h".into(), DOCROOT.into()]
+}
+
+/// busybox httpd: learn, generate, enforce, attack.
+fn httpd(r: &mut Runner, agent: &Path) {
+    let observations = format!("{WORK}/httpd.jsonl");
+    let policy = format!("{WORK}/httpd.toml");
+    r.case("httpd_learned_from_its_first_instruction", || {
+        setup_docroot()?;
+        let mut args = vec!["learn", "-o", observations.as_str(), "--"];
+        let server = httpd_args();
+        args.extend(server.iter().map(String::as_str));
+        let mut s = Session::start(agent, &args, &[], "httpd-learn")?;
+        wait_port(HTTPD_PORT, &mut s.child)?;
+        traffic(HTTPD_PORT)?;
+        let (_, stderr) = s.stop()?;
+        ensure!(stderr.contains("learned "), "stderr: {stderr}");
+        let seen = lines(&observations)?;
+        ensure!(seen.first().is_some_and(|h| h["type"] == "learn"), "no header line");
+        let learned: Vec<&Value> = seen.iter().filter(|v| v["verdict"] == "learned").collect();
+        // The exec of httpd itself is the first thing its cgroup did.
+        ensure!(
+            learned.iter().any(|v| v["hook"] == "bprm_check_security" && v["path"] == HTTPD),
+            "httpd's own exec was not recorded"
+        );
+        ensure!(learned.iter().any(|v| v["path"] == "/srv/www/about.html"), "a page read was not recorded");
+        ensure!(learned.iter().any(|v| v["hook"] == "socket_bind" && v["port"] == HTTPD_PORT), "the bind was not recorded");
+        Ok(())
+    });
+    r.case("httpd_policy_generated_with_one_docroot_rule", || {
+        let (code, out) = run_agent(agent, &["generate", &observations, "-o", &policy])?;
+        ensure!(code == 0, "generate exited {code}: {out}");
+        let text = std::fs::read_to_string(&policy)?;
+        ensure!(text.contains("path = \"/srv/www/**\"\naccess = [\"read\"]"), "no subtree rule for the docroot:\n{text}");
+        for page in ["/srv/www/index.html", "/srv/www/about.html", "/srv/www/docs/a.html"] {
+            ensure!(!text.contains(&format!("path = \"{page}\"")), "a rule per file ({page}):\n{text}");
+        }
+        ensure!(text.contains("# seen "), "rules carry no evidence:\n{text}");
+        let (code, out) = run_agent(agent, &["check", &policy])?;
+        ensure!(code == 0, "check refused the generated policy: {out}");
+        // Generating again from the same observations gives the same bytes.
+        let again = format!("{WORK}/httpd-again.toml");
+        run_agent(agent, &["generate", &observations, "-o", &again, "--name", "httpd"])?;
+        ensure!(std::fs::read(&again)? == std::fs::read(&policy)?, "a second generation differs");
+        println!("generated policy:\n{text}");
+        Ok(())
+    });
+    let events = format!("{WORK}/httpd-enforced.jsonl");
+    let mut results: Vec<(&str, String)> = Vec::new();
+    r.case("httpd_enforced_same_traffic_no_denials", || {
+        let mut args = vec!["exec", policy.as_str(), "--events", events.as_str(), "--"];
+        let server = httpd_args();
+        args.extend(server.iter().map(String::as_str));
+        let mut s = Session::start(agent, &args, &[], "httpd-exec")?;
+        wait_port(HTTPD_PORT, &mut s.child)?;
+        let outcome = traffic(HTTPD_PORT);
+        // Now the attacks, from the CGI, inside the confined cgroup.
+        for what in ["shadow", "shell", "connect", "bind"] {
+            match get(HTTPD_PORT, &format!("/cgi-bin/probe?{what}")) {
+                Ok((_, body)) => results.push((what, body)),
+                Err(e) => results.push((what, format!("request failed: {e}"))),
+            }
+        }
+        let (_, stderr) = s.stop()?;
+        outcome?;
+        let all = lines(&events)?;
+        let before_attacks: Vec<&Value> = denials(&all)
+            .into_iter()
+            .filter(|d| !results.iter().any(|(_, body)| body.contains(&format!("pid={} ", d["tgid"]))))
+            .collect();
+        ensure!(before_attacks.is_empty(), "the learned traffic was denied: {before_attacks:?}\n{stderr}");
+        Ok(())
+    });
+    let all = lines(&events).unwrap_or_default();
+    for (what, hooks, detail) in [
+        ("shadow", &["file_open"][..], "/etc/shadow"),
+        // execve opens the program (file_open, FMODE_EXEC) before bprm_check_security.
+        ("shell", &["file_open", "bprm_check_security"][..], "/bin/busybox"),
+        ("connect", &["socket_connect"][..], "9"),
+        ("bind", &["socket_bind"][..], "8081"),
+    ] {
+        r.case(&format!("httpd_cgi_{what}_denied_and_reported"), || {
+            let body = results.iter().find(|(w, _)| *w == what).map(|(_, b)| b.clone()).unwrap_or_default();
+            ensure!(body.contains(&format!("{what}=denied")), "the CGI says {body:?}");
+            let pid: u64 = body
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("pid="))
+                .and_then(|p| p.parse().ok())
+                .context("no pid in the CGI's answer")?;
+            let found = denials(&all).into_iter().any(|d| {
+                d["tgid"] == pid
+                    && hooks.iter().any(|h| d["hook"] == *h)
+                    && (d["path"] == detail || d["port"].to_string() == detail)
+            });
+            ensure!(found, "no {hooks:?} denial for the CGI (pid {pid}) on {detail} among {:?}", denials(&all));
+            Ok(())
+        });
+    }
+    r.case("replay_names_what_the_policy_refuses", || {
+        // The learned accesses all pass; the four attacks are what it refuses.
+        let (code, out) = run_agent(agent, &["replay", &policy, &observations])?;
+        ensure!(code == 0 && out.contains("would refuse 0 of"), "replaying the learned run: {code} {out}");
+        let (code, out) = run_agent(agent, &["replay", &policy, &events])?;
+        ensure!(code == 1, "replaying the attacks exited {code}: {out}");
+        for needle in ["/etc/shadow", "/bin/busybox", "port: 9", "port: 8081"] {
+            ensure!(out.contains(needle), "replay does not name {needle}: {out}");
+        }
+        Ok(())
+    });
+}
+
+/// Python's http.server, serving a home directory with random file names, and
+/// making a temporary file of its own as it starts.
+const PY_SERVER: &str = "import os, runpy, sys, tempfile\n\
+fd, _ = tempfile.mkstemp()\n\
+os.write(fd, b'scratch')\n\
+os.close(fd)\n\
+sys.argv = ['http.server', '--bind', '127.0.0.1', '--directory', os.path.expanduser('~/site'), '8000']\n\
+runpy.run_module('http.server', run_name='__main__', alter_sys=True)\n";
+
+/// A home with a site holding two fixed pages and two randomly named files.
+fn python_home(user: &str) -> Result<(String, Vec<String>)> {
+    let home = format!("/home/{user}");
+    std::fs::create_dir_all(format!("{home}/site"))?;
+    std::fs::write(format!("{home}/site/index.html"), format!("<h1>{user}</h1>\n"))?;
+    std::fs::write(format!("{home}/site/notes.txt"), "notes\n")?;
+    let mut random = Vec::new();
+    for _ in 0..2 {
+        let out = Command::new("mktemp").arg(format!("{home}/site/tmp.XXXXXXXX")).output()?;
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ensure!(!path.is_empty(), "mktemp failed");
+        std::fs::write(&path, "random\n")?;
+        random.push(format!("/{}", Path::new(&path).file_name().unwrap().to_string_lossy()));
+    }
+    Ok((home, random))
+}
+
+fn python_traffic(random: &[String]) -> Result<()> {
+    for page in ["/", "/index.html", "/notes.txt"].iter().map(|s| s.to_string()).chain(random.iter().cloned()) {
+        let (status, _) = get(PY_PORT, &page)?;
+        ensure!(status == 200, "GET {page}: status {status}");
+    }
+    Ok(())
+}
+
+fn python_learn(agent: &Path, user: &str, out: &str) -> Result<()> {
+    let (home, random) = python_home(user)?;
+    let args = ["learn", "-o", out, "--", "/usr/bin/python3", "-B", "-c", PY_SERVER];
+    // One log file for every run: a server's inherited stderr is a file it writes.
+    let mut s = Session::start(agent, &args, &[("HOME", &home), ("TMPDIR", "/tmp")], "python")?;
+    wait_port(PY_PORT, &mut s.child)?;
+    python_traffic(&random)?;
+    s.stop()?;
+    Ok(())
+}
+
+fn python(r: &mut Runner, agent: &Path) {
+    let policy = format!("{WORK}/python.toml");
+    r.case("python_learned_and_generated_with_home_and_random_names", || {
+        let first = format!("{WORK}/py-alice.jsonl");
+        python_learn(agent, "alice", &first)?;
+        let (code, out) = run_agent(agent, &["generate", &first, "-o", &policy, "--name", "http-server"])?;
+        ensure!(code == 0, "generate: {out}");
+        let text = std::fs::read_to_string(&policy)?;
+        ensure!(!text.contains("/home/alice"), "the home directory is spelled out:\n{text}");
+        ensure!(text.contains("${HOME}/site/"), "no ${{HOME}} rule for the site:\n{text}");
+        ensure!(text.contains("path = \"/tmp/*\""), "the temporary file did not become /tmp/*:\n{text}");
+        // The standard library: the libraries include, or one subtree rule; never a rule per module.
+        let per_module = text.lines().filter(|l| l.starts_with("path = \"/usr/lib/python3.") && !l.ends_with("/**\"")).count();
+        ensure!(per_module == 0, "{per_module} rules for single modules:\n{text}");
+        println!("generated policy:\n{text}");
+        Ok(())
+    });
+    r.case("python_enforced_with_another_home_and_other_names_no_denials", || {
+        let (home, random) = python_home("bob")?;
+        let events = format!("{WORK}/py-bob-enforced.jsonl");
+        let args = ["exec", policy.as_str(), "--events", events.as_str(), "--", "/usr/bin/python3", "-B", "-c", PY_SERVER];
+        let mut s = Session::start(agent, &args, &[("HOME", &home), ("TMPDIR", "/tmp")], "python")?;
+        wait_port(PY_PORT, &mut s.child)?;
+        let outcome = python_traffic(&random);
+        let (_, stderr) = s.stop()?;
+        outcome.with_context(|| stderr.clone())?;
+        let all = lines(&events)?;
+        ensure!(denials(&all).is_empty(), "denied: {:?}", denials(&all));
+        Ok(())
+    });
+    r.case("python_learned_again_leaves_the_edited_policy_byte_identical", || {
+        let edited = std::fs::read_to_string(&policy)?.replacen("mode = ", "# checked by hand on the test VM\nmode = ", 1);
+        std::fs::write(&policy, &edited)?;
+        let again = format!("{WORK}/py-carol.jsonl");
+        python_learn(agent, "carol", &again)?;
+        let (code, out) = run_agent(agent, &["generate", &again, "-o", &policy])?;
+        ensure!(code == 0, "generate: {out}");
+        let after = std::fs::read_to_string(&policy)?;
+        ensure!(after == edited, "the policy changed:\n--- before\n{edited}\n--- after\n{after}\n({out})");
+        Ok(())
+    });
+}
+
+/// `exec` on its own: the status, confinement from the first instruction, the
+/// kernel's once-per-access learning, and a service agent alongside.
+fn exec_basics(r: &mut Runner, agent: &Path) {
+    r.case("exec_confines_from_the_first_instruction_and_returns_the_status", || {
+        std::fs::create_dir_all(WORK)?;
+        std::fs::write(format!("{WORK}/secret"), "secret\n")?;
+        let policy = format!("{WORK}/exec.toml");
+        std::fs::write(
+            &policy,
+            format!("mode = \"enforce\"\ndefault = \"allow\"\n[[file]]\npath = \"{WORK}/secret\"\naccess = [\"read\"]\nverdict = \"deny\"\n"),
+        )?;
+        let events = format!("{WORK}/exec-events.jsonl");
+        // cat's first file operation after its libraries is the denied open.
+        let out = Command::new(agent).args(["exec", &policy, "--events", &events, "--", "/bin/cat", &format!("{WORK}/secret")]).output()?;
+        ensure!(out.status.code() == Some(1), "cat exited {:?}", out.status.code());
+        ensure!(!String::from_utf8_lossy(&out.stdout).contains("secret"), "cat read the file");
+        let denied = denials(&lines(&events)?).into_iter().any(|d| d["hook"] == "file_open" && d["path"] == format!("{WORK}/secret"));
+        ensure!(denied, "no denial event");
+        let out = Command::new(agent).args(["exec", &policy, "--", "/bin/sh", "-c", "exit 7"]).output()?;
+        ensure!(out.status.code() == Some(7), "the status was {:?}", out.status.code());
+        let left = Path::new("/sys/fs/cgroup/systrace.exec").read_dir()?.filter_map(Result::ok).filter(|e| e.path().is_dir()).count();
+        ensure!(left == 0, "{left} transient cgroups were left behind");
+        Ok(())
+    });
+    r.case("exec_beside_a_running_service_agent", || {
+        std::fs::create_dir_all("/sys/fs/cgroup/svc")?;
+        let svc = format!("{WORK}/svc.toml");
+        std::fs::write(&svc, "cgroup = \"svc\"\nmode = \"enforce\"\ndefault = \"allow\"\n")?;
+        let service = crate::agent::Agent::start(agent, &[Path::new(&svc)])?;
+        let policy = format!("{WORK}/exec.toml");
+        let out = Command::new(agent).args(["exec", &policy, "--", "/bin/cat", &format!("{WORK}/secret")]).output()?;
+        let service_pins = Path::new("/sys/fs/bpf/systrace").join(service.pid().to_string()).exists();
+        let (code, _) = service.stop()?;
+        ensure!(out.status.code() == Some(1), "cat under exec exited {:?}", out.status.code());
+        ensure!(service_pins, "the service agent's pins went away");
+        ensure!(code == 0, "the service agent exited {code}");
+        Ok(())
+    });
+    r.case("learn_reports_each_distinct_access_once", || {
+        let out = format!("{WORK}/repeat.jsonl");
+        let script = format!("for i in $(seq 1 100); do cat {WORK}/secret > /dev/null; done");
+        let (code, text) = run_agent(agent, &["learn", "-o", &out, "--", "/bin/sh", "-c", &script])?;
+        ensure!(code == 0, "learn exited {code}: {text}");
+        let all = lines(&out)?;
+        let opens = all
+            .iter()
+            .filter(|v| v["verdict"] == "learned" && v["hook"] == "file_open" && v["path"] == format!("{WORK}/secret"))
+            .count();
+        ensure!(opens == 1, "{opens} records of the same open");
+        let stats = all.iter().find(|v| v["type"] == "stats").context("no stats line")?;
+        let repeats = stats["learn_repeats"].as_u64().unwrap_or(0);
+        ensure!(repeats >= 99, "the kernel counted {repeats} repeats");
+        Ok(())
+    });
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let Some(agent) = args.first() else {
+        eprintln!("learning: expected the agent binary's path");
+        return ExitCode::from(2);
+    };
+    let agent = Path::new(agent);
+    let _ = std::fs::create_dir_all(WORK);
+    let mut r = Runner::default();
+    exec_basics(&mut r, agent);
+    httpd(&mut r, agent);
+    if Path::new("/usr/bin/python3").exists() {
+        python(&mut r, agent);
+    } else {
+        r.fail("python_in_the_vm", anyhow::anyhow!("/usr/bin/python3 is not in the VM"));
+    }
+    r.finish()
+}
