@@ -727,6 +727,30 @@ impl Enforcer {
         Ok(Some(result.id))
     }
 
+    /// Lets process `tgid` have `access` to the file at `path` under policy
+    /// `slot` for `ttl`: a person's "permit once". False when there is no such
+    /// file (nothing to grant).
+    pub fn grant_once(&mut self, slot: u32, tgid: u32, path: &Path, access: u32, ttl: std::time::Duration) -> Result<bool> {
+        self.ensure_probe()?;
+        let Some(id) = self.identity(path)? else {
+            return Ok(false);
+        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let key = systrace_common::AskKey { policy: slot, tgid, dev: id.dev, ino: id.ino };
+        let grant = systrace_common::AskGrant { expires_ns: now + ttl.as_nanos() as u64, access, _pad: 0 };
+        let mut map = self.map::<systrace_common::AskKey, systrace_common::AskGrant>(names::ASK_GRANTS)?;
+        // Expired answers go first: the map is small and they are no use.
+        let stale: Vec<_> = map.iter().filter_map(Result::ok).filter(|(_, g)| g.expires_ns < now).map(|(k, _)| k).collect();
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        map.insert(key, grant, 0)?;
+        Ok(true)
+    }
+
     /// Takes the event ring buffer; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.bpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("map {} missing", names::EVENTS))?;

@@ -3,8 +3,10 @@
 //! Standard output carries JSON lines only (`"type"`: `status`, `event`, `stats`);
 //! human-readable messages go to standard error.
 
+mod ask;
 mod enforcer;
 mod pins;
+mod prompt;
 mod session;
 mod watch;
 
@@ -79,8 +81,21 @@ enum Command {
         events: Option<PathBuf>,
         #[arg(long)]
         verifier_log: bool,
+        /// Hold each open or exec no rule decides until someone answers with
+        /// `systrace-agent prompt` (systrace's dialog); unanswered, it is denied.
+        #[arg(long)]
+        ask: bool,
+        /// With --ask: seconds to wait for an answer.
+        #[arg(long, default_value_t = 30)]
+        ask_timeout: u64,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Answer the questions of `exec --ask` agents, in the terminal.
+    Prompt {
+        /// The agent's socket; default: the newest in /run/systrace.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Observe a command (`-- CMD ARGS`, from its first instruction), a cgroup or
     /// a unit, recording every access the policy (by default an empty one) does
@@ -144,14 +159,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Probe => probe(),
-        Command::Exec { policy, events, verifier_log, command } => session::main(session::Session {
+        Command::Exec { policy, events, verifier_log, ask, ask_timeout, command } => session::main(session::Session {
             policy: Some(policy),
             subject: session::Subject::Command(command),
             learn: false,
             events,
             duration: None,
             verifier_log,
+            ask: ask.then(|| Duration::from_secs(ask_timeout)),
         }),
+        Command::Prompt { socket } => prompt::main(socket),
         Command::Learn { policy, output, cgroup, unit, duration, verifier_log, command } => {
             let subject = match (cgroup, unit) {
                 (Some(c), _) => session::Subject::Target(policy::Target::Cgroup(format!("/{}", c.trim_start_matches('/')))),
@@ -169,6 +186,7 @@ fn main() -> ExitCode {
                 events: Some(output),
                 duration: duration.map(Duration::from_secs),
                 verifier_log,
+                ask: None,
             })
         }
         Command::Generate { observations, output, name, collapse, from_denials } => {

@@ -16,6 +16,8 @@
 use std::{
     collections::HashSet,
     ffi::CString,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{Arc, Mutex},
     io::{IsTerminal, Write as _},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
@@ -37,7 +39,11 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
-use crate::{apply, compile_all, host_for, load_enforcer, pins, EXIT_CANNOT_ENFORCE};
+use crate::{
+    apply,
+    ask::{self, Answer, Desk, Reply},
+    compile_all, host_for, load_enforcer, pins, EXIT_CANNOT_ENFORCE,
+};
 
 /// What `learn` observes.
 pub enum Subject {
@@ -58,6 +64,8 @@ pub struct Session {
     /// `learn` on a target: stop after this long (otherwise at SIGINT/SIGTERM).
     pub duration: Option<Duration>,
     pub verifier_log: bool,
+    /// `exec --ask`: hold what no rule decides until a person answers, or this long.
+    pub ask: Option<Duration>,
 }
 
 /// A cgroup made for one command and removed after it.
@@ -180,7 +188,8 @@ async fn run(session: Session) -> ExitCode {
         let compiled = compile_all(std::slice::from_ref(&policy), enforcer.name_key())
             .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
         let mut names = PolicyNames::default();
-        apply(&mut enforcer, &compiled, &mut names)?;
+        let installed = apply(&mut enforcer, &compiled, &mut names)?;
+        let slot = installed[0]["policy_id"].as_u64().unwrap_or(0) as u32;
         let pinned = match pins::prepare_named(Path::new(pins::PIN_ROOT), &format!("{}{}", pins::SESSION_PREFIX, std::process::id())) {
             Ok(own) => {
                 enforcer.pin(&own)?;
@@ -191,7 +200,12 @@ async fn run(session: Session) -> ExitCode {
                 None
             }
         };
-        let code = observe(&mut enforcer, &session, &names, transient.as_ref(), &target, home.as_deref()).await;
+        let asking = match session.ask {
+            Some(timeout) => Some(start_asking(policy.clone(), timeout)?),
+            None => None,
+        };
+        let mut state = State { names, slot, session_rules: Vec::new() };
+        let code = observe(&mut enforcer, &session, &mut state, transient.as_ref(), &target, home.as_deref(), asking).await;
         if let Some(own) = pinned {
             enforcer.unpin();
             let _ = std::fs::remove_dir(own);
@@ -213,7 +227,7 @@ async fn run(session: Session) -> ExitCode {
 
 /// Starts the command in `cgroup` (after `fork`, before `exec`) and asks for
 /// SIGKILL should this agent die first.
-fn spawn(command: &[String], cgroup: &Path) -> Result<tokio::process::Child> {
+fn spawn(command: &[String], cgroup: &Path, ask: Option<RawFd>) -> Result<tokio::process::Child> {
     let procs = CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
@@ -234,6 +248,19 @@ fn spawn(command: &[String], cgroup: &Path) -> Result<tokio::process::Child> {
             if !ok {
                 return Err(err);
             }
+            // Last: from here on this process's opens and execs are held for
+            // the agent, the execve that follows first.
+            if let Some(sock) = ask {
+                // Confined already: the policy may deny CAP_SYS_ADMIN, which
+                // a filter needs without no_new_privs. It also keeps setuid
+                // programs from lifting the command's privileges.
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let listener = crate::ask::install_filter()?;
+                crate::ask::send_fd(sock, listener)?;
+                libc::close(listener);
+            }
             Ok(())
         });
     }
@@ -245,11 +272,19 @@ fn spawn(command: &[String], cgroup: &Path) -> Result<tokio::process::Child> {
 async fn observe(
     enforcer: &mut crate::enforcer::Enforcer,
     session: &Session,
-    names: &PolicyNames,
+    state: &mut State,
     transient: Option<&Transient>,
     target: &Target,
     home: Option<&Path>,
+    asking: Option<(Desk, OwnedFd)>,
 ) -> Result<u8> {
+    let (mut desk, child_sock) = match asking {
+        Some((d, s)) => (Some(d), Some(s)),
+        None => (None, None),
+    };
+    let mut questions = desk.as_mut().and_then(|d| d.questions.take());
+    let mut answers = desk.as_mut().and_then(|d| d.answers.take());
+    let listener = desk.as_mut().and_then(|d| d.listener.take());
     // SAFETY: the ring buffer owns its descriptor and AsyncFd owns the ring
     // buffer, so the descriptor stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(enforcer.take_events()?) }
@@ -283,7 +318,7 @@ async fn observe(
         write(&mut out, &serde_json::to_value(&header)?);
     }
     let mut child = match (&session.subject, transient) {
-        (Subject::Command(cmd), Some(t)) => match spawn(cmd, &t.dir) {
+        (Subject::Command(cmd), Some(t)) => match spawn(cmd, &t.dir, child_sock.as_ref().map(|s| s.as_raw_fd())) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("systrace-agent: {e:#}");
@@ -292,6 +327,12 @@ async fn observe(
         },
         _ => None,
     };
+    // The command has its end; ours closing lets the notification thread see
+    // the end of the socket should the command never send its listener.
+    drop(child_sock);
+    if let Some(d) = &desk {
+        eprintln!("systrace-agent: questions go to {} (answer with `systrace-agent prompt`)", d.socket.display());
+    }
     let child_pid = child.as_ref().and_then(|c| c.id());
     let what = if session.learn { "learning" } else { "confining" };
     eprintln!("systrace-agent: {what} {}", match (&session.subject, child_pid) {
@@ -312,7 +353,7 @@ async fn observe(
     tokio::pin!(deadline);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let handle = |record: &[u8], out: &mut Option<std::io::BufWriter<std::fs::File>>, tally: &mut Tally| {
+    let handle = |record: &[u8], out: &mut Option<std::io::BufWriter<std::fs::File>>, tally: &mut Tally, names: &PolicyNames| {
         let Some(event) = events::decode(record) else { return };
         let Record::Event(e) = events::render(&event, &clock, names) else { return };
         tally.delivered += 1;
@@ -340,6 +381,7 @@ async fn observe(
         write(out, &value);
     };
     let status: Option<std::process::ExitStatus> = loop {
+        let ask_deadline = desk.as_ref().and_then(|d| d.pending.as_ref().map(|(_, at)| *at));
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -348,7 +390,7 @@ async fn observe(
                 while handled < 512 {
                     let Some(record) = ring.next() else { break };
                     handled += 1;
-                    handle(&record, &mut out, &mut tally);
+                    handle(&record, &mut out, &mut tally, &state.names);
                 }
                 if handled < 512 {
                     guard.clear_ready();
@@ -362,6 +404,26 @@ async fn observe(
                 if tty { eprint!("\r{line}   ") } else { eprintln!("{line}") }
             }
             _ = &mut deadline => break None,
+            held = recv_opt(questions.as_mut()) => {
+                if let (Some(d), Some(held)) = (desk.as_mut(), held) {
+                    d.ask(held).await;
+                }
+            }
+            stream = accept_opt(listener.as_ref()) => {
+                if let (Some(d), Ok(stream)) = (desk.as_mut(), stream) {
+                    d.welcome(stream).await;
+                }
+            }
+            answer = recv_opt(answers.as_mut()) => {
+                if let (Some(d), Some(answer)) = (desk.as_mut(), answer) {
+                    on_answer(d, answer, enforcer, session, state, target, home).await;
+                }
+            }
+            _ = sleep_opt(ask_deadline) => {
+                if let Some(d) = desk.as_mut() {
+                    d.close(Reply::Fail(libc::EACCES), "timeout").await;
+                }
+            }
             _ = sigterm.recv() => {
                 forward(child_pid, libc::SIGTERM);
                 if child.is_none() { break None }
@@ -374,7 +436,7 @@ async fn observe(
     };
     let ring = ring.get_mut();
     while let Some(record) = ring.next() {
-        handle(&record, &mut out, &mut tally);
+        handle(&record, &mut out, &mut tally, &state.names);
     }
     let stats = json!({
         "type": "stats",
@@ -406,6 +468,160 @@ struct Tally {
     last_new: Instant,
     delivered: u64,
     denied: u64,
+}
+
+/// What changes while a session runs.
+struct State {
+    names: PolicyNames,
+    /// The policy's slot in the kernel now (it changes when an answer reinstalls it).
+    slot: u32,
+    /// "Permit once" answers about files that do not exist yet: they cannot be
+    /// granted by identity, so they are rules for the rest of the session.
+    session_rules: Vec<policy::FileRuleSpec>,
+}
+
+async fn recv_opt<T>(rx: Option<&mut tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_opt(l: Option<&tokio::net::UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens the desk and starts the thread that receives held calls; returns
+/// the desk and the socket end the command sends its listener on.
+fn start_asking(policy: Policy, timeout: Duration) -> Result<(Desk, OwnedFd)> {
+    let policy = Arc::new(Mutex::new(policy));
+    let (desk, questions) = Desk::open(policy.clone(), timeout).context("opening the question socket")?;
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two descriptors.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("socketpair");
+    }
+    // SAFETY: both descriptors were just made and are owned here.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    std::thread::spawn(move || ask::serve(ours, policy, questions, timeout));
+    Ok((desk, theirs))
+}
+
+/// Installs the policy file again, with the session's rules.
+fn reinstall(
+    enforcer: &mut crate::enforcer::Enforcer,
+    session: &Session,
+    state: &mut State,
+    target: &Target,
+    home: Option<&Path>,
+) -> Result<Policy> {
+    let mut policy = read_policy(session, target, home.map(Path::to_path_buf)).map_err(|e| anyhow::anyhow!(e))?;
+    policy.files.extend(state.session_rules.iter().cloned());
+    let compiled = compile_all(std::slice::from_ref(&policy), enforcer.name_key())
+        .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+    let installed = apply(enforcer, &compiled, &mut state.names)?;
+    state.slot = installed[0]["policy_id"].as_u64().unwrap_or(0) as u32;
+    Ok(policy)
+}
+
+/// Adds an answer's rule to the policy file, keeping everything in it.
+fn write_rule(file: &Path, rule: learn::generate::Rule) -> Result<()> {
+    let text = std::fs::read_to_string(file)?;
+    let generated = learn::generate::Generated { files: vec![rule], ..Default::default() };
+    let merged = learn::merge::merge(&text, &generated).map_err(|e| anyhow::anyhow!(e))?;
+    let tmp = file.with_extension("toml.new");
+    std::fs::write(&tmp, merged)?;
+    std::fs::rename(&tmp, file)?;
+    Ok(())
+}
+
+/// Applies a person's answer to the held call.
+async fn on_answer(
+    desk: &mut Desk,
+    answer: Answer,
+    enforcer: &mut crate::enforcer::Enforcer,
+    session: &Session,
+    state: &mut State,
+    target: &Target,
+    home: Option<&Path>,
+) {
+    let Some((held, _)) = &desk.pending else { return };
+    if held.question.id != answer.id {
+        return;
+    }
+    let q = held.question.clone();
+    let bits = held.access;
+    let tgid = held.tgid;
+    let pattern = answer.path.clone().unwrap_or_else(|| q.path.clone());
+    if answer.answer.ends_with("-always") && !ask::offered(&q, &pattern) {
+        eprintln!("systrace-agent: an answer named {pattern}, which was not offered; ignored");
+        return;
+    }
+    let when = events::rfc3339(Clock::now().unix_ns(boot_ns()));
+    let reply = match answer.answer.as_str() {
+        "deny-once" => Reply::Fail(libc::EACCES),
+        "permit-once" => match enforcer.grant_once(state.slot, tgid, Path::new(&q.path), bits, ask::ONCE) {
+            Ok(true) => Reply::Continue,
+            Ok(false) => {
+                // Nothing to grant by identity yet (a file to create): a rule for this session.
+                state.session_rules.push(policy::FileRuleSpec {
+                    path: PathBuf::from(&q.path),
+                    scope: policy::Scope::Exact,
+                    access: bits,
+                    verdict: policy::RuleVerdict::Allow,
+                    location: policy::Location { file: PathBuf::from("<answered>"), line: 1, column: 1 },
+                });
+                match reinstall(enforcer, session, state, target, home) {
+                    Ok(p) => {
+                        *desk.policy.lock().unwrap_or_else(|e| e.into_inner()) = p;
+                        Reply::Continue
+                    }
+                    Err(e) => {
+                        eprintln!("systrace-agent: {e:#}");
+                        Reply::Fail(libc::EACCES)
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("systrace-agent: granting: {e:#}");
+                Reply::Fail(libc::EACCES)
+            }
+        },
+        "permit-always" | "deny-always" => {
+            let deny = answer.answer == "deny-always";
+            let Some(file) = &session.policy else { return };
+            let rule = ask::answer_rule(&q, bits, &pattern, deny, &when);
+            match write_rule(file, rule).and_then(|_| reinstall(enforcer, session, state, target, home)) {
+                Ok(p) => {
+                    *desk.policy.lock().unwrap_or_else(|e| e.into_inner()) = p;
+                    if deny { Reply::Fail(libc::EACCES) } else { Reply::Continue }
+                }
+                Err(e) => {
+                    eprintln!("systrace-agent: the answer could not be kept ({e:#}); this call is denied");
+                    Reply::Fail(libc::EACCES)
+                }
+            }
+        }
+        _ => return,
+    };
+    desk.close(reply, &answer.answer).await;
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn forward(pid: Option<u32>, sig: i32) {

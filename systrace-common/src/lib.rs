@@ -57,6 +57,32 @@ pub mod names {
     /// [`crate::RAW_DEVICE_SLOTS`] character devices (kernel `dev_t`s; a minor of
     /// [`crate::ANY_MINOR`] stands for the whole major) that no confined process opens.
     pub const RAW_DEVICES: &str = "RAW_DEVICES";
+    /// [`crate::AskKey`] -> [`crate::AskGrant`]: answers "permit once" given
+    /// while `exec --ask` held a confined process's system call.
+    pub const ASK_GRANTS: &str = "ASK_GRANTS";
+}
+
+/// Key of `ASK_GRANTS`: one process's access to one file, under one policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AskKey {
+    pub policy: u32,
+    /// The process that asked (the kernel's tgid): no other may use the answer.
+    pub tgid: u32,
+    /// The file, as the kernel identifies it (see `InodeKey`).
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A person's "permit once": the access bits, until `expires_ns`
+/// (`bpf_ktime_get_boot_ns`), for the system call that was held and the
+/// reads and writes of the descriptor it opens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AskGrant {
+    pub expires_ns: u64,
+    pub access: u32,
+    pub _pad: u32,
 }
 
 /// Entries of the `RAW_DEVICES` global.
@@ -796,6 +822,8 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, hold no pointers, and every bit pattern
     // is valid for them (enums are stored as plain integers).
     unsafe impl aya::Pod for super::PolicyInfo {}
+    unsafe impl aya::Pod for super::AskKey {}
+    unsafe impl aya::Pod for super::AskGrant {}
     unsafe impl aya::Pod for super::BindingKey {}
     unsafe impl aya::Pod for super::TargetKey {}
     unsafe impl aya::Pod for super::UnitKey {}

@@ -11,12 +11,12 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes, generated::bpf_loop,
 };
 use systrace_common::{
-    event_flags, rule_verdict, Counter, Default, Event, Hook, Mode, UnixKey, Verdict, PATH_LEN, UNIX_PATH_MAX,
+    event_flags, rule_verdict, AskKey, Counter, Default, Event, Hook, Mode, UnixKey, Verdict, PATH_LEN, UNIX_PATH_MAX,
 };
 
 use crate::{
     kernel,
-    maps::{acquire_scratch, count, release_scratch, EVENTS, LEARNED},
+    maps::{acquire_scratch, count, release_scratch, ASK_GRANTS, EVENTS, LEARNED},
     subject::{current_subject, Subject},
     walk::{opaque_zero, walk, Object, Request, Resolution},
 };
@@ -222,6 +222,25 @@ pub fn run_check(check: &mut FileCheck) -> bool {
     rc & CHECK_UNREADABLE != 0
 }
 
+/// [`FileCheck::undecided`] when a "permit once" answer allowed the access.
+pub const ANSWERED: u32 = 2;
+
+/// Whether an unexpired "permit once" covers `requested` on the resolved file
+/// for the current process.
+#[inline(always)]
+fn answered(subject: &Subject, res: &Resolution, requested: u32) -> bool {
+    let key = AskKey {
+        policy: subject.policy,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        dev: res.id.dev,
+        ino: res.id.ino,
+    };
+    match unsafe { ASK_GRANTS.get(&key) } {
+        Some(g) => g.access & requested == requested && unsafe { bpf_ktime_get_boot_ns() } < g.expires_ns,
+        None => false,
+    }
+}
+
 /// Bits of [`systrace_check_file`]'s result.
 pub const CHECK_UNREADABLE: i32 = 1;
 pub const CHECK_REPORT: i32 = 2;
@@ -247,18 +266,25 @@ pub extern "C" fn systrace_check_file(check: *mut FileCheck) -> i32 {
         c.mnt = 0;
         return CHECK_UNREADABLE | CHECK_REPORT;
     }
-    let v = verdict(&c.subject, &res);
+    let mut v = verdict(&c.subject, &res);
     if res.undecided {
         count(Counter::WalkUndecided);
     }
     if c.mnt == 0 {
         c.mnt = res.mnt;
     }
-    c.verdict = v as u32;
     c.granted = granted(&c.subject, &res);
+    c.undecided = res.undecided as u32;
+    // A person answered "permit once" for this process and file: what only
+    // the default refused is allowed, and reported as such (audit-rule).
+    if v == Verdict::Denied && res.denied & requested == 0 && !res.undecided && answered(&c.subject, &res, requested) {
+        v = Verdict::AuditRule;
+        c.granted |= requested;
+        c.undecided = ANSWERED;
+    }
+    c.verdict = v as u32;
     c.dev = res.id.dev;
     c.ino = res.id.ino;
-    c.undecided = res.undecided as u32;
     if v != Verdict::Allowed {
         CHECK_REPORT
     } else {

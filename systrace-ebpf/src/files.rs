@@ -11,7 +11,7 @@ use systrace_common::{access, protect, Counter, Hook, Verdict};
 use crate::{
     decision::{
         check_file, check_file_protection, check_unreadable, granted, hook_return, run_check, systrace_report_file,
-        denied_by_rule, violation, Detail, FileCheck, CHECK_REPORT, CHECK_UNREADABLE, EACCES, EPERM,
+        denied_by_rule, violation, Detail, FileCheck, ANSWERED, CHECK_REPORT, CHECK_UNREADABLE, EACCES, EPERM,
     },
     guard::systrace_guard_open,
     guard,
@@ -116,6 +116,13 @@ fn open(ctx: &LsmContext) -> i32 {
     check.protection = 0;
     check.detail = 0;
     run_check(&mut check);
+    if check.undecided == ANSWERED {
+        // The descriptor a "permit once" opened may be read and written as
+        // asked after the answer expires: file_permission finds it here.
+        let key = FileCacheKey { file: file as u64, policy: subject.policy, _pad: 0 };
+        let entry = FileCacheEntry { dentry: object.dentry as u64, granted: requested, _pad: 0 };
+        let _ = FILE_CACHE.insert(&key, &entry, 0);
+    }
     hook_return(check.verdict(), EACCES)
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use systrace_common::{
-    BindingKey, Event, FileRule, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo, ProbeRequest, ProbeResult,
+    AskGrant, AskKey, BindingKey, Event, FileRule, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo, ProbeRequest, ProbeResult,
     SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, COUNTER_SLOTS,
 };
 
@@ -99,6 +99,11 @@ pub static FILE_CACHE: LruHashMap<FileCacheKey, FileCacheEntry> = LruHashMap::wi
 /// overlay's superblock (see `overlay`).
 #[map(name = "OVERLAY_CREDS")]
 pub static OVERLAY_CREDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// "Permit once" answers (`exec --ask`), written by the agent for a held
+/// system call; they expire by themselves.
+#[map(name = "ASK_GRANTS")]
+pub static ASK_GRANTS: HashMap<AskKey, AskGrant> = HashMap::with_max_entries(1024, 0);
 
 /// Keys of what learning already reported ([`systrace_common::Mode::Learn`]):
 /// a busy daemon repeats the same few accesses, and the ring carries each once.

@@ -425,6 +425,184 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
     });
 }
 
+/// `systrace-vmtest opener`: the program `exec --ask` confines. Each line
+/// `open PATH` on standard input is tried, and `PATH ok|denied|error ...`
+/// printed (standard input is a pipe: reading it opens nothing).
+pub fn opener() -> ExitCode {
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    while stdin.read_line(&mut line).is_ok_and(|n| n > 0) {
+        if let Some(path) = line.trim().strip_prefix("open ") {
+            let result = match std::fs::read(path) {
+                Ok(_) => "ok".to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "denied".to_string(),
+                Err(e) => format!("error {e}"),
+            };
+            println!("{path} {result}");
+            let _ = std::io::stdout().flush();
+        }
+        line.clear();
+    }
+    ExitCode::SUCCESS
+}
+
+/// tmux, as a person at a terminal: the prompt runs in a detached session.
+fn tmux(args: &[&str]) -> Result<String> {
+    let out = Command::new("tmux").args(args).env("TERM", "screen").env("LC_ALL", "C.UTF-8").output()?;
+    ensure!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if done()? {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what}: not within {timeout:?}")
+}
+
+/// `exec --ask`, answered through `prompt` in tmux.
+fn asking(r: &mut Runner, agent: &Path) {
+    let out_file = format!("{WORK}/opener.out");
+    let policy = format!("{WORK}/ask.toml");
+    let setup = || -> Result<()> {
+        for d in ["/srv/ask/sub", "/srv/other"] {
+            std::fs::create_dir_all(d)?;
+        }
+        for f in ["/srv/ask/a.txt", "/srv/ask/b.txt", "/srv/ask/c.txt", "/srv/ask/sub/d.txt", "/srv/other/x.txt", "/srv/other/y.txt", "/srv/other/z.txt"] {
+            std::fs::write(f, "content\n")?;
+        }
+        std::fs::write(
+            &policy,
+            format!(
+                "name = \"asked\"\nmode = \"enforce\"\ndefault = \"deny\"\ninclude = [\"libraries\"]\n\n\
+                 [[exec]]\npath = \"/usr/bin/systrace-vmtest\"\n\n\
+                 [[exec]]\npath = \"/lib64/ld-linux-x86-64.so.2\"\n\n\
+                 [[file]]\npath = \"/proc/**\"\naccess = [\"read\"]\n\n\
+                 [[file]]\npath = \"{out_file}\"\naccess = [\"write\"]\n"
+            ),
+        )?;
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        r.fail("ask_setup", e);
+        return;
+    }
+    let stderr_file = format!("{WORK}/ask-agent.stderr");
+    let spawned = Command::new(agent)
+        .args(["exec", "--ask", "--ask-timeout", "4", &policy, "--", "/usr/bin/systrace-vmtest", "opener"])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&out_file).expect("opener output"))
+        .stderr(std::fs::File::create(&stderr_file).expect("agent stderr"))
+        .spawn();
+    let mut exec = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("ask_start", e.into());
+            return;
+        }
+    };
+    let agent_pid = exec.id();
+    let mut stdin = exec.stdin.take().expect("piped");
+    let socket = format!("/run/systrace/ask-{agent_pid}.sock");
+    let results = |path: &str| -> Vec<String> {
+        std::fs::read_to_string(&out_file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{path} ")))
+            .map(|l| l[path.len() + 1..].to_string())
+            .collect()
+    };
+    let screen = || tmux(&["capture-pane", "-p", "-t", "ask", "-S", "-200"]).unwrap_or_default();
+    let mut ask = |path: &str| -> Result<()> {
+        writeln!(stdin, "open {path}")?;
+        stdin.flush()?;
+        Ok(())
+    };
+    r.case("ask_open_blocks_until_permit_always_with_a_glob", || {
+        wait_until("the agent's socket", Duration::from_secs(120), || Ok(Path::new(&socket).exists()))
+            .with_context(|| format!("agent: {}", std::fs::read_to_string(&stderr_file).unwrap_or_default()))?;
+        let _ = tmux(&["kill-server"]);
+        tmux(&["new-session", "-d", "-s", "ask", "-x", "200", "-y", "50", &format!("{} prompt", agent.display())])?;
+        ask("/srv/ask/a.txt")?;
+        wait_until("the question on screen", Duration::from_secs(30), || Ok(screen().contains("wants to open /srv/ask/a.txt")))
+            .with_context(|| {
+                format!(
+                    "agent: {}\nopener: {}\nscreen: {}",
+                    std::fs::read_to_string(&stderr_file).unwrap_or_default(),
+                    std::fs::read_to_string(&out_file).unwrap_or_default(),
+                    screen()
+                )
+            })?;
+        std::thread::sleep(Duration::from_millis(1500));
+        ensure!(results("/srv/ask/a.txt").is_empty(), "the open went on before an answer: {:?}", results("/srv/ask/a.txt"));
+        ensure!(screen().contains("permit always: /srv/ask/*"), "no glob offered:\n{}", screen());
+        tmux(&["send-keys", "-t", "ask", "g", "Enter"])?;
+        wait_until("the open's result", Duration::from_secs(30), || Ok(!results("/srv/ask/a.txt").is_empty()))?;
+        ensure!(results("/srv/ask/a.txt") == ["ok"], "after permit always: {:?}", results("/srv/ask/a.txt"));
+        let text = std::fs::read_to_string(&policy)?;
+        ensure!(
+            text.contains("# permitted when asked") && text.contains("path = \"/srv/ask/*\"\naccess = [\"read\"]"),
+            "no commented rule in the policy:\n{text}"
+        );
+        // The rule is in force: a sibling opens without a question.
+        ask("/srv/ask/b.txt")?;
+        wait_until("the sibling's result", Duration::from_secs(30), || Ok(!results("/srv/ask/b.txt").is_empty()))?;
+        ensure!(results("/srv/ask/b.txt") == ["ok"], "sibling: {:?}", results("/srv/ask/b.txt"));
+        ensure!(!screen().contains("wants to open /srv/ask/b.txt"), "asked about a file the new rule covers");
+        Ok(())
+    });
+    r.case("ask_deny_once_fails_the_call_and_asks_again", || {
+        let asked = |n: usize| screen().matches("wants to open /srv/other/x.txt").count() >= n;
+        ask("/srv/other/x.txt")?;
+        wait_until("the question", Duration::from_secs(30), || Ok(asked(1)))?;
+        tmux(&["send-keys", "-t", "ask", "d", "Enter"])?;
+        wait_until("the result", Duration::from_secs(30), || Ok(!results("/srv/other/x.txt").is_empty()))?;
+        ensure!(results("/srv/other/x.txt") == ["denied"], "after deny once: {:?}", results("/srv/other/x.txt"));
+        ask("/srv/other/x.txt")?;
+        wait_until("the second question", Duration::from_secs(30), || Ok(asked(2)))?;
+        tmux(&["send-keys", "-t", "ask", "o", "Enter"])?;
+        wait_until("the second result", Duration::from_secs(30), || Ok(results("/srv/other/x.txt").len() == 2))?;
+        ensure!(
+            results("/srv/other/x.txt") == ["denied", "ok"],
+            "after permit once: {:?}; agent: {}",
+            results("/srv/other/x.txt"),
+            std::fs::read_to_string(&stderr_file).unwrap_or_default()
+        );
+        ensure!(!std::fs::read_to_string(&policy)?.contains("/srv/other"), "a once answer was written to the policy");
+        Ok(())
+    });
+    r.case("ask_timeout_denies_within_its_bound", || {
+        ask("/srv/other/y.txt")?;
+        let took = wait_until("the timeout", Duration::from_secs(30), || Ok(!results("/srv/other/y.txt").is_empty()))?;
+        ensure!(results("/srv/other/y.txt") == ["denied"], "unanswered: {:?}", results("/srv/other/y.txt"));
+        ensure!(took >= Duration::from_millis(3500) && took <= Duration::from_secs(9), "denied after {took:?} with a 4 s timeout");
+        Ok(())
+    });
+    r.case("ask_agent_killed_mid_prompt_grants_nothing", || {
+        ask("/srv/other/z.txt")?;
+        wait_until("the question", Duration::from_secs(30), || Ok(screen().contains("wants to open /srv/other/z.txt")))?;
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(agent_pid as i32, libc::SIGKILL) };
+        let _ = exec.wait();
+        std::thread::sleep(Duration::from_secs(2));
+        ensure!(!results("/srv/other/z.txt").contains(&"ok".to_string()), "the held open succeeded: {:?}", results("/srv/other/z.txt"));
+        let pins = Path::new("/sys/fs/bpf/systrace").join(format!("exec-{agent_pid}"));
+        ensure!(pins.exists(), "the killed agent's programs were not left pinned (fail closed)");
+        Ok(())
+    });
+    let _ = tmux(&["kill-server"]);
+    // What the killed agent left: its pins and its command's cgroup.
+    let _ = Command::new(agent).arg("detach").output();
+    let cg = format!("/sys/fs/cgroup/systrace.exec/{agent_pid}");
+    let _ = std::fs::write(format!("{cg}/cgroup.kill"), "1");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::fs::remove_dir(&cg);
+}
+
 pub fn main(args: &[String]) -> ExitCode {
     let Some(agent) = args.first() else {
         eprintln!("learning: expected the agent binary's path");
@@ -434,6 +612,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let _ = std::fs::create_dir_all(WORK);
     let mut r = Runner::default();
     exec_basics(&mut r, agent);
+    asking(&mut r, agent);
     httpd(&mut r, agent);
     if Path::new("/usr/bin/python3").exists() {
         python(&mut r, agent);

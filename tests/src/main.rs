@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Some("bypass") => bypass::main(&args[1..]),
         Some("living") => living::main(&args[1..]),
         Some("learning") => learning::main(&args[1..]),
+        Some("opener") => learning::opener(),
         _ => {
             eprintln!("usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
             ExitCode::from(2)

@@ -228,6 +228,11 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
         let mut payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
         if scenario == "learning" {
             payload.files.extend(vm::python_files()?);
+            // tmux plays the person answering `exec --ask`.
+            payload.files.push(("/usr/bin/tmux".into(), "/usr/bin/tmux".into()));
+            payload.files.push(("/lib/terminfo/s/screen".into(), "/lib/terminfo/s/screen".into()));
+            // tmux insists on a UTF-8 locale: glibc's C.UTF-8.
+            payload.files.extend(vm::tree_files(std::path::Path::new("/usr/lib/locale/C.utf8"))?);
         }
         let initrd = vm::initramfs(scenario, &payload)?;
         // The guest kernel sometimes trips over its own live code patching under

@@ -15,7 +15,7 @@ use crate::{cache_dir, run, say};
 pub const MKFS_EXT4: &str = "/usr/sbin/mke2fs";
 pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
 
-const PACKAGES: [(&str, &str); 9] = [
+const PACKAGES: [(&str, &str); 11] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
@@ -27,6 +27,9 @@ const PACKAGES: [(&str, &str); 9] = [
     ("btrfs-progs", MKFS_BTRFS),
     // Debian's Python, whose http.server the policy-generation suite learns.
     ("python3", "/usr/bin/python3"),
+    // tmux answers `exec --ask` prompts in the VM as a person would.
+    ("tmux", "/usr/bin/tmux"),
+    ("ncurses-base", "/lib/terminfo/s/screen"),
 ];
 
 /// Kernel modules the VM tests load (with what they depend on): SCTP for the

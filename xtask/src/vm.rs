@@ -74,6 +74,23 @@ pub fn module_files(kernel: &Kernel) -> Vec<(PathBuf, String)> {
     files
 }
 
+/// Every file below `dir`, at the same path in the VM.
+pub fn tree_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.is_file() {
+                files.push((path.clone(), path.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Debian's Python: the interpreter as /usr/bin/python3 and its standard
 /// library, without the parts no test runs (tests, IDLE, Tk, the build
 /// configuration: 40 MiB down to about 24).

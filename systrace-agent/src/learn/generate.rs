@@ -67,6 +67,8 @@ pub struct Rule {
     /// Distinct observations behind it, and one of them.
     pub names: usize,
     pub example: String,
+    /// Said instead of the evidence (an answer given while asked, say).
+    pub comment: Option<String>,
 }
 
 /// A generated policy, before it is written.
@@ -259,13 +261,13 @@ impl Ladder<'_> {
 }
 
 /// Access names of a bit set, in the language's order.
-fn access_list(bits: u32) -> String {
+pub fn access_list(bits: u32) -> String {
     let names: Vec<String> =
         access::NAMES.iter().filter(|(_, b)| bits & b != 0).map(|(n, _)| format!("\"{n}\"")).collect();
     format!("[{}]", names.join(", "))
 }
 
-fn quoted(s: &str) -> String {
+pub fn quoted(s: &str) -> String {
     // A JSON string is a valid TOML basic string.
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
@@ -341,6 +343,7 @@ pub fn generalize(obs: &Observations, opts: &Options) -> Generated {
             evidence,
             names,
             example,
+            comment: None,
         });
     }
     out.net = network_rules(obs, opts.collapse.max(1));
@@ -412,7 +415,7 @@ fn network_rules(obs: &Observations, collapse: usize) -> Vec<Rule> {
                 }
                 body.push(("ports".into(), ports));
             }
-            Rule { body, evidence, names, example }
+            Rule { body, evidence, names, example, comment: None }
         })
         .collect()
 }
@@ -430,7 +433,7 @@ fn socket_rules(obs: &Observations) -> Vec<Rule> {
                 if !protocol.is_empty() && matches!(family.as_str(), "inet" | "inet6") {
                     body.push(("protocol".into(), quoted(protocol)));
                 }
-                Some(Rule { body, evidence: ev.clone(), names: 1, example: String::new() })
+                Some(Rule { body, evidence: ev.clone(), names: 1, example: String::new(), comment: None })
             }
             _ => None,
         })
@@ -439,6 +442,9 @@ fn socket_rules(obs: &Observations) -> Vec<Rule> {
 
 /// The comment line that says what a rule was made from.
 pub fn evidence_comment(rule: &Rule) -> String {
+    if let Some(c) = &rule.comment {
+        return format!("# {c}");
+    }
     let e = &rule.evidence;
     let programs: Vec<&str> = e.programs.iter().map(String::as_str).collect();
     let mut text = format!(

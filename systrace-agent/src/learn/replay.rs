@@ -48,6 +48,23 @@ fn specificity(anchor: &Path, scope: Scope, path: &Path) -> Option<usize> {
     }
 }
 
+/// The bits of `bits` that no rule of the policy decides for `path`: its
+/// default does (what `exec --ask` asks a person about).
+pub fn undecided(policy: &Policy, path: &str, bits: u32) -> u32 {
+    let path = Path::new(path);
+    let mut out = 0;
+    let mut bit = 1u32;
+    while bit != 0 && bit <= bits {
+        if bits & bit != 0
+            && !policy.files.iter().any(|r| r.access & bit != 0 && specificity(&r.path, r.scope, path).is_some())
+        {
+            out |= bit;
+        }
+        bit <<= 1;
+    }
+    out
+}
+
 /// The access bits of `bits` the policy refuses for `path`, and one reason.
 pub fn file_refused(policy: &Policy, path: &str, bits: u32) -> (u32, String) {
     let path = Path::new(path);
