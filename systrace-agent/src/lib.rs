@@ -6,5 +6,6 @@ pub mod cgroups;
 pub mod events;
 pub mod offsets;
 pub mod policy;
+pub mod review;
 pub mod homes;
 pub mod learn;

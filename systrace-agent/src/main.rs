@@ -141,6 +141,23 @@ enum Command {
         #[arg(long)]
         from_denials: bool,
     },
+    /// Decide, in a terminal UI, the rules learning (or a running agent's
+    /// denials) suggest: allow, deny, widen, edit, with a preview of what each
+    /// allows; writes them into the policy, which a running agent then reloads.
+    Review {
+        /// Observation or event files.
+        #[arg(required = true)]
+        observations: Vec<PathBuf>,
+        /// The policy to add the decided rules to (made if missing).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// A directory with this many distinct names used is proposed as a glob.
+        #[arg(long, default_value_t = 3)]
+        collapse: usize,
+        /// Also propose what was denied (an enforcing agent's events).
+        #[arg(long)]
+        from_denials: bool,
+    },
     /// Say which recorded accesses a policy would refuse.
     Replay {
         policy: PathBuf,
@@ -193,6 +210,9 @@ fn main() -> ExitCode {
             generate(&observations, &output, name, collapse, from_denials)
         }
         Command::Replay { policy, observations } => replay(&policy, &observations),
+        Command::Review { observations, output, collapse, from_denials } => {
+            review(&observations, &output, collapse, from_denials)
+        }
         Command::Detach => detach(),
         Command::Run { policies, policy_dir, stats_interval, verifier_log, handover, bench_detach_signal } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -334,6 +354,63 @@ fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: us
         return ExitCode::FAILURE;
     }
     eprintln!("systrace-agent: wrote {} ({} distinct accesses observed)", output.display(), obs.seen.len());
+    ExitCode::SUCCESS
+}
+
+fn review(files: &[PathBuf], output: &Path, collapse: usize, from_denials: bool) -> ExitCode {
+    let mut obs = match read_observations(files, from_denials) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("systrace-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = output.file_stem().map_or("learned".into(), |s| s.to_string_lossy().into_owned());
+    let options = learn::generate::Options { collapse, name, target: None, sensitive: Vec::new() };
+    let existing = std::fs::read_to_string(output).ok();
+    if let Some(old) = &existing {
+        let host = host_for(obs.home().map(PathBuf::from), Some(policy::Target::Cgroup(NO_TARGET.into())));
+        match policy::parse(output, old, &host) {
+            Ok(current) => obs.seen.retain(|seen, ev| learn::replay::decide(&current, seen, ev) != learn::replay::Decision::Allowed),
+            Err(d) => {
+                eprintln!("{d}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let proposed = learn::generate::generalize(&obs, &options);
+    let mut review = systrace_agent::review::Review::new(&proposed, obs.home().map(String::from));
+    if review.items.is_empty() {
+        eprintln!("systrace-agent: nothing to review: the policy allows everything observed");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = systrace_agent::review::run_terminal(&mut review) {
+        eprintln!("systrace-agent: the terminal: {e}");
+        return ExitCode::FAILURE;
+    }
+    if !review.write {
+        eprintln!("systrace-agent: left without writing");
+        return ExitCode::SUCCESS;
+    }
+    let decided = review.decided();
+    let text = match &existing {
+        Some(old) => learn::merge::merge(old, &decided),
+        None => learn::merge::merge(&learn::generate::render(&Default::default(), &obs, &options), &decided),
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("systrace-agent: {}: {e}; left as it was", output.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let tmp = output.with_extension("toml.new");
+    if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, output)) {
+        eprintln!("systrace-agent: writing {}: {e}", output.display());
+        return ExitCode::FAILURE;
+    }
+    let n = decided.files.len() + decided.net.len() + decided.sockets.len();
+    eprintln!("systrace-agent: added {n} rules to {} (an agent running it reloads it now)", output.display());
     ExitCode::SUCCESS
 }
 

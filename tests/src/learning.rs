@@ -603,6 +603,49 @@ fn asking(r: &mut Runner, agent: &Path) {
     let _ = std::fs::remove_dir(&cg);
 }
 
+/// `review` in tmux over a running agent's denials: allowing one writes the
+/// rule, the agent reloads the policy by itself, and the operation passes.
+fn reviewing(r: &mut Runner, agent: &Path) {
+    r.case("review_allows_a_denial_and_the_running_agent_reloads", || {
+        let cg = Path::new("/sys/fs/cgroup/reviewed");
+        std::fs::create_dir_all(cg)?;
+        std::fs::create_dir_all("/srv/review")?;
+        std::fs::write("/srv/review/page.html", "page\n")?;
+        let dir = format!("{WORK}/review-policies");
+        std::fs::create_dir_all(&dir)?;
+        let policy = format!("{dir}/web.toml");
+        std::fs::write(&policy, "cgroup = \"reviewed\"\nmode = \"enforce\"\ndefault = \"deny\"\n# kept by hand\n")?;
+        let mut service = crate::agent::Agent::start_args(agent, &["--policy-dir".as_ref(), dir.as_ref()])?;
+        let before = crate::op::run_args(Some(cg), &["open".as_ref(), "/srv/review/page.html".as_ref(), "r".as_ref()])?;
+        ensure!(before.errno == libc::EACCES, "the open was not denied first: errno {}", before.errno);
+        let event = service.wait_for(Duration::from_secs(30), |v| {
+            v["type"] == "event" && v["verdict"] == "denied" && v["path"] == "/srv/review/page.html" && v["tgid"] == before.tgid
+        })?;
+        let events = format!("{WORK}/review-events.jsonl");
+        std::fs::write(&events, format!("{event}\n"))?;
+        let _ = tmux(&["kill-server"]);
+        let cmd = format!("{} review {events} -o {policy} --from-denials", agent.display());
+        tmux(&["new-session", "-d", "-s", "review", "-x", "160", "-y", "40", &cmd])?;
+        let screen = || tmux(&["capture-pane", "-p", "-t", "review"]).unwrap_or_default();
+        wait_until("the proposal on screen", Duration::from_secs(30), || Ok(screen().contains("/srv/review/page.html")))
+            .with_context(|| screen())?;
+        ensure!(screen().contains("would allow 1 existing names now"), "no preview:\n{}", screen());
+        tmux(&["send-keys", "-t", "review", "a"])?;
+        tmux(&["send-keys", "-t", "review", "w"])?;
+        wait_until("the rule in the policy", Duration::from_secs(30), || {
+            Ok(std::fs::read_to_string(&policy)?.contains("path = \"/srv/review/page.html\""))
+        })?;
+        let text = std::fs::read_to_string(&policy)?;
+        ensure!(text.contains("# kept by hand"), "the hand-written comment is gone:\n{text}");
+        service.wait_for(Duration::from_secs(60), |v| v["type"] == "status" && v["state"] == "reloaded")?;
+        let after = crate::op::run_args(Some(cg), &["open".as_ref(), "/srv/review/page.html".as_ref(), "r".as_ref()])?;
+        ensure!(after.errno == 0, "still refused after the review: errno {}", after.errno);
+        let _ = tmux(&["kill-server"]);
+        service.stop()?;
+        Ok(())
+    });
+}
+
 pub fn main(args: &[String]) -> ExitCode {
     let Some(agent) = args.first() else {
         eprintln!("learning: expected the agent binary's path");
@@ -613,6 +656,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut r = Runner::default();
     exec_basics(&mut r, agent);
     asking(&mut r, agent);
+    reviewing(&mut r, agent);
     httpd(&mut r, agent);
     if Path::new("/usr/bin/python3").exists() {
         python(&mut r, agent);
