@@ -178,7 +178,14 @@ pub enum Reply {
 /// A question on its way to the agent's main loop, with where to send the reply.
 pub struct Held {
     pub question: Question,
+    /// Everything the call asks for: what a "permit once" grants.
     pub access: u32,
+    /// What no rule decides: what an "always" answer's rule names.
+    pub undecided: u32,
+    /// The file the question is about, opened (`O_PATH`) when it was asked:
+    /// a "permit once" grants this file, whatever the name leads to by the
+    /// time of the answer. `None` for a file still to be created.
+    pub object: Option<OwnedFd>,
     /// The asking thread's process (grants are per process).
     pub tgid: u32,
     pub reply: mpsc::Sender<Reply>,
@@ -297,11 +304,12 @@ fn choices(path: &str) -> Vec<Choice> {
     }
     tree.sort();
     let d = dir.display();
-    vec![
-        exact,
+    let wider = [
         Choice { path: format!("{d}/*"), covers: children.len(), examples: children.into_iter().take(5).collect() },
         Choice { path: format!("{d}/**"), covers: tree.len(), examples: tree.into_iter().take(5).collect() },
-    ]
+    ];
+    // Never offered: a glob over a sensitive path or anyone's keys.
+    std::iter::once(exact).chain(wider.into_iter().filter(|c| generate::covers_sensitive(&c.path).is_none())).collect()
 }
 
 /// Reads held calls from the listener, answers what the policy decides, and
@@ -368,17 +376,34 @@ pub fn serve(
             reply(Reply::Continue);
             continue;
         };
-        let path = resolve(pid, dirfd, &name);
-        let exists = path.exists();
+        let resolved = resolve(pid, dirfd, &name);
+        // The object now, and the name it really has: what the person sees is what a grant is for.
+        let object = std::ffi::CString::new(resolved.as_os_str().as_encoded_bytes()).ok().and_then(|c| {
+            // SAFETY: a valid C string; the descriptor is owned at once.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        });
+        let path = match &object {
+            Some(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or(resolved),
+            None => resolved,
+        };
+        let exists = object.is_some();
         let bits = if operation == "exec" { access::EXEC | access::MAP } else { open_access(flags, exists) };
         let path_text = path.display().to_string();
-        let ask = {
+        // Asked only when no rule decides and no deny rule refuses: an answer
+        // never overrides a person's deny rule.
+        let undecided = {
             let p = policy.lock().unwrap_or_else(|e| e.into_inner());
-            p.default == systrace_agent::policy::DefaultVerdict::Deny
-                && bits != 0
-                && learn::replay::undecided(&p, &path_text, bits) != 0
+            if p.default != systrace_agent::policy::DefaultVerdict::Deny
+                || bits == 0
+                || learn::replay::file_denied_by_rule(&p, &path_text, bits) != 0
+            {
+                0
+            } else {
+                learn::replay::undecided(&p, &path_text, bits)
+            }
         };
-        if !ask {
+        if undecided == 0 {
             reply(Reply::Continue);
             continue;
         }
@@ -391,11 +416,11 @@ pub fn serve(
             comm,
             operation: if bits & access::CREATE != 0 { "create".into() } else { operation.into() },
             path: path_text.clone(),
-            access: systrace_agent::policy::access_names(bits).into_iter().map(String::from).collect(),
+            access: systrace_agent::policy::access_names(undecided).into_iter().map(String::from).collect(),
             choices: choices(&path_text),
             timeout_s: timeout.as_secs(),
         };
-        if questions.send(Held { question, access: bits, tgid: tgid_of(pid), reply: tx }).is_err() {
+        if questions.send(Held { question, access: bits, undecided, object, tgid: tgid_of(pid), reply: tx }).is_err() {
             reply(Reply::Fail(libc::EACCES));
             continue;
         }
@@ -450,6 +475,8 @@ pub fn offered(q: &Question, pattern: &str) -> bool {
 
 /// The main loop's side: the socket people answer on, and the call held now.
 pub struct Desk {
+    /// The command's cgroup (relative to the cgroup2 root): nothing in it may answer.
+    confined: String,
     pub socket: PathBuf,
     /// Taken by the main loop, which waits on them beside its other sources.
     pub listener: Option<tokio::net::UnixListener>,
@@ -466,16 +493,24 @@ pub struct Desk {
 impl Desk {
     /// Listens on `SOCKET_DIR/ask-PID.sock` (root only); returns the desk and
     /// the sender the notification thread passes questions to.
-    pub fn open(policy: Arc<Mutex<Policy>>, timeout: Duration) -> io::Result<(Desk, tokio::sync::mpsc::UnboundedSender<Held>)> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(SOCKET_DIR)?;
-        std::fs::set_permissions(SOCKET_DIR, std::fs::Permissions::from_mode(0o700))?;
+    pub fn open(
+        policy: Arc<Mutex<Policy>>,
+        timeout: Duration,
+        confined: String,
+    ) -> io::Result<(Desk, tokio::sync::mpsc::UnboundedSender<Held>)> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        match std::fs::symlink_metadata(SOCKET_DIR) {
+            Ok(m) if m.file_type().is_dir() => std::fs::set_permissions(SOCKET_DIR, std::fs::Permissions::from_mode(0o700))?,
+            Ok(_) => return Err(io::Error::other(format!("{SOCKET_DIR} is not a directory (a link?)"))),
+            Err(_) => std::fs::DirBuilder::new().mode(0o700).create(SOCKET_DIR)?,
+        }
         let socket = Path::new(SOCKET_DIR).join(format!("ask-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let listener = tokio::net::UnixListener::bind(&socket)?;
         let (questions_tx, questions) = tokio::sync::mpsc::unbounded_channel();
         let (answers_tx, answers) = tokio::sync::mpsc::unbounded_channel();
         let desk = Desk {
+            confined,
             socket,
             listener: Some(listener),
             clients: Vec::new(),
@@ -492,6 +527,17 @@ impl Desk {
     /// A client connected: it reads questions and writes answers as JSON lines.
     pub async fn welcome(&mut self, stream: tokio::net::UnixStream) {
         use tokio::io::AsyncBufReadExt;
+        // The confined command (or anything it started) answering its own questions.
+        let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+        let inside = peer.is_none_or(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_or(true, |cg| {
+                cg.lines().filter_map(|l| l.strip_prefix("0::")).any(|p| p == self.confined || p.starts_with(&format!("{}/", self.confined)))
+            })
+        });
+        if inside {
+            eprintln!("systrace-agent: refused a prompt connection from pid {peer:?}, inside the confined cgroup");
+            return;
+        }
         let (read, write) = stream.into_split();
         let tx = self.answers_tx.clone();
         tokio::spawn(async move {
@@ -525,8 +571,14 @@ impl Desk {
     /// A new held call: everyone connected is asked.
     pub async fn ask(&mut self, held: Held) {
         let q = serde_json::to_value(&held.question).unwrap_or_default();
-        eprintln!("systrace-agent: asking: {} (pid {}) {} {} [{}]", held.question.comm, held.question.pid,
-            held.question.operation, held.question.path, held.question.access.join(","));
+        eprintln!(
+            "systrace-agent: asking: {} (pid {}) {} {} [{}]",
+            generate::printable(&held.question.comm),
+            held.question.pid,
+            held.question.operation,
+            generate::printable(&held.question.path),
+            held.question.access.join(",")
+        );
         self.pending = Some((held, tokio::time::Instant::now() + self.timeout));
         self.broadcast(&q).await;
     }
@@ -535,7 +587,7 @@ impl Desk {
     pub async fn close(&mut self, reply: Reply, result: &str) {
         if let Some((held, _)) = self.pending.take() {
             let _ = held.reply.send(reply);
-            eprintln!("systrace-agent: answered: {result} for {}", held.question.path);
+            eprintln!("systrace-agent: answered: {result} for {}", generate::printable(&held.question.path));
             self.broadcast(&serde_json::json!({"type": "done", "id": held.question.id, "result": result})).await;
         }
     }

@@ -244,6 +244,7 @@ fn detach() -> ExitCode {
             continue;
         }
         ids.extend(pins::program_ids(&dir));
+        pins::end_session(&dir, &cgroup2_root());
         match pins::remove_dir(&dir) {
             Ok(n) => eprintln!("systrace-agent: removed {n} pinned programs in {}", dir.display()),
             Err(e) => {
@@ -294,6 +295,24 @@ fn read_observations(files: &[PathBuf], from_denials: bool) -> Result<learn::Obs
     Ok(obs)
 }
 
+/// Keeps the observations a policy refuses by its default: what it allows
+/// needs no rule, and what its deny rules refuse stays refused (a generated
+/// allow, being more specific, would override the person's deny).
+fn keep_what_the_default_refuses(policy: &Policy, obs: &mut learn::Observations) {
+    let mut denied = 0;
+    obs.seen.retain(|seen, ev| match learn::replay::decide(policy, seen, ev) {
+        learn::replay::Decision::Refused(_) => true,
+        learn::replay::Decision::Denied(_) => {
+            denied += 1;
+            false
+        }
+        learn::replay::Decision::Allowed => false,
+    });
+    if denied > 0 {
+        eprintln!("systrace-agent: {denied} observed accesses are refused by deny rules of {}; no rule is proposed for them", policy.name);
+    }
+}
+
 fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: usize, from_denials: bool) -> ExitCode {
     let mut obs = match read_observations(files, from_denials) {
         Ok(o) => o,
@@ -332,7 +351,7 @@ fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: us
                     return ExitCode::FAILURE;
                 }
             };
-            obs.seen.retain(|seen, ev| learn::replay::decide(&current, seen, ev) != learn::replay::Decision::Allowed);
+            keep_what_the_default_refuses(&current, &mut obs);
             let generated = learn::generate::generalize(&obs, &options);
             if generated.is_empty() {
                 eprintln!("systrace-agent: {} already allows everything observed; left as it was", output.display());
@@ -347,9 +366,7 @@ fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: us
             }
         }
     };
-    // Written next to it and renamed over it: a reader never sees half a policy.
-    let tmp = output.with_extension("toml.new");
-    if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, output)) {
+    if let Err(e) = learn::merge::write_policy(output, &text) {
         eprintln!("systrace-agent: writing {}: {e}", output.display());
         return ExitCode::FAILURE;
     }
@@ -371,7 +388,7 @@ fn review(files: &[PathBuf], output: &Path, collapse: usize, from_denials: bool)
     if let Some(old) = &existing {
         let host = host_for(obs.home().map(PathBuf::from), Some(policy::Target::Cgroup(NO_TARGET.into())));
         match policy::parse(output, old, &host) {
-            Ok(current) => obs.seen.retain(|seen, ev| learn::replay::decide(&current, seen, ev) != learn::replay::Decision::Allowed),
+            Ok(current) => keep_what_the_default_refuses(&current, &mut obs),
             Err(d) => {
                 eprintln!("{d}");
                 return ExitCode::FAILURE;
@@ -404,8 +421,7 @@ fn review(files: &[PathBuf], output: &Path, collapse: usize, from_denials: bool)
             return ExitCode::FAILURE;
         }
     };
-    let tmp = output.with_extension("toml.new");
-    if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, output)) {
+    if let Err(e) = learn::merge::write_policy(output, &text) {
         eprintln!("systrace-agent: writing {}: {e}", output.display());
         return ExitCode::FAILURE;
     }
@@ -432,7 +448,7 @@ fn replay(policy_file: &Path, files: &[PathBuf]) -> ExitCode {
     };
     let mut refused = 0;
     for (seen, ev) in &obs.seen {
-        if let learn::replay::Decision::Refused(why) = learn::replay::decide(&policy, seen, ev) {
+        if let Some(why) = learn::replay::decide(&policy, seen, ev).why() {
             refused += 1;
             println!("{}", json!({"type": "would-deny", "access": format!("{seen:?}"), "why": why, "count": ev.count, "programs": ev.programs}));
         }
@@ -933,6 +949,7 @@ fn pin(enforcer: &mut Enforcer) -> Result<Option<PathBuf>> {
         if session && pins::owner_alive(&dir) {
             continue;
         }
+        pins::end_session(&dir, &cgroup2_root());
         match pins::remove_dir(&dir) {
             Ok(n) => eprintln!("systrace-agent: took over from {}: {n} pinned programs detached", dir.display()),
             Err(e) => eprintln!("systrace-agent: taking over from {}: {e:#}", dir.display()),

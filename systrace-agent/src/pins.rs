@@ -37,6 +37,27 @@ pub fn prepare(root: &Path) -> Result<PathBuf> {
 /// their owner runs (they confine one command, not the services).
 pub const SESSION_PREFIX: &str = "exec-";
 
+/// Before a dead `exec` agent's pins go: kills what is left in its command's
+/// cgroup, which would otherwise run on unconfined (its child died with it,
+/// but a daemonized grandchild need not have), and removes the cgroup.
+pub fn end_session(dir: &Path, cgroup_root: &Path) {
+    let Some(pid) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(SESSION_PREFIX)) else {
+        return;
+    };
+    let cgroup = cgroup_root.join("systrace.exec").join(pid);
+    if !cgroup.is_dir() {
+        return;
+    }
+    let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+    for _ in 0..200 {
+        if std::fs::remove_dir(&cgroup).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!("systrace-agent: {} still holds processes after cgroup.kill", cgroup.display());
+}
+
 /// As [`prepare`], for a directory named `name`.
 pub fn prepare_named(root: &Path, name: &str) -> Result<PathBuf> {
     let bpffs = root.parent().context("pin root has no parent")?;

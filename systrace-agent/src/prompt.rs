@@ -93,12 +93,11 @@ async fn run(socket: PathBuf) -> anyhow::Result<()> {
                             current = Some(q);
                         }
                     }
-                    Some("done") => {
-                        if current.as_ref().is_some_and(|q| v["id"] == q.id) {
+                    Some("done")
+                        if current.as_ref().is_some_and(|q| v["id"] == q.id) => {
                             println!("\nsystrace: {} -> {}", current.as_ref().map_or("", |q| q.path.as_str()), v["result"].as_str().unwrap_or("?"));
                             current = None;
                         }
-                    }
                     _ => {}
                 }
             }

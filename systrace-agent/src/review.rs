@@ -23,7 +23,7 @@ use ratatui::{
 
 use crate::{
     learn::{
-        generate::{self, covers, Generated, Rule, SENSITIVE},
+        generate::{self, Generated, Rule},
         Evidence,
     },
     policy::{parse_pattern, HOME_VARIABLE},
@@ -68,6 +68,10 @@ impl Item {
     }
 
     fn summary(&self) -> String {
+        generate::printable(&self.raw_summary())
+    }
+
+    fn raw_summary(&self) -> String {
         let mark = match self.decision {
             Decision::Undecided => "[ ]",
             Decision::Allow => "[A]",
@@ -129,15 +133,7 @@ pub fn wider(pattern: &str) -> Option<String> {
     })
 }
 
-/// The sensitive path a pattern would cover, if any: one of [`SENSITIVE`],
-/// or a home directory's keys (a `.ssh` or `.gnupg` in the directory it names).
-pub fn covers_sensitive(pattern: &str) -> Option<String> {
-    if let Some(s) = SENSITIVE.iter().find(|s| covers(pattern, s) || (pattern.ends_with("/**") && covers(pattern, &format!("{s}/x")))) {
-        return Some(s.to_string());
-    }
-    let dir = pattern.strip_suffix("/**").or_else(|| pattern.strip_suffix("/*"))?;
-    [".ssh", ".gnupg"].iter().map(|k| format!("{dir}/{k}")).find(|p| Path::new(p).exists())
-}
+pub use generate::covers_sensitive;
 
 /// Runs the review in the terminal until `w` or `q`.
 pub fn run_terminal(review: &mut Review) -> std::io::Result<()> {
@@ -228,11 +224,10 @@ impl Review {
         }
         match key {
             Key::Up | Key::Char('k') => self.selected = self.selected.saturating_sub(1),
-            Key::Down | Key::Char('j') => {
-                if self.selected + 1 < self.items.len() {
+            Key::Down | Key::Char('j')
+                if self.selected + 1 < self.items.len() => {
                     self.selected += 1;
                 }
-            }
             Key::Char('a') => self.decide(Decision::Allow),
             Key::Char('d') => self.decide(Decision::Deny),
             Key::Char('i') => self.decide(Decision::Ignore),

@@ -150,7 +150,12 @@ pub fn main(session: Session) -> ExitCode {
 
 async fn run(session: Session) -> ExitCode {
     let root = cgroup2_root();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
+    // A command's $HOME is what ${HOME} rules mean for it; a unit's or a
+    // cgroup's processes are not ours, and our $HOME says nothing about them.
+    let home = match &session.subject {
+        Subject::Command(_) => std::env::var_os("HOME").map(PathBuf::from),
+        Subject::Target(_) => None,
+    };
     // Validate before touching the kernel or the cgroups.
     let probe_target = Target::Cgroup("/systrace.exec/check".into());
     let target_for_check = match &session.subject {
@@ -195,13 +200,12 @@ async fn run(session: Session) -> ExitCode {
                 enforcer.pin(&own)?;
                 Some(own)
             }
-            Err(e) => {
-                eprintln!("systrace-agent: warning: not pinned, the confinement ends with this process: {e:#}");
-                None
-            }
+            // Unpinned, whatever the command left behind would run on unconfined
+            // should this agent be killed: refuse instead.
+            Err(e) => return Err(e.context("cannot pin the programs, which keep the command confined if this agent dies")),
         };
         let asking = match session.ask {
-            Some(timeout) => Some(start_asking(policy.clone(), timeout)?),
+            Some(timeout) => Some(start_asking(policy.clone(), timeout, &target)?),
             None => None,
         };
         let mut state = State { names, slot, session_rules: Vec::new() };
@@ -227,9 +231,21 @@ async fn run(session: Session) -> ExitCode {
 
 /// Starts the command in `cgroup` (after `fork`, before `exec`) and asks for
 /// SIGKILL should this agent die first.
+/// The program `name` runs, found on `$PATH` here (one execve in the child:
+/// a search there would try, and under `--ask` ask about, every candidate).
+fn program(name: &str) -> PathBuf {
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn spawn(command: &[String], cgroup: &Path, ask: Option<RawFd>) -> Result<tokio::process::Child> {
     let procs = CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
-    let mut cmd = tokio::process::Command::new(&command[0]);
+    let mut cmd = tokio::process::Command::new(program(&command[0]));
+    cmd.arg0(&command[0]);
     cmd.args(&command[1..]);
     // SAFETY: only async-signal-safe calls (prctl, open, write, close) run
     // between fork and exec, on memory prepared before the fork.
@@ -363,8 +379,10 @@ async fn observe(
             eprintln!(
                 "systrace-agent: denied {} {} ({}, pid {})",
                 e.hook,
-                e.path.clone().or_else(|| e.address.clone().map(|a| format!("{a} port {}", e.port.unwrap_or(0)))).unwrap_or_default(),
-                e.comm,
+                learn::generate::printable(
+                    &e.path.clone().or_else(|| e.address.clone().map(|a| format!("{a} port {}", e.port.unwrap_or(0)))).unwrap_or_default()
+                ),
+                learn::generate::printable(&e.comm),
                 e.tgid
             );
         }
@@ -503,9 +521,13 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
 
 /// Opens the desk and starts the thread that receives held calls; returns
 /// the desk and the socket end the command sends its listener on.
-fn start_asking(policy: Policy, timeout: Duration) -> Result<(Desk, OwnedFd)> {
+fn start_asking(policy: Policy, timeout: Duration, target: &Target) -> Result<(Desk, OwnedFd)> {
     let policy = Arc::new(Mutex::new(policy));
-    let (desk, questions) = Desk::open(policy.clone(), timeout).context("opening the question socket")?;
+    let confined = match target {
+        Target::Cgroup(c) => c.clone(),
+        Target::Unit { .. } => String::new(),
+    };
+    let (desk, questions) = Desk::open(policy.clone(), timeout, confined).context("opening the question socket")?;
     let mut fds = [0; 2];
     // SAFETY: fds is a valid out-array of two descriptors.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
@@ -539,9 +561,7 @@ fn write_rule(file: &Path, rule: learn::generate::Rule) -> Result<()> {
     let text = std::fs::read_to_string(file)?;
     let generated = learn::generate::Generated { files: vec![rule], ..Default::default() };
     let merged = learn::merge::merge(&text, &generated).map_err(|e| anyhow::anyhow!(e))?;
-    let tmp = file.with_extension("toml.new");
-    std::fs::write(&tmp, merged)?;
-    std::fs::rename(&tmp, file)?;
+    learn::merge::write_policy(file, &merged)?;
     Ok(())
 }
 
@@ -561,7 +581,10 @@ async fn on_answer(
     }
     let q = held.question.clone();
     let bits = held.access;
+    let undecided = held.undecided;
     let tgid = held.tgid;
+    // The file as it was when asked (see `Held::object`).
+    let object = held.object.as_ref().map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
     let pattern = answer.path.clone().unwrap_or_else(|| q.path.clone());
     if answer.answer.ends_with("-always") && !ask::offered(&q, &pattern) {
         eprintln!("systrace-agent: an answer named {pattern}, which was not offered; ignored");
@@ -570,14 +593,21 @@ async fn on_answer(
     let when = events::rfc3339(Clock::now().unix_ns(boot_ns()));
     let reply = match answer.answer.as_str() {
         "deny-once" => Reply::Fail(libc::EACCES),
-        "permit-once" => match enforcer.grant_once(state.slot, tgid, Path::new(&q.path), bits, ask::ONCE) {
-            Ok(true) => Reply::Continue,
-            Ok(false) => {
+        "permit-once" => match &object {
+            Some(o) => match enforcer.grant_once(state.slot, tgid, o, bits, ask::ONCE) {
+                Ok(true) => Reply::Continue,
+                Ok(false) => Reply::Fail(libc::EACCES),
+                Err(e) => {
+                    eprintln!("systrace-agent: granting: {e:#}");
+                    Reply::Fail(libc::EACCES)
+                }
+            },
+            None => {
                 // Nothing to grant by identity yet (a file to create): a rule for this session.
                 state.session_rules.push(policy::FileRuleSpec {
                     path: PathBuf::from(&q.path),
                     scope: policy::Scope::Exact,
-                    access: bits,
+                    access: undecided,
                     verdict: policy::RuleVerdict::Allow,
                     location: policy::Location { file: PathBuf::from("<answered>"), line: 1, column: 1 },
                 });
@@ -592,15 +622,11 @@ async fn on_answer(
                     }
                 }
             }
-            Err(e) => {
-                eprintln!("systrace-agent: granting: {e:#}");
-                Reply::Fail(libc::EACCES)
-            }
         },
         "permit-always" | "deny-always" => {
             let deny = answer.answer == "deny-always";
             let Some(file) = &session.policy else { return };
-            let rule = ask::answer_rule(&q, bits, &pattern, deny, &when);
+            let rule = ask::answer_rule(&q, undecided, &pattern, deny, &when);
             match write_rule(file, rule).and_then(|_| reinstall(enforcer, session, state, target, home)) {
                 Ok(p) => {
                     *desk.policy.lock().unwrap_or_else(|e| e.into_inner()) = p;

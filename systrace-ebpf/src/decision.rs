@@ -42,8 +42,10 @@ pub fn violation(subject: &Subject) -> Verdict {
     }
 }
 
-/// The verdict for an access a deny rule names: learning records only what
-/// the policy leaves open, so there it is denied as when enforcing.
+/// The verdict for an access a deny rule names, for a self-protection, and
+/// for arguments that could not be read: learning records only what the
+/// policy leaves open, so these refuse while learning as when enforcing
+/// (audit mode still only reports them).
 #[inline(always)]
 pub fn denied_by_rule(subject: &Subject) -> Verdict {
     if subject.info.mode == Mode::Learn as u8 {
@@ -113,7 +115,7 @@ pub fn hook_return(verdict: Verdict, errno: i32) -> i32 {
 /// process is refused (fail closed).
 #[inline(always)]
 pub fn check_unreadable(subject: &Subject, hook: Hook, requested: u32, errno: i32) -> i32 {
-    let v = violation(subject);
+    let v = denied_by_rule(subject);
     if let Some(event) = begin_event(subject, hook as u16, v, requested) {
         unsafe { (*event).flags = event_flags::NO_PATH };
         send_event(event);
@@ -261,7 +263,7 @@ pub extern "C" fn systrace_check_file(check: *mut FileCheck) -> i32 {
     let mut res = Resolution::default();
     let walked = walk(&request, &mut res);
     if walked != 0 {
-        let v = violation(&c.subject);
+        let v = denied_by_rule(&c.subject);
         c.verdict = v as u32;
         c.mnt = 0;
         return CHECK_UNREADABLE | CHECK_REPORT;
@@ -341,17 +343,19 @@ fn begin_event(subject: &Subject, hook: u16, verdict: Verdict, requested: u32) -
 /// has already been decided: a full ring buffer costs the report, never the decision.
 #[inline(always)]
 fn send_event(event: *mut Event) {
-    if unsafe { (*event).verdict } == Verdict::Learned as u8 {
-        let key = learned_key(unsafe { &*event });
-        if LEARNED.get_ptr(&key).is_some() {
-            count(Counter::LearnRepeats);
-            release_scratch();
-            return;
-        }
-        let _ = LEARNED.insert(&key, &1, 0);
+    let learned = unsafe { (*event).verdict } == Verdict::Learned as u8;
+    let key = if learned { learned_key(unsafe { &*event }) } else { 0 };
+    if learned && LEARNED.get_ptr(&key).is_some() {
+        count(Counter::LearnRepeats);
+        release_scratch();
+        return;
     }
     if EVENTS.output::<Event>(unsafe { &*event }, 0).is_err() {
         count(Counter::RingFull);
+    } else if learned {
+        // Marked as seen only once it is on its way: a full ring loses this
+        // report, not every later one.
+        let _ = LEARNED.insert(&key, &1, 0);
     }
     release_scratch();
 }
@@ -508,7 +512,7 @@ pub fn check_protection(subject: &Subject, hook: Hook, detail: Detail, quiet: bo
     if subject.info.protections & detail.protection == 0 {
         return 0;
     }
-    let v = violation(subject);
+    let v = denied_by_rule(subject);
     if !quiet {
         report_other(subject, hook, v, detail);
     }
@@ -521,7 +525,7 @@ pub fn check_file_protection(subject: &Subject, hook: Hook, detail: Detail, obje
     if subject.info.protections & detail.protection == 0 {
         return 0;
     }
-    let v = violation(subject);
+    let v = denied_by_rule(subject);
     report_protected_file(subject, hook, v, detail, object);
     hook_return(v, EPERM)
 }

@@ -14,7 +14,7 @@ use aya_ebpf::programs::LsmContext;
 use systrace_common::{access, Hook, Verdict};
 
 use crate::{
-    decision::{hook_return, run_check, systrace_report_file, violation, FileCheck, EACCES, EPERM},
+    decision::{hook_return, run_check, denied_by_rule, systrace_report_file, FileCheck, EACCES, EPERM},
     guard::systrace_guard_dir,
     hook::{arg, lsm_program},
     kernel,
@@ -102,7 +102,7 @@ fn new_name(c: &mut FileCheck, from: Object, to: Object, requested: u32) -> i32 
     if widened != 0 {
         // Reported on the old name, with the content access the new name would
         // have gained (all of it when the names could not be read).
-        let v = violation(&c.subject);
+        let v = denied_by_rule(&c.subject);
         c.requested = if widened < 0 { requested } else { widened as u32 };
         c.verdict = v as u32;
         systrace_report_file(c);

@@ -23,7 +23,7 @@ use systrace_common::{access, protect, Hook, Verdict};
 
 use crate::{
     decision::{
-        hook_return, systrace_report_file, violation, FileCheck, EPERM,
+        denied_by_rule, hook_return, systrace_report_file, FileCheck, EPERM,
     },
     kernel::{self, DentryPtr, FilePtr, InodePtr},
     subject::{cgroup_inside, task_inside, Subject},
@@ -170,7 +170,7 @@ pub extern "C" fn systrace_guard_open(check: *mut FileCheck) -> i32 {
     if c.subject.info.protections & protection == 0 {
         return 0;
     }
-    let v = violation(&c.subject);
+    let v = denied_by_rule(&c.subject);
     c.verdict = v as u32;
     c.detail = c.requested;
     c.protection = protection;
@@ -205,7 +205,7 @@ pub extern "C" fn systrace_guard_dir(check: *mut FileCheck) -> i32 {
     if refused == 0 || c.subject.info.protections & refused == 0 {
         return 0;
     }
-    let v = violation(&c.subject);
+    let v = denied_by_rule(&c.subject);
     c.verdict = v as u32;
     c.detail = 0;
     c.protection = refused;

@@ -23,7 +23,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::LsmContext};
 use systrace_common::{net, policy_flags, socket, Hook, NetKey, SocketKey, Verdict};
 
 use crate::{
-    decision::{check_unreadable, hook_return, report_net, report_other, rule_decision, violation, Detail, NetTarget, EPERM},
+    decision::{check_unreadable, hook_return, report_net, denied_by_rule, report_other, rule_decision, violation, Detail, NetTarget, EPERM},
     hook::{arg, lsm_program},
     kernel,
     maps::{NET_RULES, SOCKET_RULES},
@@ -368,7 +368,7 @@ fn sctp(ctx: &LsmContext) -> i32 {
     }
     if walk.at < walk.addrlen {
         // More addresses than are checked: refused rather than half decided.
-        let v = violation(&subject);
+        let v = denied_by_rule(&subject);
         report_other(&subject, hook, v, Detail { detail: optname as u32, ..Detail::default() });
         return hook_return(v, EPERM);
     }

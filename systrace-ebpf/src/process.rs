@@ -9,7 +9,7 @@ use aya_ebpf::{helpers::bpf_get_current_task, programs::LsmContext};
 use systrace_common::{protect, Hook};
 
 use crate::{
-    decision::{check_protection, forbid_current, hook_return, report_other, violation, Detail, EPERM},
+    decision::{check_protection, denied_by_rule, forbid_current, hook_return, report_other, violation, Detail, EPERM},
     hook::{arg, lsm_program},
     kernel::{self, TaskPtr},
     maps::AGENT,
@@ -139,7 +139,7 @@ fn sigio(ctx: &LsmContext) -> i32 {
         // Most often the confined process that armed the file is also the one
         // that makes it ready (writes to the pipe); then the report names it.
         let detail = Detail { detail: sig as u32, target, protection: protect::SIGNAL };
-        report_other(&subject, Hook::FileSendSigiotask, violation(&subject), detail);
+        report_other(&subject, Hook::FileSendSigiotask, denied_by_rule(&subject), detail);
     }
     -EPERM
 }

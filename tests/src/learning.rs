@@ -262,7 +262,7 @@ fn httpd(r: &mut Runner, agent: &Path) {
             let found = denials(&all).into_iter().any(|d| {
                 d["tgid"] == pid
                     && hooks.iter().any(|h| d["hook"] == *h)
-                    && (d["path"] == detail || d["port"].to_string() == detail)
+                    && (d["path"] == detail || d["port"] == detail)
             });
             ensure!(found, "no {hooks:?} denial for the CGI (pid {pid}) on {detail} among {:?}", denials(&all));
             Ok(())
@@ -399,10 +399,15 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         std::fs::write(&svc, "cgroup = \"svc\"\nmode = \"enforce\"\ndefault = \"allow\"\n")?;
         let service = crate::agent::Agent::start(agent, &[Path::new(&svc)])?;
         let policy = format!("{WORK}/exec.toml");
-        let out = Command::new(agent).args(["exec", &policy, "--", "/bin/cat", &format!("{WORK}/secret")]).output()?;
+        let events = format!("{WORK}/exec-beside.jsonl");
+        let out = Command::new(agent)
+            .args(["exec", &policy, "--events", &events, "--", "/bin/cat", &format!("{WORK}/secret")])
+            .output()?;
         let service_pins = Path::new("/sys/fs/bpf/systrace").join(service.pid().to_string()).exists();
         let (code, _) = service.stop()?;
         ensure!(out.status.code() == Some(1), "cat under exec exited {:?}", out.status.code());
+        let denied = denials(&lines(&events)?).into_iter().any(|d| d["hook"] == "file_open" && d["path"] == format!("{WORK}/secret"));
+        ensure!(denied, "no denial by the exec agent beside the service agent");
         ensure!(service_pins, "the service agent's pins went away");
         ensure!(code == 0, "the service agent exited {code}");
         Ok(())
@@ -433,13 +438,28 @@ pub fn opener() -> ExitCode {
     let mut line = String::new();
     while stdin.read_line(&mut line).is_ok_and(|n| n > 0) {
         if let Some(path) = line.trim().strip_prefix("open ") {
-            let result = match std::fs::read(path) {
-                Ok(_) => "ok".to_string(),
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "denied".to_string(),
-                Err(e) => format!("error {e}"),
-            };
-            println!("{path} {result}");
-            let _ = std::io::stdout().flush();
+            // Each open in a child of ours: should the agent die (and this
+            // process with it, by PDEATHSIG), that child still reports.
+            // SAFETY: fork in a single-threaded process; the child only
+            // opens, prints and exits.
+            match unsafe { libc::fork() } {
+                0 => {
+                    let result = match std::fs::read(path) {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "denied".to_string(),
+                        Err(e) => format!("error {}", e.raw_os_error().unwrap_or(0)),
+                    };
+                    println!("{path} {result}");
+                    let _ = std::io::stdout().flush();
+                    // SAFETY: ends the child without running the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                pid if pid > 0 => {
+                    // SAFETY: waits for our own child.
+                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                }
+                _ => println!("{path} error fork"),
+            }
         }
         line.clear();
     }
@@ -575,6 +595,20 @@ fn asking(r: &mut Runner, agent: &Path) {
         ensure!(!std::fs::read_to_string(&policy)?.contains("/srv/other"), "a once answer was written to the policy");
         Ok(())
     });
+    r.case("ask_permit_once_grants_the_file_asked_about_not_what_the_name_leads_to_later", || {
+        std::fs::create_dir_all("/srv/swap")?;
+        std::fs::write("/srv/swap/decoy", "decoy\n")?;
+        std::fs::write("/srv/secret.txt", "secret\n")?;
+        ask("/srv/swap/decoy")?;
+        wait_until("the question", Duration::from_secs(30), || Ok(screen().contains("wants to open /srv/swap/decoy")))?;
+        // Between the question and the answer the name is made to lead elsewhere.
+        std::fs::remove_file("/srv/swap/decoy")?;
+        std::os::unix::fs::symlink("/srv/secret.txt", "/srv/swap/decoy")?;
+        tmux(&["send-keys", "-t", "ask", "o", "Enter"])?;
+        wait_until("the result", Duration::from_secs(30), || Ok(!results("/srv/swap/decoy").is_empty()))?;
+        ensure!(results("/srv/swap/decoy") == ["denied"], "the swapped name was opened: {:?}", results("/srv/swap/decoy"));
+        Ok(())
+    });
     r.case("ask_timeout_denies_within_its_bound", || {
         ask("/srv/other/y.txt")?;
         let took = wait_until("the timeout", Duration::from_secs(30), || Ok(!results("/srv/other/y.txt").is_empty()))?;
@@ -588,19 +622,26 @@ fn asking(r: &mut Runner, agent: &Path) {
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(agent_pid as i32, libc::SIGKILL) };
         let _ = exec.wait();
-        std::thread::sleep(Duration::from_secs(2));
-        ensure!(!results("/srv/other/z.txt").contains(&"ok".to_string()), "the held open succeeded: {:?}", results("/srv/other/z.txt"));
+        // The process holding the open is a grandchild: it outlives the agent and reports.
+        wait_until("the held open's end", Duration::from_secs(30), || Ok(!results("/srv/other/z.txt").is_empty()))?;
+        ensure!(
+            results("/srv/other/z.txt") == [format!("error {}", libc::ENOSYS)],
+            "the held open ended with {:?}, not ENOSYS",
+            results("/srv/other/z.txt")
+        );
         let pins = Path::new("/sys/fs/bpf/systrace").join(format!("exec-{agent_pid}"));
         ensure!(pins.exists(), "the killed agent's programs were not left pinned (fail closed)");
+        // `detach` ends what the dead agent left: its command's cgroup, then its pins.
+        let out = Command::new(agent).arg("detach").output()?;
+        ensure!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+        let cg = format!("/sys/fs/cgroup/systrace.exec/{agent_pid}");
+        ensure!(!Path::new(&cg).exists(), "{cg} is still there after detach");
+        ensure!(!pins.exists(), "the pins are still there after detach");
         Ok(())
     });
     let _ = tmux(&["kill-server"]);
-    // What the killed agent left: its pins and its command's cgroup.
+    // Whatever a failed case left.
     let _ = Command::new(agent).arg("detach").output();
-    let cg = format!("/sys/fs/cgroup/systrace.exec/{agent_pid}");
-    let _ = std::fs::write(format!("{cg}/cgroup.kill"), "1");
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = std::fs::remove_dir(&cg);
 }
 
 /// `review` in tmux over a running agent's denials: allowing one writes the
@@ -628,7 +669,7 @@ fn reviewing(r: &mut Runner, agent: &Path) {
         tmux(&["new-session", "-d", "-s", "review", "-x", "160", "-y", "40", &cmd])?;
         let screen = || tmux(&["capture-pane", "-p", "-t", "review"]).unwrap_or_default();
         wait_until("the proposal on screen", Duration::from_secs(30), || Ok(screen().contains("/srv/review/page.html")))
-            .with_context(|| screen())?;
+            .with_context(screen)?;
         ensure!(screen().contains("would allow 1 existing names now"), "no preview:\n{}", screen());
         tmux(&["send-keys", "-t", "review", "a"])?;
         tmux(&["send-keys", "-t", "review", "w"])?;

@@ -191,35 +191,45 @@ impl Ladder<'_> {
     /// Whether a glob on directory `dir` may be made: not at the top two levels
     /// (random names may still make `/tmp/*`), not over a sensitive path.
     fn may_glob(&self, dir: &str, scope: u8, for_random: bool) -> bool {
-        let depth = parts(dir).len();
-        let deep_enough = depth >= 2 || (for_random && depth == 1 && dir != HOME_VARIABLE);
+        let comps = parts(dir);
+        let depth = comps.len();
+        // Random names may make `/tmp/*`; nothing else globs at the top two levels.
+        let deep_enough = depth >= 2 || (for_random && TEMPORARY.contains(&dir));
+        // No glob over a home, or in or above anyone's keys.
+        let home_root = dir == HOME_VARIABLE || dir == "/root" || (depth == 2 && comps[0] == "home");
+        let keys = comps.iter().any(|c| matches!(*c, ".ssh" | ".gnupg"));
         deep_enough
+            && !home_root
+            && !keys
             && !self.sensitive.iter().any(|s| {
                 let s = s.as_str();
                 s == dir || if scope == 1 { parent(s) == dir } else { covers(&format!("{dir}/**"), s) }
             })
     }
 
-    /// Generalizes the paths that used one access kind.
-    fn climb(&self, paths: &BTreeSet<String>) -> BTreeSet<String> {
-        // Random components first: `/proc/123/status` -> `/proc/**`, `/tmp/tmpab12x9` -> `/tmp/*`.
+    /// Generalizes the paths that used one access kind (`bit`).
+    fn climb(&self, paths: &BTreeSet<String>, bit: u32) -> BTreeSet<String> {
+        // Random names first. A random last component makes `DIR/*` (not for
+        // what is run or mapped as code); a random component higher up only
+        // for `/proc/PID/...` reads (`/proc/**`, where the ptrace protection
+        // still keeps other processes' files out); elsewhere the name stays.
         let mut items: BTreeSet<String> = BTreeSet::new();
         for p in paths {
             let comps = parts(p);
-            let temporary = TEMPORARY.contains(&parent(p));
-            let random = comps.iter().position(|c| is_random(c)).or(temporary.then(|| comps.len() - 1));
-            let item = match random {
-                Some(i) => {
-                    let dir = if i == 0 { "/".to_string() } else { format!("/{}", comps[..i].join("/")) };
-                    let dir = dir.replacen(&format!("/{HOME_VARIABLE}"), HOME_VARIABLE, 1);
-                    let scope = if i + 1 == comps.len() { 1 } else { 2 };
-                    if self.may_glob(&dir, scope, true) {
-                        format!("{}/{}", dir.trim_end_matches('/'), if scope == 1 { "*" } else { "**" })
-                    } else {
-                        p.clone()
-                    }
-                }
-                None => p.clone(),
+            let Some(last) = comps.len().checked_sub(1) else {
+                items.insert(p.clone());
+                continue;
+            };
+            let dir = parent(p).to_string();
+            let item = if (is_random(comps[last]) || TEMPORARY.contains(&dir.as_str()))
+                && bit & (access::EXEC | access::MAP) == 0
+                && self.may_glob(&dir, 1, true)
+            {
+                format!("{}/*", dir.trim_end_matches('/'))
+            } else if comps.len() > 2 && comps[0] == "proc" && is_random(comps[1]) && bit == access::READ {
+                "/proc/**".to_string()
+            } else {
+                p.clone()
             };
             items.insert(item);
         }
@@ -249,7 +259,9 @@ impl Ladder<'_> {
                     continue;
                 }
                 let glob = format!("{}/{}", dir.trim_end_matches('/'), if scope == 1 { "*" } else { "**" });
-                items.retain(|i| !covers(&glob, node(i).0) && !(node(i).0 == dir && scope == 2 && node(i).1 > 0));
+                // What the glob covers goes, and so does a glob on `dir` itself (`dir/*` under `dir/**`).
+                let absorbed = |i: &String| covers(&glob, node(i).0) || (scope == 2 && node(i).0 == dir && node(i).1 > 0);
+                items.retain(|i| !absorbed(i));
                 items.insert(glob);
             }
         }
@@ -321,7 +333,7 @@ pub fn generalize(obs: &Observations, opts: &Options) -> Generated {
     for (_, bit) in access::NAMES {
         let used: BTreeSet<String> =
             files.iter().filter(|(_, e)| smallest(e.access) & bit != 0).map(|(p, _)| p.clone()).collect();
-        for pattern in ladder.climb(&used) {
+        for pattern in ladder.climb(&used, bit) {
             *patterns.entry(pattern).or_default() |= bit;
         }
     }
@@ -358,7 +370,9 @@ const EPHEMERAL: (u16, u16) = (32768, 60999);
 fn network_rules(obs: &Observations, collapse: usize) -> Vec<Rule> {
     // (op, protocol, address, ports) -> evidence, with ephemeral ports as one range
     // and, for connects, a port reached at many addresses as any address.
-    let mut rules: BTreeMap<(String, String, String, String), (Evidence, usize, String)> = BTreeMap::new();
+    // (operation, protocol, address, ports) of a rule -> (evidence, observations, example).
+    type RuleKey = (String, String, String, String);
+    let mut rules: BTreeMap<RuleKey, (Evidence, usize, String)> = BTreeMap::new();
     let mut peers: BTreeMap<(&str, &str, u16), BTreeSet<&str>> = BTreeMap::new();
     for seen in obs.seen.keys() {
         if let Seen::Net { op: "connect", protocol, address, port } = seen {
@@ -440,10 +454,30 @@ fn socket_rules(obs: &Observations) -> Vec<Rule> {
         .collect()
 }
 
+/// `text` on one line, with control characters escaped: names a process
+/// chose (its comm, a file name with a newline) cannot start a new line in a
+/// policy file or rewrite a terminal.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// The sensitive path a pattern would cover, if any: one of [`SENSITIVE`],
+/// or a home directory's keys (a `.ssh` or `.gnupg` in the directory it names).
+pub fn covers_sensitive(pattern: &str) -> Option<String> {
+    if let Some(s) = SENSITIVE.iter().find(|s| covers(pattern, s) || (pattern.ends_with("/**") && covers(pattern, &format!("{s}/x")))) {
+        return Some(s.to_string());
+    }
+    let dir = pattern.strip_suffix("/**").or_else(|| pattern.strip_suffix("/*"))?;
+    if parts(dir).iter().any(|c| matches!(*c, ".ssh" | ".gnupg")) {
+        return Some(format!("{dir} (keys)"));
+    }
+    [".ssh", ".gnupg"].iter().map(|k| format!("{dir}/{k}")).find(|p| std::path::Path::new(p).exists())
+}
+
 /// The comment line that says what a rule was made from.
 pub fn evidence_comment(rule: &Rule) -> String {
     if let Some(c) = &rule.comment {
-        return format!("# {c}");
+        return format!("# {}", printable(c));
     }
     let e = &rule.evidence;
     let programs: Vec<&str> = e.programs.iter().map(String::as_str).collect();
@@ -451,11 +485,11 @@ pub fn evidence_comment(rule: &Rule) -> String {
         "# seen {} time{} by {}, first {}",
         e.count,
         if e.count == 1 { "" } else { "s" },
-        if programs.is_empty() { "?".to_string() } else { programs.join(", ") },
-        if e.first.is_empty() { "?" } else { &e.first }
+        if programs.is_empty() { "?".to_string() } else { printable(&programs.join(", ")) },
+        if e.first.is_empty() { "?".to_string() } else { printable(&e.first) }
     );
     if rule.names > 1 {
-        text.push_str(&format!("; {} names, such as {}", rule.names, rule.example));
+        text.push_str(&format!("; {} names, such as {}", rule.names, printable(&rule.example)));
     }
     text
 }
@@ -519,7 +553,7 @@ pub fn render(g: &Generated, obs: &Observations, opts: &Options) -> String {
         out.push('\n');
     }
     for (what, ev) in &g.not_allowed {
-        out.push_str(&format!("# seen {} time(s), refused when enforcing (self-protection): {what}\n", ev.count));
+        out.push_str(&format!("# seen {} time(s), refused when enforcing (self-protection): {}\n", ev.count, printable(what)));
     }
     write_rules(&mut out, "file", &g.files);
     write_rules(&mut out, "net", &g.net);
@@ -607,6 +641,31 @@ mod tests {
                 r#""/tmp/*" ["write"]"#,
             ]
         );
+    }
+
+    #[test]
+    fn names_a_process_chose_cannot_break_out_of_a_comment() {
+        let evil = "/srv/a/\\n[[file]]\\npath = \\\"/**\\\"\\naccess = [\\\"write\\\"]\\n#";
+        let mut lines: Vec<String> = ["/srv/a/x", "/srv/a/y"].iter().map(|p| event(p, "read", "web")).collect();
+        lines.push(event(evil, "read", "w\\neb"));
+        let text = generate(&observe(&lines), &Options::default());
+        let rules = text.lines().filter(|l| l.starts_with("[[file]]")).count();
+        assert_eq!(rules, 1, "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("path = \"/**")), "{text}");
+        assert!(text.contains("path = \"/srv/a/"), "{text}");
+    }
+
+    #[test]
+    fn random_names_never_widen_far() {
+        let o = observe(&[
+            event("/usr/lib/deadbeef01/x", "write", "a"),
+            event("/opt/a1B2c3D4/x", "write", "a"),
+            event("/home/bob/12345/x", "read", "a"),
+            event("/root/.ssh/a1B2c3D4", "read", "a"),
+            event("/srv/cache/a1B2c3D4.bin", "exec", "a"),
+        ]);
+        let g = generalize(&o, &Options::default());
+        assert!(patterns(&g).iter().all(|p| !p.contains('*')), "{:?}", patterns(&g));
     }
 
     #[test]

@@ -35,6 +35,19 @@ fn add_rules(doc: &mut DocumentMut, key: &str, rules: &[Rule]) -> Result<(), Str
     Ok(())
 }
 
+/// Replaces the policy file with `text`: written next to it and renamed over
+/// it, so a reader (a watching agent) never sees half a policy. The temporary
+/// file is made anew (`O_EXCL`: a link planted in its place is not followed).
+pub fn write_policy(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("toml.new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// `text` with `g`'s rules added. Errors name what in the file is in the way.
 pub fn merge(text: &str, g: &Generated) -> Result<String, String> {
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("{e}"))?;

@@ -111,11 +111,10 @@ impl Observations {
                         self.headers.push(h);
                     }
                 }
-                Some("event") => {
-                    if !self.add_event(&v) {
+                Some("event")
+                    if !self.add_event(&v) => {
                         self.skipped += 1;
                     }
-                }
                 _ => {}
             }
         }

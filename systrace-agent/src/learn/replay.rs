@@ -20,8 +20,19 @@ use crate::policy::{capability_number, DefaultVerdict, Policy, RuleVerdict, Scop
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allowed,
-    /// Refused, and why (the rule or the default that decides).
+    /// Refused by the policy's default (or a missing grant), and why.
     Refused(String),
+    /// Refused by a deny rule (or a self-protection), and which.
+    Denied(String),
+}
+
+impl Decision {
+    pub fn why(&self) -> Option<&str> {
+        match self {
+            Decision::Allowed => None,
+            Decision::Refused(w) | Decision::Denied(w) => Some(w),
+        }
+    }
 }
 
 fn by_default(policy: &Policy) -> Decision {
@@ -33,7 +44,7 @@ fn by_default(policy: &Policy) -> Decision {
 
 fn verdict_decision(v: RuleVerdict, what: impl FnOnce() -> String) -> Decision {
     match v {
-        RuleVerdict::Deny => Decision::Refused(format!("denied by {}", what())),
+        RuleVerdict::Deny => Decision::Denied(format!("denied by {}", what())),
         _ => Decision::Allowed,
     }
 }
@@ -59,6 +70,31 @@ pub fn undecided(policy: &Policy, path: &str, bits: u32) -> u32 {
             && !policy.files.iter().any(|r| r.access & bit != 0 && specificity(&r.path, r.scope, path).is_some())
         {
             out |= bit;
+        }
+        bit <<= 1;
+    }
+    out
+}
+
+/// The bits of `bits` a deny rule refuses for `path` (the most specific rule
+/// naming the bit is a deny).
+pub fn file_denied_by_rule(policy: &Policy, path: &str, bits: u32) -> u32 {
+    let path = Path::new(path);
+    let mut out = 0;
+    let mut bit = 1u32;
+    while bit != 0 && bit <= bits {
+        if bits & bit != 0 {
+            let mut best: Option<(usize, bool)> = None;
+            for r in policy.files.iter().filter(|r| r.access & bit != 0) {
+                let Some(s) = specificity(&r.path, r.scope, path) else { continue };
+                let deny = r.verdict == RuleVerdict::Deny;
+                if best.is_none_or(|(bs, bd)| s > bs || (s == bs && deny && !bd)) {
+                    best = Some((s, deny));
+                }
+            }
+            if best.is_some_and(|(_, deny)| deny) {
+                out |= bit;
+            }
         }
         bit <<= 1;
     }
@@ -127,6 +163,9 @@ pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
     match seen {
         Seen::File(path) => match file_refused(policy, path, evidence.access) {
             (0, _) => Decision::Allowed,
+            (bits, why) if file_denied_by_rule(policy, path, bits) != 0 => {
+                Decision::Denied(format!("{} {why}", crate::policy::access_names(bits).join(",")))
+            }
             (bits, why) => Decision::Refused(format!("{} {why}", crate::policy::access_names(bits).join(","))),
         },
         Seen::Net { op, protocol, address, port } => {
@@ -181,7 +220,7 @@ pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
             };
             let f = number(&socket::FAMILIES, family).unwrap_or(u16::MAX - 1);
             let t = number(&socket::TYPES, sock_type).unwrap_or(u16::MAX - 1);
-            let p = if protocol == "mptcp" { Some(u16::from(socket::IPPROTO_MPTCP)) } else { number(&socket::PROTOCOLS, protocol) }
+            let p = if protocol == "mptcp" { Some(socket::IPPROTO_MPTCP) } else { number(&socket::PROTOCOLS, protocol) }
                 .unwrap_or(0);
             let best = policy
                 .sockets
@@ -198,7 +237,7 @@ pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
         Seen::Protection { protection, .. } => {
             let on = protect::NAMES.iter().find(|(n, _)| n == protection).is_none_or(|(_, b)| policy.protections & b != 0);
             if on {
-                Decision::Refused(format!("the {protection} protection"))
+                Decision::Denied(format!("the {protection} protection"))
             } else {
                 Decision::Allowed
             }
