@@ -434,7 +434,7 @@ pub fn serve(
 pub fn answer_rule(q: &Question, bits: u32, pattern: &str, deny: bool, when: &str) -> generate::Rule {
     let mut body = vec![
         ("path".to_string(), generate::quoted(pattern)),
-        ("access".to_string(), generate::access_list(smallest(bits))),
+        ("access".to_string(), generate::access_list(generate::smallest(bits))),
     ];
     if deny {
         body.push(("verdict".into(), "\"deny\"".into()));
@@ -453,18 +453,6 @@ pub fn answer_rule(q: &Question, bits: u32, pattern: &str, deny: bool, when: &st
             q.path
         )),
     }
-}
-
-/// Bits a rule lists: write covers append, exec covers map.
-fn smallest(bits: u32) -> u32 {
-    let mut b = bits;
-    if b & access::WRITE != 0 {
-        b &= !access::APPEND;
-    }
-    if b & access::EXEC != 0 {
-        b &= !access::MAP;
-    }
-    b
 }
 
 /// Whether an answer's pattern is one of the question's choices (a client

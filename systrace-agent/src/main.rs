@@ -4,6 +4,7 @@
 //! human-readable messages go to standard error.
 
 mod ask;
+mod authoring;
 mod enforcer;
 mod pins;
 mod prompt;
@@ -23,7 +24,7 @@ use serde_json::json;
 use systrace_agent::{
     cgroups::cgroup2_root,
     events::{self, Clock, PolicyNames, Record},
-    learn, offsets,
+    offsets,
     policy::{self, Compiled, Diagnostic, Host, Policy, Severity, SystemResolver},
 };
 use systrace_common::Counter;
@@ -207,11 +208,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Generate { observations, output, name, collapse, from_denials } => {
-            generate(&observations, &output, name, collapse, from_denials)
+            authoring::generate(&observations, &output, name, collapse, from_denials)
         }
-        Command::Replay { policy, observations } => replay(&policy, &observations),
+        Command::Replay { policy, observations } => authoring::replay(&policy, &observations),
         Command::Review { observations, output, collapse, from_denials } => {
-            review(&observations, &output, collapse, from_denials)
+            authoring::review(&observations, &output, collapse, from_denials)
         }
         Command::Detach => detach(),
         Command::Run { policies, policy_dir, stats_interval, verifier_log, handover, bench_detach_signal } => {
@@ -277,187 +278,12 @@ fn host() -> Host {
 
 /// As [`host`], with a command's `$HOME` among the homes and the target of
 /// policies that name none (`exec`, `learn`).
-fn host_for(home: Option<PathBuf>, default_target: Option<policy::Target>) -> Host {
+pub(crate) fn host_for(home: Option<PathBuf>, default_target: Option<policy::Target>) -> Host {
     Host {
         cgroup_root: cgroup2_root(),
         local_addresses: local_addresses(),
         homes: systrace_agent::homes::system_homes(home),
         default_target,
-    }
-}
-
-fn read_observations(files: &[PathBuf], from_denials: bool) -> Result<learn::Observations, String> {
-    let mut obs = learn::Observations { include_denied: from_denials, ..Default::default() };
-    for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
-        obs.read(&text);
-    }
-    Ok(obs)
-}
-
-/// Keeps the observations a policy refuses by its default: what it allows
-/// needs no rule, and what its deny rules refuse stays refused (a generated
-/// allow, being more specific, would override the person's deny).
-fn keep_what_the_default_refuses(policy: &Policy, obs: &mut learn::Observations) {
-    let mut denied = 0;
-    obs.seen.retain(|seen, ev| match learn::replay::decide(policy, seen, ev) {
-        learn::replay::Decision::Refused(_) => true,
-        learn::replay::Decision::Denied(_) => {
-            denied += 1;
-            false
-        }
-        learn::replay::Decision::Allowed => false,
-    });
-    if denied > 0 {
-        eprintln!("systrace-agent: {denied} observed accesses are refused by deny rules of {}; no rule is proposed for them", policy.name);
-    }
-}
-
-fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: usize, from_denials: bool) -> ExitCode {
-    let mut obs = match read_observations(files, from_denials) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("systrace-agent: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let name = name.unwrap_or_else(|| {
-        output.file_stem().map_or("learned".into(), |s| s.to_string_lossy().into_owned())
-    });
-    let mut sensitive = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        sensitive.push(exe.display().to_string());
-    }
-    let options = learn::generate::Options { collapse, name, target: None, sensitive };
-    let existing = match std::fs::read_to_string(output) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            eprintln!("systrace-agent: {}: cannot read: {e}", output.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let text = match existing {
-        None => learn::generate::generate(&obs, &options),
-        Some(old) => {
-            // What the policy already allows needs nothing new; its ${HOME} is the learned one.
-            let home = obs.home().map(PathBuf::from);
-            let host = host_for(home, Some(policy::Target::Cgroup("/systrace.exec/generate".into())));
-            let current = match policy::parse(output, &old, &host) {
-                Ok(p) => p,
-                Err(d) => {
-                    eprintln!("{d}");
-                    eprintln!("systrace-agent: {} left as it was", output.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            keep_what_the_default_refuses(&current, &mut obs);
-            let generated = learn::generate::generalize(&obs, &options);
-            if generated.is_empty() {
-                eprintln!("systrace-agent: {} already allows everything observed; left as it was", output.display());
-                return ExitCode::SUCCESS;
-            }
-            match learn::merge::merge(&old, &generated) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("systrace-agent: {}: {e}; left as it was", output.display());
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    };
-    if let Err(e) = learn::merge::write_policy(output, &text) {
-        eprintln!("systrace-agent: writing {}: {e}", output.display());
-        return ExitCode::FAILURE;
-    }
-    eprintln!("systrace-agent: wrote {} ({} distinct accesses observed)", output.display(), obs.seen.len());
-    ExitCode::SUCCESS
-}
-
-fn review(files: &[PathBuf], output: &Path, collapse: usize, from_denials: bool) -> ExitCode {
-    let mut obs = match read_observations(files, from_denials) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("systrace-agent: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let name = output.file_stem().map_or("learned".into(), |s| s.to_string_lossy().into_owned());
-    let options = learn::generate::Options { collapse, name, target: None, sensitive: Vec::new() };
-    let existing = std::fs::read_to_string(output).ok();
-    if let Some(old) = &existing {
-        let host = host_for(obs.home().map(PathBuf::from), Some(policy::Target::Cgroup(NO_TARGET.into())));
-        match policy::parse(output, old, &host) {
-            Ok(current) => keep_what_the_default_refuses(&current, &mut obs),
-            Err(d) => {
-                eprintln!("{d}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let proposed = learn::generate::generalize(&obs, &options);
-    let mut review = systrace_agent::review::Review::new(&proposed, obs.home().map(String::from));
-    if review.items.is_empty() {
-        eprintln!("systrace-agent: nothing to review: the policy allows everything observed");
-        return ExitCode::SUCCESS;
-    }
-    if let Err(e) = systrace_agent::review::run_terminal(&mut review) {
-        eprintln!("systrace-agent: the terminal: {e}");
-        return ExitCode::FAILURE;
-    }
-    if !review.write {
-        eprintln!("systrace-agent: left without writing");
-        return ExitCode::SUCCESS;
-    }
-    let decided = review.decided();
-    let text = match &existing {
-        Some(old) => learn::merge::merge(old, &decided),
-        None => learn::merge::merge(&learn::generate::render(&Default::default(), &obs, &options), &decided),
-    };
-    let text = match text {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("systrace-agent: {}: {e}; left as it was", output.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = learn::merge::write_policy(output, &text) {
-        eprintln!("systrace-agent: writing {}: {e}", output.display());
-        return ExitCode::FAILURE;
-    }
-    let n = decided.files.len() + decided.net.len() + decided.sockets.len();
-    eprintln!("systrace-agent: added {n} rules to {} (an agent running it reloads it now)", output.display());
-    ExitCode::SUCCESS
-}
-
-fn replay(policy_file: &Path, files: &[PathBuf]) -> ExitCode {
-    let obs = match read_observations(files, true) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("systrace-agent: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let host = host_for(obs.home().map(PathBuf::from), Some(policy::Target::Cgroup("/systrace.exec/replay".into())));
-    let policy = match read_and_parse(policy_file, &host) {
-        Ok(p) => p,
-        Err(d) => {
-            eprintln!("{d}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut refused = 0;
-    for (seen, ev) in &obs.seen {
-        if let Some(why) = learn::replay::decide(&policy, seen, ev).why() {
-            refused += 1;
-            println!("{}", json!({"type": "would-deny", "access": format!("{seen:?}"), "why": why, "count": ev.count, "programs": ev.programs}));
-        }
-    }
-    eprintln!("systrace-agent: {} would refuse {refused} of {} distinct recorded accesses", policy.name, obs.seen.len());
-    if refused > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
     }
 }
 
@@ -496,7 +322,7 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
     out
 }
 
-fn read_and_parse(file: &Path, host: &Host) -> Result<Policy, Diagnostic> {
+pub(crate) fn read_and_parse(file: &Path, host: &Host) -> Result<Policy, Diagnostic> {
     let text = std::fs::read_to_string(file).map_err(|e| Diagnostic {
         severity: Severity::Error,
         location: policy::Location { file: file.to_path_buf(), line: 1, column: 1 },
@@ -507,7 +333,7 @@ fn read_and_parse(file: &Path, host: &Host) -> Result<Policy, Diagnostic> {
 
 /// The target `check` gives a policy that names none: such a policy is for
 /// `exec` and `learn`, which bind it to a command's own cgroup.
-const NO_TARGET: &str = "/systrace.exec/<command>";
+pub(crate) const NO_TARGET: &str = "/systrace.exec/<command>";
 
 fn check(files: &[PathBuf]) -> ExitCode {
     let host = host_for(None, Some(policy::Target::Cgroup(NO_TARGET.into())));

@@ -146,7 +146,7 @@ pub fn with_home(path: &str, home: Option<&str>) -> String {
 }
 
 /// Bits a rule needs: write covers append, exec covers map (as in the language).
-fn smallest(bits: u32) -> u32 {
+pub fn smallest(bits: u32) -> u32 {
     let mut bits = bits;
     if bits & access::WRITE != 0 {
         bits &= !access::APPEND;
