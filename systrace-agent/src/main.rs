@@ -862,6 +862,7 @@ async fn serve(
             "walk_undecided": enforcer.counter(Counter::WalkUndecided)?,
             "cgroups_bound": enforcer.counter(Counter::CgroupsBound)?,
             "cgroups_bind_failed": enforcer.counter(Counter::BindFailed)?,
+            "learn_repeats": enforcer.counter(Counter::LearnRepeats)?,
         }))
     };
     let emit_record = |out: &mut Output, record: Record| match record {

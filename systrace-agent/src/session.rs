@@ -326,7 +326,10 @@ async fn observe(
             },
             target: match (&session.subject, target) {
                 (Subject::Target(Target::Unit { name, user: None }), _) => Some(format!("unit = {}", serde_json::to_string(name)?)),
-                (Subject::Target(Target::Cgroup(c)), _) => Some(format!("cgroup = {}", serde_json::to_string(c)?)),
+                // Relative to the cgroup2 mount, as a policy names it.
+                (Subject::Target(Target::Cgroup(c)), _) => {
+                    Some(format!("cgroup = {}", serde_json::to_string(c.trim_start_matches('/'))?))
+                }
                 _ => None,
             },
             home: home.map(|h| h.display().to_string()),

@@ -262,7 +262,7 @@ fn httpd(r: &mut Runner, agent: &Path) {
             let found = denials(&all).into_iter().any(|d| {
                 d["tgid"] == pid
                     && hooks.iter().any(|h| d["hook"] == *h)
-                    && (d["path"] == detail || d["port"] == detail)
+                    && (d["path"] == detail || d["port"].as_u64().map(|p| p.to_string()).as_deref() == Some(detail))
             });
             ensure!(found, "no {hooks:?} denial for the CGI (pid {pid}) on {detail} among {:?}", denials(&all));
             Ok(())
@@ -410,6 +410,25 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         ensure!(denied, "no denial by the exec agent beside the service agent");
         ensure!(service_pins, "the service agent's pins went away");
         ensure!(code == 0, "the service agent exited {code}");
+        Ok(())
+    });
+    r.case("learn_a_cgroup_records_what_its_processes_do", || {
+        let cg = Path::new("/sys/fs/cgroup/learned-service");
+        let out = format!("{WORK}/cgroup.jsonl");
+        let s = Session::start(agent, &["learn", "--cgroup", "learned-service", "--duration", "20", "-o", &out], &[], "learn-cgroup")?;
+        wait_until("learning to start", Duration::from_secs(120), || {
+            Ok(std::fs::read_to_string(&s.stderr).unwrap_or_default().contains("learning"))
+        })?;
+        // The cgroup appears after learning began: bound as it appears.
+        std::fs::create_dir_all(cg)?;
+        let seen = crate::op::run_args(Some(cg), &["open".as_ref(), format!("{WORK}/secret").as_ref(), "r".as_ref()])?;
+        ensure!(seen.errno == 0, "learning refused the open: errno {}", seen.errno);
+        let (_, stderr) = s.stop()?;
+        let all = lines(&out)?;
+        ensure!(all.first().is_some_and(|h| h["type"] == "learn" && h["target"] == "cgroup = \"learned-service\""), "header: {:?}", all.first());
+        ensure!(all.first().is_some_and(|h| h["home"].is_null()), "a cgroup's learning took the agent's $HOME");
+        let found = all.iter().any(|v| v["verdict"] == "learned" && v["tgid"] == seen.tgid && v["path"] == format!("{WORK}/secret"));
+        ensure!(found, "the open was not recorded: {stderr}");
         Ok(())
     });
     r.case("learn_reports_each_distinct_access_once", || {
