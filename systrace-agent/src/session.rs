@@ -204,12 +204,16 @@ async fn run(session: Session) -> ExitCode {
             // should this agent be killed: refuse instead.
             Err(e) => return Err(e.context("cannot pin the programs, which keep the command confined if this agent dies")),
         };
-        let asking = match session.ask {
-            Some(timeout) => Some(start_asking(policy.clone(), timeout, &target)?),
-            None => None,
-        };
-        let mut state = State { names, slot, session_rules: Vec::new() };
-        let code = observe(&mut enforcer, &session, &mut state, transient.as_ref(), &target, home.as_deref(), asking).await;
+        // Whatever happens from here, the pins go at the end (a clean stop).
+        let code = async {
+            let asking = match session.ask {
+                Some(timeout) => Some(start_asking(policy.clone(), timeout, &target)?),
+                None => None,
+            };
+            let mut state = State { names, slot, session_rules: Vec::new() };
+            observe(&mut enforcer, &session, &mut state, transient.as_ref(), &target, home.as_deref(), asking).await
+        }
+        .await;
         if let Some(own) = pinned {
             enforcer.unpin();
             let _ = std::fs::remove_dir(own);
