@@ -284,30 +284,12 @@ fn choices(path: &str) -> Vec<Choice> {
     let Some(dir) = Path::new(path).parent().filter(|d| d.components().count() > 2) else {
         return vec![exact];
     };
-    let mut children: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path().display().to_string()).collect())
-        .unwrap_or_default();
-    children.sort();
-    let mut tree = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().filter_map(Result::ok) {
-            if tree.len() >= 10_000 {
-                break;
-            }
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p.clone());
-            }
-            tree.push(p.display().to_string());
-        }
-    }
-    tree.sort();
     let d = dir.display();
-    let wider = [
-        Choice { path: format!("{d}/*"), covers: children.len(), examples: children.into_iter().take(5).collect() },
-        Choice { path: format!("{d}/**"), covers: tree.len(), examples: tree.into_iter().take(5).collect() },
-    ];
+    let wider = [format!("{d}/*"), format!("{d}/**")].map(|path| {
+        // Bounded: the held call waits while this runs.
+        let (covers, examples) = systrace_agent::review::covered_now(&path, 5, 10_000);
+        Choice { path, covers, examples }
+    });
     // Never offered: a glob over a sensitive path or anyone's keys.
     std::iter::once(exact).chain(wider.into_iter().filter(|c| generate::covers_sensitive(&c.path).is_none())).collect()
 }
@@ -394,13 +376,11 @@ pub fn serve(
         // never overrides a person's deny rule.
         let undecided = {
             let p = policy.lock().unwrap_or_else(|e| e.into_inner());
-            if p.default != systrace_agent::policy::DefaultVerdict::Deny
-                || bits == 0
-                || learn::replay::file_denied_by_rule(&p, &path_text, bits) != 0
-            {
+            let o = learn::replay::file_outcome(&p, &path_text, bits);
+            if p.default != systrace_agent::policy::DefaultVerdict::Deny || o.by_rule != 0 {
                 0
             } else {
-                learn::replay::undecided(&p, &path_text, bits)
+                o.undecided
             }
         };
         if undecided == 0 {

@@ -11,6 +11,28 @@ use crate::policy::Target;
 const MAX_DEPTH: usize = 16;
 
 /// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
+/// Where `exec` and `learn` make a command's cgroup: `<root>/systrace.exec/<agent pid>`.
+pub const SESSIONS: &str = "systrace.exec";
+
+/// The cgroup of the `exec` or `learn` agent `pid`, relative to the cgroup2
+/// mount with a leading '/', as a policy target names it.
+pub fn session_cgroup(pid: &str) -> String {
+    format!("/{SESSIONS}/{pid}")
+}
+
+/// Kills every process in the cgroup `dir` (`cgroup.kill`) and removes it,
+/// waiting up to two seconds for the processes to go. False if it is still there.
+pub fn kill_and_remove(dir: &Path) -> bool {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..200 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
 pub fn cgroup2_root() -> PathBuf {
     std::fs::read_to_string("/proc/self/mountinfo")
         .ok()

@@ -735,10 +735,7 @@ impl Enforcer {
         let Some(id) = self.identity(path)? else {
             return Ok(false);
         };
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: ts is a valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let now = systrace_agent::events::boot_ns();
         let key = systrace_common::AskKey { policy: slot, tgid, dev: id.dev, ino: id.ino };
         let grant = systrace_common::AskGrant { expires_ns: now + ttl.as_nanos() as u64, access, _pad: 0 };
         let mut map = self.map::<systrace_common::AskKey, systrace_common::AskGrant>(names::ASK_GRANTS)?;

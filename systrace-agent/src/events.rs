@@ -39,16 +39,27 @@ pub struct Clock {
     offset_ns: i128,
 }
 
+fn read_clock(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Now, on the kernel side's clock (`bpf_ktime_get_boot_ns()`).
+pub fn boot_ns() -> u64 {
+    read_clock(libc::CLOCK_BOOTTIME) as u64
+}
+
+/// Now, as an event's `time` says it.
+pub fn now_rfc3339() -> String {
+    rfc3339(read_clock(libc::CLOCK_REALTIME))
+}
+
 impl Clock {
     pub fn now() -> Self {
-        let read = |clock| {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: ts is a valid out-pointer.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
-        let boot = read(libc::CLOCK_BOOTTIME);
-        let real = read(libc::CLOCK_REALTIME);
+        let boot = read_clock(libc::CLOCK_BOOTTIME);
+        let real = read_clock(libc::CLOCK_REALTIME);
         Clock { offset_ns: real - boot }
     }
 

@@ -589,7 +589,7 @@ impl Output {
 
 /// Ring records handled per wake-up before the other sources (signals, reloads,
 /// the stats timer) get a turn: a flood of violations must not starve a reload.
-const EVENT_BATCH: usize = 512;
+pub(crate) const EVENT_BATCH: usize = 512;
 
 struct Options {
     stats_interval: u64,

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use systrace_agent::cgroups;
 
 /// Where agents pin their links.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/systrace";
@@ -44,18 +45,10 @@ pub fn end_session(dir: &Path, cgroup_root: &Path) {
     let Some(pid) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(SESSION_PREFIX)) else {
         return;
     };
-    let cgroup = cgroup_root.join("systrace.exec").join(pid);
-    if !cgroup.is_dir() {
-        return;
+    let cgroup = cgroup_root.join(cgroups::session_cgroup(pid).trim_start_matches('/'));
+    if cgroup.is_dir() && !cgroups::kill_and_remove(&cgroup) {
+        eprintln!("systrace-agent: {} still holds processes after cgroup.kill", cgroup.display());
     }
-    let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
-    for _ in 0..200 {
-        if std::fs::remove_dir(&cgroup).is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    eprintln!("systrace-agent: {} still holds processes after cgroup.kill", cgroup.display());
 }
 
 /// As [`prepare`], for a directory named `name`.

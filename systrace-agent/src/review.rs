@@ -135,6 +135,37 @@ pub fn wider(pattern: &str) -> Option<String> {
 
 pub use generate::covers_sensitive;
 
+/// The names a file pattern (`${HOME}` expanded) covers on this machine now:
+/// how many (counting stops near `bound`, and links to directories are not
+/// followed) and the first `examples` of them, each directory's names in order.
+pub fn covered_now(pattern: &str, examples: usize, bound: usize) -> (usize, Vec<String>) {
+    let (dir, deep) = if let Some(d) = pattern.strip_suffix("/**") {
+        (d, true)
+    } else if let Some(d) = pattern.strip_suffix("/*") {
+        (d, false)
+    } else {
+        return (usize::from(Path::new(pattern).exists()), vec![pattern.to_string()]);
+    };
+    let mut found = Vec::new();
+    let mut count = 0;
+    let mut stack = vec![PathBuf::from(if dir.is_empty() { "/" } else { dir })];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut entries: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            count += 1;
+            if found.len() < examples {
+                found.push(p.display().to_string());
+            }
+            if deep && p.is_dir() && !p.is_symlink() && count < bound {
+                stack.push(p);
+            }
+        }
+    }
+    (count, found)
+}
+
 /// Runs the review in the terminal until `w` or `q`.
 pub fn run_terminal(review: &mut Review) -> std::io::Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
@@ -282,37 +313,13 @@ impl Review {
         }
     }
 
-    /// What a file pattern allows on this machine now: up to `limit` paths.
+    /// What a file pattern allows on this machine now (see [`covered_now`]).
     pub fn preview(&self, pattern: &str, limit: usize) -> (usize, Vec<String>) {
         let expanded = match (&self.home, pattern.strip_prefix(HOME_VARIABLE)) {
             (Some(h), Some(rest)) => format!("{h}{rest}"),
             _ => pattern.to_string(),
         };
-        let (dir, deep) = if let Some(d) = expanded.strip_suffix("/**") {
-            (d.to_string(), true)
-        } else if let Some(d) = expanded.strip_suffix("/*") {
-            (d.to_string(), false)
-        } else {
-            return (usize::from(Path::new(&expanded).exists()), vec![expanded]);
-        };
-        let mut found = Vec::new();
-        let mut count = 0;
-        let mut stack = vec![PathBuf::from(if dir.is_empty() { "/" } else { &dir })];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
-            let mut entries: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
-            entries.sort();
-            for p in entries {
-                count += 1;
-                if found.len() < limit {
-                    found.push(p.display().to_string());
-                }
-                if deep && p.is_dir() && !p.is_symlink() && count < 100_000 {
-                    stack.push(p);
-                }
-            }
-        }
-        (count, found)
+        covered_now(&expanded, limit, 100_000)
     }
 
     pub fn render(&self, f: &mut Frame) {

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::json;
 use systrace_agent::{
-    cgroups::cgroup2_root,
+    cgroups::{self, cgroup2_root},
     events::{self, Clock, PolicyNames, Record},
     learn,
     policy::{self, Mode, Policy, Target},
@@ -42,7 +42,7 @@ use tokio::{
 use crate::{
     apply,
     ask::{self, Answer, Desk, Reply},
-    compile_all, host_for, load_enforcer, pins, EXIT_CANNOT_ENFORCE,
+    compile_all, host_for, load_enforcer, pins, EVENT_BATCH, EXIT_CANNOT_ENFORCE,
 };
 
 /// What `learn` observes.
@@ -77,12 +77,11 @@ struct Transient {
 
 impl Transient {
     fn create(root: &Path) -> Result<Self> {
-        let relative = format!("/systrace.exec/{}", std::process::id());
+        let relative = cgroups::session_cgroup(&std::process::id().to_string());
         let dir = root.join(relative.trim_start_matches('/'));
         if dir.exists() {
             // A previous agent with our pid died and left it: empty it first.
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            let _ = std::fs::remove_dir(&dir);
+            cgroups::kill_and_remove(&dir);
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating the cgroup {}", dir.display()))?;
         Ok(Transient { dir, relative })
@@ -90,14 +89,9 @@ impl Transient {
 
     /// Kills what is left in the cgroup and removes it.
     fn remove(&self) {
-        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
-        for _ in 0..200 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !cgroups::kill_and_remove(&self.dir) {
+            eprintln!("systrace-agent: could not remove the cgroup {}", self.dir.display());
         }
-        eprintln!("systrace-agent: could not remove the cgroup {}", self.dir.display());
     }
 }
 
@@ -412,12 +406,12 @@ async fn observe(
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 let mut handled = 0;
-                while handled < 512 {
+                while handled < EVENT_BATCH {
                     let Some(record) = ring.next() else { break };
                     handled += 1;
                     handle(&record, &mut out, &mut tally, &state.names);
                 }
-                if handled < 512 {
+                if handled < EVENT_BATCH {
                     guard.clear_ready();
                 }
             }
@@ -597,7 +591,7 @@ async fn on_answer(
         eprintln!("systrace-agent: an answer named {pattern}, which was not offered; ignored");
         return;
     }
-    let when = events::rfc3339(Clock::now().unix_ns(boot_ns()));
+    let when = events::now_rfc3339();
     let reply = match answer.answer.as_str() {
         "deny-once" => Reply::Fail(libc::EACCES),
         "permit-once" => match &object {
@@ -648,13 +642,6 @@ async fn on_answer(
         _ => return,
     };
     desk.close(reply, &answer.answer).await;
-}
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn forward(pid: Option<u32>, sig: i32) {

@@ -14,7 +14,7 @@ use std::{net::IpAddr, path::Path};
 use systrace_common::{net, protect, socket, SocketKey};
 
 use super::{Evidence, Seen};
-use crate::policy::{capability_number, DefaultVerdict, Policy, RuleVerdict, Scope};
+use crate::policy::{capability_number, DefaultVerdict, FileRuleSpec, Policy, RuleVerdict, Scope};
 
 /// What a policy does with one recorded access.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,85 +59,64 @@ fn specificity(anchor: &Path, scope: Scope, path: &Path) -> Option<usize> {
     }
 }
 
-/// The bits of `bits` that no rule of the policy decides for `path`: its
-/// default does (what `exec --ask` asks a person about).
-pub fn undecided(policy: &Policy, path: &str, bits: u32) -> u32 {
-    let path = Path::new(path);
-    let mut out = 0;
-    let mut bit = 1u32;
-    while bit != 0 && bit <= bits {
-        if bits & bit != 0
-            && !policy.files.iter().any(|r| r.access & bit != 0 && specificity(&r.path, r.scope, path).is_some())
-        {
-            out |= bit;
-        }
-        bit <<= 1;
-    }
-    out
+/// What a policy's file rules say about `bits` on `path`, one bit at a time
+/// as the kernel decides them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FileOutcome {
+    /// Refused, by a deny rule or by a default of deny.
+    pub refused: u32,
+    /// Refused by a deny rule (the most specific rule naming the bit denies).
+    pub by_rule: u32,
+    /// No rule names the bit: the default decides (what `exec --ask` asks about).
+    pub undecided: u32,
+    /// Why the first refused bit is refused.
+    pub reason: String,
 }
 
-/// The bits of `bits` a deny rule refuses for `path` (the most specific rule
-/// naming the bit is a deny).
-pub fn file_denied_by_rule(policy: &Policy, path: &str, bits: u32) -> u32 {
+/// The rule that decides `bit` for `path`: the most specific one naming it,
+/// a deny before an allow at equal specificity.
+fn deciding_rule<'a>(policy: &'a Policy, path: &Path, bit: u32) -> Option<&'a FileRuleSpec> {
+    let mut best: Option<(usize, &FileRuleSpec)> = None;
+    for r in policy.files.iter().filter(|r| r.access & bit != 0) {
+        let Some(s) = specificity(&r.path, r.scope, path) else { continue };
+        let deny = r.verdict == RuleVerdict::Deny;
+        if best.is_none_or(|(bs, b)| s > bs || (s == bs && deny && b.verdict != RuleVerdict::Deny)) {
+            best = Some((s, r));
+        }
+    }
+    best.map(|(_, r)| r)
+}
+
+pub fn file_outcome(policy: &Policy, path: &str, bits: u32) -> FileOutcome {
     let path = Path::new(path);
-    let mut out = 0;
+    let default_denies = policy.default == DefaultVerdict::Deny;
+    let mut out = FileOutcome::default();
     let mut bit = 1u32;
     while bit != 0 && bit <= bits {
         if bits & bit != 0 {
-            let mut best: Option<(usize, bool)> = None;
-            for r in policy.files.iter().filter(|r| r.access & bit != 0) {
-                let Some(s) = specificity(&r.path, r.scope, path) else { continue };
-                let deny = r.verdict == RuleVerdict::Deny;
-                if best.is_none_or(|(bs, bd)| s > bs || (s == bs && deny && !bd)) {
-                    best = Some((s, deny));
-                }
-            }
-            if best.is_some_and(|(_, deny)| deny) {
-                out |= bit;
-            }
-        }
-        bit <<= 1;
-    }
-    out
-}
-
-/// The access bits of `bits` the policy refuses for `path`, and one reason.
-pub fn file_refused(policy: &Policy, path: &str, bits: u32) -> (u32, String) {
-    let path = Path::new(path);
-    let mut refused = 0;
-    let mut reason = String::new();
-    let mut bit = 1u32;
-    while bit != 0 && bit <= bits {
-        if bits & bit != 0 {
-            let mut best: Option<(usize, bool, &crate::policy::FileRuleSpec)> = None;
-            for r in policy.files.iter().filter(|r| r.access & bit != 0) {
-                let Some(s) = specificity(&r.path, r.scope, path) else { continue };
-                let deny = r.verdict == RuleVerdict::Deny;
-                if best.is_none_or(|(bs, bd, _)| s > bs || (s == bs && deny && !bd)) {
-                    best = Some((s, deny, r));
-                }
-            }
-            let denied = match best {
-                Some((_, deny, r)) => {
-                    if deny && reason.is_empty() {
-                        reason = format!("denied by the rule at {}:{}", r.location.line, r.location.column);
+            match deciding_rule(policy, path, bit) {
+                Some(r) if r.verdict == RuleVerdict::Deny => {
+                    if out.reason.is_empty() {
+                        out.reason = format!("denied by the rule at {}:{}", r.location.line, r.location.column);
                     }
-                    deny
+                    out.refused |= bit;
+                    out.by_rule |= bit;
                 }
+                Some(_) => {}
                 None => {
-                    if policy.default == DefaultVerdict::Deny && reason.is_empty() {
-                        reason = "no rule allows it (default deny)".into();
+                    out.undecided |= bit;
+                    if default_denies {
+                        if out.reason.is_empty() {
+                            out.reason = "no rule allows it (default deny)".into();
+                        }
+                        out.refused |= bit;
                     }
-                    policy.default == DefaultVerdict::Deny
                 }
-            };
-            if denied {
-                refused |= bit;
             }
         }
         bit <<= 1;
     }
-    (refused, reason)
+    out
 }
 
 fn address_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
@@ -161,13 +140,17 @@ fn prefix_matches(rule: &[u8; 16], addr: &[u8; 16], bits: u32) -> bool {
 /// What the policy does with one recorded access (its bits, for files).
 pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
     match seen {
-        Seen::File(path) => match file_refused(policy, path, evidence.access) {
-            (0, _) => Decision::Allowed,
-            (bits, why) if file_denied_by_rule(policy, path, bits) != 0 => {
-                Decision::Denied(format!("{} {why}", crate::policy::access_names(bits).join(",")))
+        Seen::File(path) => {
+            let o = file_outcome(policy, path, evidence.access);
+            let why = || format!("{} {}", crate::policy::access_names(o.refused).join(","), o.reason);
+            if o.refused == 0 {
+                Decision::Allowed
+            } else if o.by_rule != 0 {
+                Decision::Denied(why())
+            } else {
+                Decision::Refused(why())
             }
-            (bits, why) => Decision::Refused(format!("{} {why}", crate::policy::access_names(bits).join(","))),
-        },
+        }
         Seen::Net { op, protocol, address, port } => {
             let Ok(ip) = address.parse::<IpAddr>() else { return by_default(policy) };
             let (family, addr) = address_bytes(ip);
@@ -242,5 +225,41 @@ pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
                 Decision::Allowed
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use systrace_common::access;
+
+    use super::*;
+    use crate::policy::{parse, Host, Target};
+
+    fn policy(text: &str) -> Policy {
+        let host = Host { default_target: Some(Target::Cgroup("/t".into())), ..Host::default() };
+        parse(Path::new("p.toml"), text, &host).unwrap()
+    }
+
+    #[test]
+    fn most_specific_rule_per_bit_then_deny_then_default() {
+        let p = policy(
+            "mode = \"enforce\"\ndefault = \"deny\"\n\
+             [[file]]\npath = \"/srv/**\"\naccess = [\"read\"]\n\
+             [[file]]\npath = \"/srv/secret/**\"\naccess = [\"read\"]\nverdict = \"deny\"\n\
+             [[file]]\npath = \"/srv/secret/ok\"\naccess = [\"read\"]\n\
+             [[file]]\npath = \"/srv/x\"\naccess = [\"read\"]\n\
+             [[file]]\npath = \"/srv/x\"\naccess = [\"read\"]\nverdict = \"deny\"\n",
+        );
+        let rw = access::READ | access::WRITE;
+        let o = file_outcome(&p, "/srv/a", rw);
+        assert_eq!((o.refused, o.by_rule, o.undecided), (access::WRITE, 0, access::WRITE));
+        let o = file_outcome(&p, "/srv/secret/k", access::READ);
+        assert_eq!((o.refused, o.by_rule, o.undecided), (access::READ, access::READ, 0));
+        assert!(o.reason.starts_with("denied by the rule at 7:"), "{}", o.reason);
+        assert_eq!(file_outcome(&p, "/srv/secret/ok", access::READ).refused, 0);
+        // Equal specificity: the deny wins.
+        assert_eq!(file_outcome(&p, "/srv/x", access::READ).by_rule, access::READ);
     }
 }
