@@ -26,8 +26,10 @@ use aya::{
 use systrace_agent::{
     cgroups,
     offsets::KernelLayout,
-    policy::{unit_entry, Compiled, Target},
+    policy::{unit_entry, Anchor, Compiled, ExtensionDeny, Target, MAX_FOLLOWED},
 };
+
+use crate::watch::Names;
 use systrace_common::{
     names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo,
     ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, ANY_MINOR, CGROUP_PATH_LEN,
@@ -80,7 +82,9 @@ struct Slot {
     /// What was written to `POLICIES` for it.
     info: PolicyInfo,
     /// Paths its deny rules name, whose files' identities it follows.
-    anchors: Vec<(PathBuf, FileRule)>,
+    anchors: Vec<(Anchor, FileRule)>,
+    /// Its deny rules by extension, whose files it follows.
+    extension_denies: Vec<ExtensionDeny>,
     names: Vec<NameKey>,
     inodes: Vec<InodeKey>,
     net: Vec<LpmKey<NetKey>>,
@@ -408,7 +412,10 @@ impl Enforcer {
         Ok(Installed {
             slots: self.in_force.slots.iter().map(|s| s.slot).collect(),
             bound,
-            inode_paths: identities.into_iter().map(|ids| ids.into_iter().map(|(id, path, _)| (id, path)).collect()).collect(),
+            inode_paths: identities
+                .into_iter()
+                .map(|ids| ids.into_iter().filter(|(_, a, _)| a.extension == 0).map(|(id, a, _)| (id, a.path)).collect())
+                .collect(),
         })
     }
 
@@ -417,7 +424,7 @@ impl Enforcer {
     fn write_set(
         &mut self,
         policies: &[Compiled],
-        identities: &[Vec<(FileId, PathBuf, FileRule)>],
+        identities: &[Vec<(FileId, Anchor, FileRule)>],
         half: u32,
         cgroup_root: &Path,
         written: &mut Written,
@@ -432,7 +439,8 @@ impl Enforcer {
             written.slots.push(Slot {
                 slot,
                 info: policy.info,
-                anchors: policy.inode_anchors.iter().map(|(path, rule)| (path.clone(), *rule)).collect(),
+                anchors: policy.inode_anchors.iter().map(|(anchor, rule)| (anchor.clone(), *rule)).collect(),
+                extension_denies: policy.extension_denies.clone(),
                 names: vec![],
                 inodes: vec![],
                 net: vec![],
@@ -474,7 +482,7 @@ impl Enforcer {
     fn write_policy(
         &mut self,
         policy: &Compiled,
-        identities: &[(FileId, PathBuf, FileRule)],
+        identities: &[(FileId, Anchor, FileRule)],
         slot: u32,
         record: &mut Slot,
     ) -> Result<()> {
@@ -495,10 +503,14 @@ impl Enforcer {
             }
         }
         {
+            // Two anchors may be one file (hard links): their rules add up.
+            let mut merged: BTreeMap<InodeKey, FileRule> = BTreeMap::new();
+            for (id, anchor, rule) in identities {
+                add_rule(merged.entry(anchor.key(slot, *id)).or_default(), rule);
+            }
             let mut rules = self.map::<InodeKey, FileRule>(names::INODE_RULES)?;
-            for (id, _, rule) in identities {
-                let key = InodeKey { policy: slot, generation: id.generation, dev: id.dev, ino: id.ino };
-                rules.insert(key, *rule, 0).context("inode rule")?;
+            for (key, rule) in merged {
+                rules.insert(key, rule, 0).context("inode rule")?;
                 record.inodes.push(key);
             }
         }
@@ -540,18 +552,24 @@ impl Enforcer {
         Ok(())
     }
 
-    /// (directory, name) of every path a deny rule in force names: where a
-    /// new file can come to bear that name.
-    pub fn anchor_names(&self) -> Vec<(PathBuf, std::ffi::OsString)> {
-        let mut out: Vec<(PathBuf, std::ffi::OsString)> = Vec::new();
+    /// (directory, names) of every path a deny rule in force names, and of
+    /// the directories of its rules by extension: where a new file can come
+    /// to bear such a name.
+    pub fn anchor_names(&self) -> Vec<(PathBuf, Names)> {
+        let mut out: Vec<(PathBuf, Names)> = Vec::new();
+        let mut add = |entry: (PathBuf, Names)| {
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        };
         for slot in &self.in_force.slots {
-            for (path, _) in &slot.anchors {
+            for (Anchor { path, .. }, _) in &slot.anchors {
                 if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-                    let entry = (dir.to_path_buf(), name.to_os_string());
-                    if !out.contains(&entry) {
-                        out.push(entry);
-                    }
+                    add((dir.to_path_buf(), Names::Exact(name.to_os_string())));
                 }
+            }
+            for deny in &slot.extension_denies {
+                add((deny.dir.clone(), Names::Extension(deny.ext.as_bytes().to_vec())));
             }
         }
         out
@@ -563,12 +581,16 @@ impl Enforcer {
     /// (The names decide for the new file from the moment it bears the name;
     /// this only adds identities.) Returns what was added: (slot, identity, path).
     pub fn refresh_identities(&mut self) -> Result<Vec<(u32, FileId, PathBuf)>> {
-        let wanted: Vec<(usize, PathBuf, FileRule)> = self
+        let wanted: Vec<(usize, Anchor, FileRule)> = self
             .in_force
             .slots
             .iter()
             .enumerate()
-            .flat_map(|(i, slot)| slot.anchors.iter().map(move |(path, rule)| (i, path.clone(), *rule)))
+            .flat_map(|(i, slot)| {
+                let named = slot.anchors.iter().map(move |(anchor, rule)| (i, anchor.clone(), *rule));
+                let covered = followed_files(&slot.extension_denies).into_iter().map(move |(a, r)| (i, a, r));
+                named.chain(covered)
+            })
             .collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -576,7 +598,8 @@ impl Enforcer {
         self.ensure_probe()?;
         let mut added = Vec::new();
         let mut failure = None;
-        for (i, path, rule) in wanted {
+        for (i, anchor, rule) in wanted {
+            let path = anchor.path.clone();
             let id = match self.identity(&path) {
                 Ok(Some(id)) => id,
                 Ok(None) => continue,
@@ -586,22 +609,36 @@ impl Enforcer {
                 }
             };
             let slot = self.in_force.slots[i].slot;
-            let key = InodeKey { policy: slot, generation: id.generation, dev: id.dev, ino: id.ino };
-            if self.in_force.slots[i].inodes.contains(&key) {
-                continue;
+            let key = anchor.key(slot, id);
+            let mut rule = rule;
+            let known = self.in_force.slots[i].inodes.contains(&key);
+            if known {
+                // Another anchor of the same file (a hard link): add its bits.
+                let old = self.map::<InodeKey, FileRule>(names::INODE_RULES)?.get(&key, 0).unwrap_or_default();
+                let mut both = old;
+                add_rule(&mut both, &rule);
+                if both == old {
+                    continue;
+                }
+                rule = both;
             }
             if let Err(e) = self.map::<InodeKey, FileRule>(names::INODE_RULES)?.insert(key, rule, 0) {
                 failure = Some(anyhow!(e).context(format!("following the new file at {}", path.display())));
                 break;
             }
-            self.in_force.slots[i].inodes.push(key);
+            if !known {
+                self.in_force.slots[i].inodes.push(key);
+            }
             let info = self.in_force.slots[i].info;
             if info.flags & systrace_common::policy_flags::INODE_RULES == 0 {
                 let info = PolicyInfo { flags: info.flags | systrace_common::policy_flags::INODE_RULES, ..info };
                 self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
                 self.in_force.slots[i].info = info;
             }
-            added.push((slot, id, path));
+            // A directory's rules by extension are not a file to report.
+            if !known && anchor.extension == 0 {
+                added.push((slot, id, path));
+            }
         }
         self.set_probe(ProbeRequest::default())?;
         match failure {
@@ -661,11 +698,20 @@ impl Enforcer {
     /// For each policy, the identity the kernel gives each existing path its
     /// deny rules name, with the rule. Paths that do not exist have none (yet):
     /// their rules still apply by name.
-    fn probe_identities(&mut self, policies: &[Compiled]) -> Result<Vec<Vec<(FileId, PathBuf, FileRule)>>> {
+    fn probe_identities(&mut self, policies: &[Compiled]) -> Result<Vec<Vec<(FileId, Anchor, FileRule)>>> {
+        // What each policy follows: the paths its deny rules name, and the
+        // files its rules by extension cover now.
+        let wanted: Vec<Vec<(Anchor, FileRule)>> = policies
+            .iter()
+            .map(|p| {
+                let named = p.inode_anchors.iter().map(|(a, r)| (a.clone(), *r));
+                named.chain(followed_files(&p.extension_denies)).collect()
+            })
+            .collect();
         let mut paths: BTreeMap<PathBuf, Option<FileId>> = BTreeMap::new();
-        for p in policies {
-            for path in p.inode_anchors.keys() {
-                paths.insert(path.clone(), None);
+        for anchors in &wanted {
+            for (anchor, _) in anchors {
+                paths.insert(anchor.path.clone(), None);
             }
         }
         if !paths.is_empty() {
@@ -679,12 +725,12 @@ impl Enforcer {
             self.set_probe(ProbeRequest::default())?;
             result?;
         }
-        Ok(policies
-            .iter()
-            .map(|p| {
-                p.inode_anchors
-                    .iter()
-                    .filter_map(|(path, rule)| paths.get(path).copied().flatten().map(|id| (id, path.clone(), *rule)))
+        Ok(wanted
+            .into_iter()
+            .map(|anchors| {
+                anchors
+                    .into_iter()
+                    .filter_map(|(anchor, rule)| paths.get(&anchor.path).copied().flatten().map(|id| (id, anchor, rule)))
                     .collect()
             })
             .collect())
@@ -776,6 +822,41 @@ fn wait_for_readers() {
     if rc != 0 || one_cpu {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Adds the deny bits of `more` to `rule`.
+fn add_rule(rule: &mut FileRule, more: &FileRule) {
+    rule.exact.deny |= more.exact.deny;
+    rule.children.deny |= more.children.deny;
+    rule.subtree.deny |= more.subtree.deny;
+}
+
+/// The files the deny rules by extension cover now, as anchors with their
+/// rules (at most [`MAX_FOLLOWED`] per rule; the rest are refused by name only).
+fn followed_files(denies: &[ExtensionDeny]) -> Vec<(Anchor, FileRule)> {
+    let mut out = Vec::new();
+    for deny in denies {
+        let Ok(entries) = std::fs::read_dir(&deny.dir) else { continue };
+        let names = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
+            .map(|e| e.file_name());
+        let (files, left_out) = deny.followed(names);
+        if left_out > 0 {
+            eprintln!(
+                "systrace-agent: {} more files match {}/*.{}: refused by their names, not followed by identity (at most {MAX_FOLLOWED} are)",
+                left_out,
+                deny.dir.display(),
+                deny.ext
+            );
+        }
+        for (path, bits) in files {
+            let mut rule = FileRule::default();
+            rule.exact.deny = bits;
+            out.push((Anchor::file(path), rule));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

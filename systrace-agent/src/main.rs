@@ -811,7 +811,7 @@ async fn serve(
     // The names deny rules follow: a new file there is followed too.
     let new_anchor_watcher = |enforcer: &Enforcer| -> Result<AsyncFd<watch::DirWatcher>> {
         let names = enforcer.anchor_names();
-        let watcher = watch::DirWatcher::names(names.iter().map(|(dir, name)| (dir.as_path(), name.as_os_str())))?;
+        let watcher = watch::DirWatcher::names(names.iter().map(|(dir, names)| (dir.as_path(), names)))?;
         // SAFETY: as above, the watcher owns its descriptor.
         unsafe { AsyncFd::register(watcher) }.map_err(|e| anyhow::anyhow!("watching the files deny rules name: {e}"))
     };

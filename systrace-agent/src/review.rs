@@ -23,7 +23,7 @@ use ratatui::{
 
 use crate::{
     learn::{
-        generate::{self, Generated, Rule},
+        generate::{self, extension_glob, extension_pattern, Generated, Rule},
         Evidence,
     },
     policy::{parse_pattern, HOME_VARIABLE},
@@ -114,6 +114,9 @@ pub struct Review {
 
 /// Where the ladder goes from `pattern`: `a/b/c` -> `a/b/*` -> `a/b/**` -> `a/**`.
 pub fn wider(pattern: &str) -> Option<String> {
+    if let Some((dir, _)) = extension_pattern(pattern) {
+        return Some(format!("{}/*", dir.trim_end_matches('/')));
+    }
     let (node, scope) = if let Some(d) = pattern.strip_suffix("/**") {
         (d, 2)
     } else if let Some(d) = pattern.strip_suffix("/*") {
@@ -139,8 +142,12 @@ pub use generate::covers_sensitive;
 /// how many (counting stops near `bound`, and links to directories are not
 /// followed) and the first `examples` of them, each directory's names in order.
 pub fn covered_now(pattern: &str, examples: usize, bound: usize) -> (usize, Vec<String>) {
+    let mut ext = None;
     let (dir, deep) = if let Some(d) = pattern.strip_suffix("/**") {
         (d, true)
+    } else if let Some((d, e)) = extension_pattern(pattern) {
+        ext = Some(e.as_bytes());
+        (d, false)
     } else if let Some(d) = pattern.strip_suffix("/*") {
         (d, false)
     } else {
@@ -151,7 +158,11 @@ pub fn covered_now(pattern: &str, examples: usize, bound: usize) -> (usize, Vec<
     let mut stack = vec![PathBuf::from(if dir.is_empty() { "/" } else { dir })];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        let mut entries: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+        let mut entries: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .filter(|e| ext.is_none_or(|x| systrace_common::extension(e.file_name().as_encoded_bytes()) == Some(x)))
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for p in entries {
             count += 1;
@@ -271,11 +282,7 @@ impl Review {
                     }
                 }
             }
-            Key::Char('x') => {
-                self.message = "the policy language has no *.ext globs: the kernel matches hashed whole names; \
-                                widen with g to DIR/* or DIR/**"
-                    .into()
-            }
+            Key::Char('x') => self.by_extension(),
             Key::Char('e') => {
                 if let Some(p) = self.items.get(self.selected).and_then(Item::pattern) {
                     self.editing = Some(p);
@@ -292,6 +299,28 @@ impl Review {
             }
             Key::Char('q') | Key::Esc => self.quit = true,
             _ => {}
+        }
+    }
+
+    /// `DIR/name.ext` -> `DIR/*.ext` (AppArmor's glob with extension), from
+    /// the name the item was learned with.
+    fn by_extension(&mut self) {
+        let Some(item) = self.items.get_mut(self.selected) else { return };
+        let Some(p) = item.pattern() else {
+            self.message = "only file rules have an extension".into();
+            return;
+        };
+        let learned = item.narrower.first().cloned().unwrap_or_else(|| p.clone());
+        match extension_glob(&learned) {
+            None => self.message = format!("{learned} has no extension a rule can name (1 to 15 bytes after its last dot)"),
+            Some(w) if w == p => self.message = "already by extension".into(),
+            Some(w) => match covers_sensitive(&w) {
+                Some(s) => self.message = format!("{w} would cover {s}: not widened (edit with e to insist)"),
+                None => {
+                    item.narrower.push(p);
+                    item.set_pattern(&w);
+                }
+            },
         }
     }
 
@@ -488,5 +517,42 @@ mod tests {
         assert_eq!(wider("/a/b/*").as_deref(), Some("/a/b/**"));
         assert_eq!(wider("/a/b/**").as_deref(), Some("/a/**"));
         assert_eq!(wider("/a/**"), None);
+        assert_eq!(wider("/a/b/*.log").as_deref(), Some("/a/b/*"));
+        assert_eq!(extension_glob("/a/b/x.tar.gz").as_deref(), Some("/a/b/*.gz"));
+        assert_eq!(extension_glob("/a/b/README"), None);
+        assert_eq!(extension_glob("/x.log").as_deref(), Some("/*.log"));
+    }
+
+    #[test]
+    fn glob_by_extension_from_the_learned_name() {
+        let mut o = Observations::default();
+        o.read(r#"{"type":"event","verdict":"learned","hook":"file_open","time":"t","comm":"x","path":"/var/log/web/access.log","requested":["append"]}"#);
+        o.read(r#"{"type":"event","verdict":"learned","hook":"file_open","time":"t","comm":"x","path":"/etc/ssh/ssh_host_ed25519_key.pub","requested":["read"]}"#);
+        let mut r = Review::new(&generalize(&o, &Options::default()), None);
+        let log = r.items.iter().position(|i| i.pattern().as_deref() == Some("/var/log/web/access.log")).unwrap();
+        r.selected = log;
+        r.key(Key::Char('g'));
+        r.key(Key::Char('x'));
+        assert_eq!(r.items[log].pattern().as_deref(), Some("/var/log/web/*.log"));
+        r.key(Key::Char('x'));
+        assert_eq!(r.message, "already by extension");
+        r.key(Key::Char('G'));
+        assert_eq!(r.items[log].pattern().as_deref(), Some("/var/log/web/*"));
+        r.key(Key::Char('G'));
+        r.key(Key::Char('x'));
+        assert_eq!(r.items[log].pattern().as_deref(), Some("/var/log/web/*.log"));
+        // Never over keys.
+        r.selected = r.items.iter().position(|i| i.pattern().as_deref() == Some("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+        r.key(Key::Char('x'));
+        assert!(r.message.contains("would cover"), "{}", r.message);
+        let dir = std::env::temp_dir().join(format!("systrace-ext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in ["a.log", "b.log", "c.txt"] {
+            std::fs::write(dir.join(n), "").unwrap();
+        }
+        let (count, names) = covered_now(&format!("{}/*.log", dir.display()), 10, 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(count, 2);
+        assert!(names[0].ends_with("/a.log") && names[1].ends_with("/b.log"), "{names:?}");
     }
 }

@@ -16,13 +16,34 @@ use std::{
     path::Path,
 };
 
+
 use anyhow::{bail, Result};
+
+/// The names in a directory a watch is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Names {
+    /// Policy files: `*.toml`.
+    Policies,
+    Exact(OsString),
+    /// Names with this extension (see [`systrace_common::extension`]).
+    Extension(Vec<u8>),
+}
+
+impl Names {
+    fn matches(&self, name: &[u8]) -> bool {
+        match self {
+            Names::Policies => name.ends_with(b".toml"),
+            Names::Exact(only) => name == only.as_bytes(),
+            Names::Extension(ext) => systrace_common::extension(name) == Some(ext.as_slice()),
+        }
+    }
+}
 
 /// An inotify instance watching directories.
 pub struct DirWatcher {
     fd: OwnedFd,
-    /// Watch descriptor -> the one name that matters there (`None`: `.toml` files).
-    watches: Vec<(i32, Option<OsString>)>,
+    /// Watch descriptor -> the names that matter there.
+    watches: Vec<(i32, Names)>,
 }
 
 impl DirWatcher {
@@ -38,10 +59,10 @@ impl DirWatcher {
         let files = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_CREATE | libc::IN_DELETE;
         for dir in dirs {
             // A directory that is gone is noticed through its parent.
-            let _ = watcher.add(dir, files | libc::IN_MOVE_SELF | libc::IN_DELETE_SELF, None);
+            let _ = watcher.add(dir, files | libc::IN_MOVE_SELF | libc::IN_DELETE_SELF, Names::Policies);
             if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
                 let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-                let _ = watcher.add(parent, files, Some(name.to_os_string()));
+                let _ = watcher.add(parent, files, Names::Exact(name.to_os_string()));
             }
         }
         if watcher.watches.is_empty() {
@@ -50,9 +71,9 @@ impl DirWatcher {
         Ok(watcher)
     }
 
-    /// Watches for a file coming to bear each (directory, name): created,
+    /// Watches for a file coming to bear each (directory, names): created,
     /// linked or renamed there. Directories that do not exist are skipped.
-    pub fn names<'a>(entries: impl IntoIterator<Item = (&'a Path, &'a std::ffi::OsStr)>) -> Result<Self> {
+    pub fn names<'a>(entries: impl IntoIterator<Item = (&'a Path, &'a Names)>) -> Result<Self> {
         // SAFETY: plain syscall; the result is checked.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if raw < 0 {
@@ -61,13 +82,13 @@ impl DirWatcher {
         // SAFETY: raw is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut watcher = DirWatcher { fd, watches: Vec::new() };
-        for (dir, name) in entries {
-            let _ = watcher.add(dir, libc::IN_CREATE | libc::IN_MOVED_TO, Some(name.to_os_string()));
+        for (dir, names) in entries {
+            let _ = watcher.add(dir, libc::IN_CREATE | libc::IN_MOVED_TO, names.clone());
         }
         Ok(watcher)
     }
 
-    fn add(&mut self, dir: &Path, mask: u32, only: Option<OsString>) -> Result<()> {
+    fn add(&mut self, dir: &Path, mask: u32, only: Names) -> Result<()> {
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
         // SAFETY: c is a valid C string, fd a valid inotify descriptor.
         let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
@@ -99,10 +120,7 @@ impl DirWatcher {
                 relevant |= self_event
                     // One directory may be watched for several names (a watch
                     // descriptor is per directory).
-                    || self.watches.iter().filter(|(wd, _)| *wd == event.wd).any(|(_, only)| match only {
-                        Some(only) => name == only.as_bytes(),
-                        None => name.ends_with(b".toml"),
-                    });
+                    || self.watches.iter().filter(|(wd, _)| *wd == event.wd).any(|(_, only)| only.matches(name));
                 at += header + event.len as usize;
             }
         }

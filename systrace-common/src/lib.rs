@@ -14,7 +14,7 @@ mod hooks;
 mod siphash;
 
 pub use hooks::{Hook, HOOK_ARG_SLOTS, HOOK_SLOTS};
-pub use siphash::{name_hash, SipHasher13};
+pub use siphash::{extension, extension_hash, extension_hash_words, extension_words, name_hash, SipHasher13, MAX_EXTENSION};
 
 /// Names of the maps and globals, written once so both sides agree.
 pub mod names {
@@ -475,12 +475,23 @@ pub struct NameKey {
 
 /// Value of `NAME_RULES`: the node's id (the parent of its children's keys)
 /// and the rules anchored at its path.
+///
+/// Rules by extension (`DIR/*.log`) are an entry under DIR's node keyed by
+/// [`extension_hash`] instead of a name's hash, with the rules in `children`;
+/// DIR's node then carries [`node_flags::EXTENSIONS`], so the kernel hashes a
+/// file's extension only in directories that have such rules.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NameNode {
     pub node: u32,
-    pub _pad: u32,
+    pub flags: u32,
     pub rule: FileRule,
+}
+
+/// Bits of [`NameNode::flags`].
+pub mod node_flags {
+    /// Rules by extension hang under this node.
+    pub const EXTENSIONS: u32 = 1 << 0;
 }
 
 /// Path components a rule may have. The kernel remembers this many levels at the
@@ -498,6 +509,17 @@ pub struct InodeKey {
     pub generation: u32,
     pub dev: u64,
     pub ino: u64,
+}
+
+impl InodeKey {
+    /// The key of the deny rules by extension (`DIR/*.log`) of the directory
+    /// whose key is `self`: they follow the directory, as its own rules do, so
+    /// a bind mount of it elsewhere is no way around them. `ext_hash` is
+    /// [`extension_hash`]; a real inode number matching is as likely as
+    /// guessing the agent's key.
+    pub fn for_extension(self, ext_hash: u64) -> InodeKey {
+        InodeKey { ino: self.ino ^ ext_hash, ..self }
+    }
 }
 
 /// The identity the kernel gives a file.

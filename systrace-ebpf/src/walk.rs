@@ -17,7 +17,9 @@
 //!    way around them.
 //! 2. **Descend** from the root through the rule tree (`NAME_RULES`, keyed by
 //!    the parent's node and a keyed hash of the name), as far as it has nodes
-//!    for this path. The deepest rule covering a bit decides it.
+//!    for this path. The deepest rule covering a bit decides it. At the
+//!    object's directory, rules by extension (`DIR/*.log`) decide after the
+//!    directory's own and before the object's exact rule.
 //!
 //! When the path cannot be known (a dentry cut off from its tree, a mount the
 //! caller's namespace does not have, a tree deeper than the bound) the walk is
@@ -26,7 +28,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_task, generated::{bpf_loop, bpf_probe_read_kernel}};
-use systrace_common::{FileId, FileRule, InodeKey, NameKey, RuleSet, SipHasher13, MAX_RULE_DEPTH, MAX_WALK_DEPTH};
+use systrace_common::{
+    extension_hash_words, node_flags, FileId, FileRule, InodeKey, NameKey, RuleSet, SipHasher13, MAX_RULE_DEPTH,
+    MAX_WALK_DEPTH,
+};
 
 use core::intrinsics::{atomic_xchg, AtomicOrdering};
 
@@ -176,8 +181,14 @@ struct Walk {
     policy: u32,
     inode_rules: u32,
     requested: u32,
-    /// Deny bits of inode rules met on the way.
+    /// Deny bits of the object's own inode rules.
     inode_deny: u32,
+    /// Deny bits of the inode rules of the mount roots passed on the way (a
+    /// directory reached through a bind mount): the rules of the object's own
+    /// name, more specific, still decide the bits they name.
+    mount_deny: u32,
+    /// The bits the object's own name's exact rule decides.
+    exact: u32,
     /// Descent: the rule tree's node for the path so far, and the depth of the
     /// next component (1 is the top one).
     node: u32,
@@ -195,6 +206,14 @@ struct Walk {
     scan_found: u64,
     /// The hasher of one name (see [`name_hash`]).
     hasher: SipHasher13,
+    /// The object's dentry (the climb's [`RING`] may no longer hold it).
+    leaf: u64,
+    /// The last 16 bytes of the object's name (see [`extension_hash`]).
+    window: [u64; 2],
+    /// The keys the climb and the descent look up: here, not on the stack of
+    /// their callbacks, which the 6.1 verifier adds to the hooks' frames.
+    key: NameKey,
+    inode_key: InodeKey,
     /// Dentries by level, modulo RING: the last RING levels climbed.
     ring: [u64; RING],
 }
@@ -224,10 +243,14 @@ impl Walk {
         }
         if level == 0 {
             self.set(&rule.exact);
+            self.exact = rule.exact.covers() & self.requested;
         }
     }
 
-    /// Inode deny rules of the directory `level` levels above the object.
+    /// Inode deny rules of the directory `level` levels above the object: its
+    /// own, and, when it holds the object, those by the object's extension
+    /// (keyed by the directory's identity with the extension's hash in `ino`,
+    /// see [`systrace_common::InodeKey::for_extension`]).
     #[inline(always)]
     unsafe fn inode_rules_at(&mut self, dentry: DentryPtr, level: u32) -> Result<(), i64> {
         let inode = kernel::dentry_inode(dentry)?;
@@ -235,13 +258,22 @@ impl Walk {
             return Ok(());
         }
         let id = kernel::inode_id(inode)?;
-        let key = InodeKey { policy: self.policy, generation: id.generation, dev: id.dev, ino: id.ino };
-        if let Some(rule) = INODE_RULES.get(&key) {
-            let mut deny = rule.subtree.deny;
+        self.inode_key = InodeKey { policy: self.policy, generation: id.generation, dev: id.dev, ino: id.ino };
+        if let Some(rule) = INODE_RULES.get_ptr(&self.inode_key) {
+            let mut deny = (*rule).subtree.deny;
             if level == 1 {
-                deny |= rule.children.deny;
+                deny |= (*rule).children.deny;
             }
-            self.inode_deny |= deny & self.requested;
+            self.mount_deny |= deny & self.requested;
+        }
+        // Deny rules by extension of this directory, for the object in it.
+        if level == 1 && self.child == 0 {
+            if let Some(hash) = extension_hash(self)? {
+                self.inode_key.ino ^= hash;
+                if let Some(rule) = INODE_RULES.get_ptr(&self.inode_key) {
+                    self.mount_deny |= (*rule).children.deny & self.requested;
+                }
+            }
         }
         Ok(())
     }
@@ -314,6 +346,11 @@ unsafe fn climb(w: &mut Walk) -> Result<bool, i64> {
         return Ok(false);
     }
     w.ring[(w.levels as usize) & (RING - 1)] = w.dentry;
+    if w.levels == 0 {
+        // The name the object is seen by (a file bind-mounted over a name is
+        // seen by that name, not its own).
+        w.leaf = w.dentry;
+    }
     w.levels += 1;
     w.dentry = parent as u64;
     Ok(true)
@@ -379,20 +416,90 @@ extern "C" fn descend_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// One step down the rule tree. Returns whether to continue.
 #[inline(always)]
 unsafe fn descend(w: &mut Walk) -> Result<bool, i64> {
-    if w.depth == 0 || w.depth > w.levels || w.depth as usize > RING {
+    if w.depth > w.levels || w.depth as usize > RING {
         return Ok(false);
     }
     let level = w.levels - w.depth;
-    let dentry = w.ring[(level as usize) & (RING - 1)] as DentryPtr;
-    let hash = name_hash(w, dentry)?;
-    let key = NameKey { policy: w.policy, parent: w.node, hash };
-    let Some(node) = NAME_RULES.get_ptr(&key) else {
+    // Depth 0 is the root: `{parent: 0, hash: 0}`.
+    let hash = if w.depth == 0 {
+        0
+    } else {
+        name_hash(w, w.ring[(level as usize) & (RING - 1)] as DentryPtr)?
+    };
+    w.key = NameKey { policy: w.policy, parent: w.node, hash };
+    let Some(node) = NAME_RULES.get_ptr(&w.key) else {
         return Ok(false);
     };
     w.apply(&(*node).rule, level);
-    w.node = (*node).node;
+    let (id, flags) = ((*node).node, (*node).flags);
+    extension_rules(w, id, flags, level)?;
+    w.node = id;
     w.depth += 1;
     Ok(true)
+}
+
+/// The rules by extension of the node `id` (with `flags`) `level` levels
+/// above the object, when it is the object's directory and has any.
+#[inline(always)]
+unsafe fn extension_rules(w: &mut Walk, id: u32, flags: u32, level: u32) -> Result<(), i64> {
+    if flags & node_flags::EXTENSIONS == 0 || level != 1 || w.child != 0 {
+        return Ok(());
+    }
+    let Some(hash) = extension_hash(w)? else {
+        return Ok(());
+    };
+    w.key = NameKey { policy: w.policy, parent: id, hash };
+    if let Some(rules) = NAME_RULES.get_ptr(&w.key) {
+        w.set(&(*rules).rule.children);
+    }
+    Ok(())
+}
+
+/// [`systrace_common::extension_hash`] of the object's extension, found in
+/// the last 16 bytes of its name; `None` when it has none a rule can name.
+#[inline(always)]
+unsafe fn extension_hash(w: &mut Walk) -> Result<Option<u64>, i64> {
+    let (name, len) = kernel::dentry_qstr(w.leaf as DentryPtr)?;
+    if len > 255 {
+        return Err(-1);
+    }
+    let n = if len >= 16 { 16 } else { len };
+    w.window = [0, 0];
+    if n == 16 {
+        w.window[0] = kernel::read_at(name, (len - 16) as usize)?;
+        w.window[1] = kernel::read_at(name, (len - 8) as usize)?;
+    } else if n > 0 {
+        let rc = bpf_probe_read_kernel(w.window.as_mut_ptr() as *mut c_void, n & 15, name as *const c_void);
+        if rc != 0 {
+            return Err(rc);
+        }
+    }
+    let (lo, hi) = (w.window[0], w.window[1]);
+    let mut dot = 16u32;
+    for i in 0..16u32 {
+        if i >= n {
+            break;
+        }
+        let pos = (n - 1 - i) & 15;
+        let byte = if pos < 8 { lo >> (8 * pos) } else { hi >> (8 * (pos - 8)) };
+        if byte & 0xff == b'.' as u64 {
+            dot = pos;
+            break;
+        }
+    }
+    // No dot, or a dot ending the name, or one too far back for a rule.
+    if dot >= 15 || dot + 1 >= n {
+        return Ok(None);
+    }
+    // The extension starts `start` bytes into the window: 1 to 15.
+    let start = (dot + 1) & 15;
+    let (ext_lo, ext_hi) = if start < 8 {
+        ((lo >> (8 * start)) | (hi << (64 - 8 * start)), hi >> (8 * start))
+    } else {
+        (hi >> (8 * (start - 8)), 0)
+    };
+    let (k0, k1) = (w.k0, w.k1);
+    Ok(Some(extension_hash_words(&mut w.hasher, k0, k1, ext_lo, ext_hi, (n - start) as usize)))
 }
 
 /// [`systrace_common::name_hash`] of a dentry's name, read from the kernel in
@@ -517,6 +624,8 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
     w.inode_rules = request.inode_rules;
     w.requested = requested;
     w.inode_deny = zero as u32;
+    w.mount_deny = zero as u32;
+    w.exact = zero as u32;
     w.node = 0;
     w.depth = zero as u32;
     w.decided = zero as u32;
@@ -525,6 +634,7 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
     w.audited = zero as u32;
     w.k0 = k0;
     w.k1 = k1;
+    w.leaf = object.dentry as u64;
     // Overlayfs is about to work on its layers for this operation.
     crate::overlay::note(object.dentry);
     // The object's own identity: for events, and for exact inode rules.
@@ -562,22 +672,16 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
     match w.state {
         FAILED => return Err(-1),
         DONE => {
-            let root = NameKey { policy: w.policy, parent: 0, hash: 0 };
-            if let Some(node) = unsafe { NAME_RULES.get(&root) } {
-                let (rule, next) = (node.rule, node.node);
-                let levels = w.levels;
-                w.apply(&rule, levels);
-                w.node = next;
-                w.depth = 1;
-                unsafe { bpf_loop(RING as u32, descend_step as *mut c_void, walk, 0) };
-                if w.state == FAILED {
-                    return Err(-1);
-                }
-                // The descent matched every component, the object's own name
-                // included: rules are anchored there or below.
-                if w.depth == w.levels + 1 {
-                    w.anchored = 1;
-                }
+            // From the root (depth 0) down, as far as the rule tree has nodes.
+            w.node = 0;
+            unsafe { bpf_loop(RING as u32 + 1, descend_step as *mut c_void, walk, 0) };
+            if w.state == FAILED {
+                return Err(-1);
+            }
+            // The descent matched every component, the object's own name
+            // included: rules are anchored there or below.
+            if w.depth == w.levels + 1 {
+                w.anchored = 1;
             }
         }
         // An object of the kernel's own (a pipe, a socket, a pidfd, a memfd):
@@ -594,7 +698,7 @@ unsafe fn walk_inner(request: &Request, w: &mut Walk, res: &mut Resolution) -> R
         _ => res.undecided = true,
     }
     res.anchored = w.anchored != 0;
-    let deny = w.inode_deny;
+    let deny = w.inode_deny | (w.mount_deny & !w.exact);
     res.denied = (w.denied | deny) & requested;
     res.allowed = w.allowed & !deny & requested;
     res.audited = w.audited & !deny & requested;

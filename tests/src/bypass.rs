@@ -34,6 +34,8 @@ const ELSEWHERE: &str = "/sys/fs/cgroup/systrace-elsewhere";
 /// The agent's own cgroup: its cgroup.kill is a target.
 const AGENT_CGROUP: &str = "/sys/fs/cgroup/systrace-agent";
 const EVENT_WAIT: Duration = Duration::from_secs(10);
+/// A key whose extension is past the first 16 bytes of its name.
+const LONG_KEY: &str = "a-host-key-name-longer-than-sixteen-bytes.key";
 /// Levels of the tree deeper than PATH_MAX allows in one path.
 const VERY_DEEP: usize = 2100;
 
@@ -75,6 +77,12 @@ verdict = "deny"
 [[file]]
 path = "/tmp/bp/nest/inner/**"
 access = ["read"]
+verdict = "deny"
+
+# Keys by extension, in a directory the process may otherwise work in.
+[[file]]
+path = "/tmp/bp/allowed/keys/*.key"
+access = ["read", "write"]
 verdict = "deny"
 
 # Whatever lands in the inbox may be read: a rule anchored below a name
@@ -160,6 +168,12 @@ verdict = "deny"
 [[file]]
 path = "/tmp/bp/nest/inner/**"
 access = ["read"]
+verdict = "deny"
+
+# Keys by extension, in a directory the process may otherwise work in.
+[[file]]
+path = "/tmp/bp/allowed/keys/*.key"
+access = ["read", "write"]
 verdict = "deny"
 
 [[file]]
@@ -383,7 +397,9 @@ struct Fixtures {
 
 fn setup() -> Result<()> {
     // Left over from an earlier run, if any.
-    let _ = Command::new("umount").arg(p("allowed/alias")).stderr(std::process::Stdio::null()).status();
+    for alias in ["allowed/alias", "allowed/keys-alias"] {
+        let _ = Command::new("umount").arg(p(alias)).stderr(std::process::Stdio::null()).status();
+    }
     for mount in ["allowed/btrfs", "ro-ovl"] {
         let _ = Command::new("umount").arg(p(mount)).stderr(std::process::Stdio::null()).status();
     }
@@ -392,6 +408,10 @@ fn setup() -> Result<()> {
         fs::create_dir_all(p(dir))?;
     }
     fs::write(p("nest/inner/note.txt"), "denied below the directory being moved\n")?;
+    fs::create_dir_all(p("allowed/keys"))?;
+    for name in ["host.key", LONG_KEY, "decoy.txt"] {
+        fs::write(p("allowed/keys").join(name), "key\n")?;
+    }
     fs::write(p("secret/secret.txt"), "the secret\n")?;
     fs::write(p("readonly.txt"), "read me\n")?;
     fs::write(p("allowed/decoy"), "decoy\n")?;
@@ -552,6 +572,43 @@ fn cases() -> Vec<Case> {
         ensure!(status.success(), "unconfined bind mount failed");
         let result = c.attack(&["open", "/tmp/bp/allowed/alias/secret.txt", "r"], file("file_open"));
         let _ = Command::new("umount").arg(p("allowed/alias")).status();
+        result
+    });
+    // Rules by extension (allowed/keys/*.key): other names for a key, and
+    // its directory elsewhere.
+    case!("extension_open", |c, f| {
+        let long = format!("/tmp/bp/allowed/keys/{LONG_KEY}");
+        if let Outcome::Bypassed(why) = c.attack(&["open", &long, "r"], file("file_open"))? {
+            return Ok(Outcome::Bypassed(why));
+        }
+        c.attack(&["open", "/tmp/bp/allowed/keys/host.key", "w"], file("file_open"))
+    });
+    case!("extension_rename_away", |c, f| {
+        let to = format!("/tmp/bp/allowed/keys/host-{}.txt", c.style);
+        rename_attack(c, &["rename", "/tmp/bp/allowed/keys/host.key", &to], Path::new(&to), &p("allowed/keys/host.key"))
+    });
+    case!("extension_link_elsewhere", |c, f| {
+        let to = format!("/tmp/bp/allowed/key-link-{}", c.style);
+        c.attack(&["link", "/tmp/bp/allowed/keys/host.key", &to], file("path_link"))
+    });
+    case!("extension_exchange", |c, f| {
+        // Exchanged with a plain file, the key would bear a name without .key.
+        c.attack(&["renameat2", "/tmp/bp/allowed/keys/host.key", "/tmp/bp/allowed/keys/decoy.txt", "2"], file("path_rename"))
+    });
+    case!("extension_directory_moved", |c, f| {
+        let to = format!("/tmp/bp/allowed/keys-{}", c.style);
+        rename_attack(c, &["rename", "/tmp/bp/allowed/keys", &to], Path::new(&to), &p("allowed/keys"))
+    });
+    case!("extension_directory_bound_outside", |c, f| {
+        // Bound elsewhere by someone else after the policy loaded, and a key
+        // made after that: the rule follows the directory.
+        fs::create_dir_all(p("allowed/keys-alias"))?;
+        let status = Command::new("mount").args(["--bind", "/tmp/bp/allowed/keys"]).arg(p("allowed/keys-alias")).status()?;
+        ensure!(status.success(), "unconfined bind mount failed");
+        let made = format!("made-after-{}.key", c.style);
+        fs::write(p("allowed/keys").join(&made), "key\n")?;
+        let result = c.attack(&["open", &format!("/tmp/bp/allowed/keys-alias/{made}"), "r"], file("file_open"));
+        let _ = Command::new("umount").arg(p("allowed/keys-alias")).status();
         result
     });
     case!("rename_denied_dir_away", |c, f| {

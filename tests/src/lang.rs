@@ -113,6 +113,9 @@ pub fn main(args: &[String]) -> ExitCode {
     if let Err(e) = language(agent, &mut r) {
         r.fail("lang_setup", e);
     }
+    if let Err(e) = extensions(agent, &mut r) {
+        r.fail("extensions_setup", e);
+    }
     if let Err(e) = network(agent, &mut r) {
         r.fail("network_setup", e);
     }
@@ -308,6 +311,189 @@ fn language(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     });
     let (code, stats) = agent.stop()?;
     r.case("lang_agent_exit", || {
+        ensure!(code == 0, "exit code {code}");
+        ensure!(stats["events_delivered"] == stats["events_reported"], "stats {stats}");
+        Ok(())
+    });
+    Ok(())
+}
+
+/// Rules by extension, in an allow-by-default policy with a deny rule and a
+/// deny-by-default policy with an allow rule.
+const EXT_DENY_POLICY: &str = r#"
+name = "ext-deny"
+cgroup = "systrace-ext-deny"
+mode = "enforce"
+default = "allow"
+
+[[file]]
+path = "/tmp/st3/keys/*.key"
+access = ["read"]
+verdict = "deny"
+
+# An exact rule is more specific than the extension rule.
+[[file]]
+path = "/tmp/st3/keys/public.key"
+access = ["read"]
+
+# The same in a directory that is a mount of its own.
+[[file]]
+path = "/tmp/st3/mounted-keys/*.key"
+access = ["read"]
+verdict = "deny"
+
+[[file]]
+path = "/tmp/st3/mounted-keys/public.key"
+access = ["read"]
+"#;
+
+const EXT_ALLOW_POLICY: &str = r#"
+name = "ext-allow"
+cgroup = "systrace-ext-allow"
+mode = "enforce"
+default = "deny"
+
+[[file]]
+path = "/tmp/st3/site/*.html"
+access = ["read"]
+
+[[file]]
+path = "/tmp/st3/site/draft.html"
+access = ["read"]
+verdict = "deny"
+"#;
+
+/// A name longer than the 16 bytes the kernel looks for the dot in.
+const LONG: &str = "a-name-much-longer-than-sixteen-bytes";
+
+fn extensions(agent_bin: &Path, r: &mut Runner) -> Result<()> {
+    let long_key = format!("keys/{LONG}.key");
+    let long_page = format!("site/{LONG}.html");
+    for rel in [
+        "keys/host.key",
+        "keys/.key",
+        long_key.as_str(),
+        "keys/host.key.bak",
+        "keys/host.KEY",
+        "keys/key",
+        "keys/sub/inner.key",
+        "keys/public.key",
+        "keys/plain.txt",
+        "keys/linked-before-load.key",
+        "site/index.html",
+        long_page.as_str(),
+        "site/page.htm",
+        "site/page.html.orig",
+        "site/html",
+        "site/sub/inner.html",
+        "site/draft.html",
+        "ext-out/.keep",
+    ] {
+        touch(rel)?;
+    }
+    // A second name made before the policy loads, outside the rule's directory.
+    let _ = fs::remove_file(p("ext-out/alias"));
+    fs::hard_link(p("keys/linked-before-load.key"), p("ext-out/alias"))?;
+    // A link named like a key, to a file the policy does not deny: not followed.
+    let _ = fs::remove_file(p("keys/link.key"));
+    symlink(p("keys/plain.txt"), p("keys/link.key"))?;
+    let _ = fs::remove_file(p("site/evil.html"));
+    symlink(p("outside/file"), p("site/evil.html"))?;
+    // A directory that is the root of a mount: the rules its inode carries
+    // (for bind mounts of it elsewhere) must not overrule its files' exact rules.
+    fs::create_dir_all(p("mounted-keys"))?;
+    let _ = Command::new("umount").arg(p("mounted-keys")).stderr(std::process::Stdio::null()).status();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(p("mounted-keys")).status()?;
+    ensure!(mounted.success(), "mounting a tmpfs failed");
+    for rel in ["mounted-keys/host.key", "mounted-keys/public.key"] {
+        touch(rel)?;
+    }
+    let (deny_policy, allow_policy) = (p("ext-deny.toml"), p("ext-allow.toml"));
+    fs::write(&deny_policy, EXT_DENY_POLICY)?;
+    fs::write(&allow_policy, EXT_ALLOW_POLICY)?;
+    let (deny_cg, allow_cg) = (cgroup("systrace-ext-deny")?, cgroup("systrace-ext-allow")?);
+    let mut agent = Agent::start(agent_bin, &[&deny_policy, &allow_policy])?;
+    let rd = Path::new("r");
+
+    r.case("extension_deny_rule_by_name", || {
+        for rel in ["keys/host.key", "keys/.key", long_key.as_str()] {
+            let out = expect(&deny_cg, "open", &[&p(rel), rd], EACCES)?;
+            let pid = out.pid;
+            let ev = agent.wait_for(Duration::from_secs(10), |v| v["type"] == "event" && v["pid"] == pid)?;
+            ensure!(ev["verdict"] == "denied" && ev["hook"] == "file_open", "{rel}: {ev}");
+            ensure!(ev["path"] == p(rel).to_str().unwrap(), "{rel}: path {}", ev["path"]);
+        }
+        // Another extension, another case, no dot, a deeper directory, and the
+        // exact rule that beats the extension rule.
+        for rel in ["keys/host.key.bak", "keys/host.KEY", "keys/key", "keys/sub/inner.key", "keys/public.key"] {
+            expect(&deny_cg, "open", &[&p(rel), rd], 0)?;
+        }
+        // io_uring reaches the same hook.
+        expect(&deny_cg, "uring-open", &[&p("keys/host.key")], EACCES)?;
+        // In a directory that is a mount root: the same verdicts.
+        expect(&deny_cg, "open", &[&p("mounted-keys/host.key"), rd], EACCES)?;
+        expect(&deny_cg, "open", &[&p("mounted-keys/public.key"), rd], 0)?;
+        Ok(())
+    });
+    r.case("extension_deny_rule_follows_files_made_after_load", || {
+        // A key made after the policy loaded, then a second name for it made
+        // elsewhere by someone else: once the agent has followed the new file
+        // (its `follow` line), the other name is refused too.
+        touch("keys/followed-later.key")?;
+        let path = p("keys/followed-later.key");
+        agent.wait_for(Duration::from_secs(10), |v| v["type"] == "follow" && v["path"] == path.to_str().unwrap())?;
+        let _ = fs::remove_file(p("ext-out/alias-later"));
+        fs::hard_link(&path, p("ext-out/alias-later"))?;
+        expect(&deny_cg, "open", &[&p("ext-out/alias-later"), rd], EACCES)?;
+        // Symlinks in the directory are not followed to their targets.
+        ensure!(
+            !agent.seen.iter().any(|v| v["type"] == "follow" && v["path"] == p("keys/link.key").to_str().unwrap()),
+            "the agent followed a symlink's target"
+        );
+        Ok(())
+    });
+    r.case("extension_deny_rule_covers_names_made_after_load", || {
+        touch("keys/made-later.key")?;
+        expect(&deny_cg, "open", &[&p("keys/made-later.key"), rd], EACCES)?;
+        // Made by the confined process itself (the default allows creating).
+        expect(&deny_cg, "create", &[&p("keys/made-by-it.key")], 0)?;
+        expect(&deny_cg, "open", &[&p("keys/made-by-it.key"), rd], EACCES)?;
+        Ok(())
+    });
+    r.case("extension_deny_rule_survives_renames_and_links", || {
+        // Another name in the same directory, or elsewhere: refused, the new
+        // name would grant the read the old one does not.
+        expect(&deny_cg, "rename", &[&p("keys/host.key"), &p("keys/host.txt")], EACCES)?;
+        expect(&deny_cg, "link", &[&p("keys/host.key"), &p("keys/host.txt")], EACCES)?;
+        expect(&deny_cg, "link", &[&p("keys/host.key"), &p("ext-out/host")], EACCES)?;
+        expect(&deny_cg, "rename", &[&p(&format!("keys/{LONG}.key")), &p(&format!("keys/{LONG}.txt"))], EACCES)?;
+        ensure!(p("keys/host.key").exists() && !p("keys/host.txt").exists(), "a refused rename moved the file");
+        // Moving the directory takes its files away from the rule: refused.
+        expect(&deny_cg, "rename", &[&p("keys"), &p("ext-out/keys")], EACCES)?;
+        // The name an unconfined process gave the file before the policy loaded:
+        // the deny rule follows the inode.
+        expect(&deny_cg, "open", &[&p("ext-out/alias"), rd], EACCES)?;
+        // Narrowing is fine: a plain file may take a .key name.
+        expect(&deny_cg, "rename", &[&p("keys/plain.txt"), &p("keys/plain.key")], 0)?;
+        expect(&deny_cg, "open", &[&p("keys/plain.key"), rd], EACCES)?;
+        Ok(())
+    });
+    r.case("extension_allow_rule_in_a_deny_by_default_policy", || {
+        for rel in ["site/index.html", long_page.as_str()] {
+            expect(&allow_cg, "open", &[&p(rel), rd], 0)?;
+        }
+        for rel in ["site/page.htm", "site/page.html.orig", "site/html", "site/sub/inner.html", "site/draft.html"] {
+            expect(&allow_cg, "open", &[&p(rel), rd], EACCES)?;
+        }
+        // A symlink with an allowed name is decided by where it leads.
+        expect(&allow_cg, "open", &[&p("site/evil.html"), rd], EACCES)?;
+        // Unconfined processes are not affected.
+        ensure!(op::run(None, &p("site/page.htm"), "r")?.errno == 0, "unconfined open refused");
+        Ok(())
+    });
+    let (code, stats) = agent.stop()?;
+    let _ = Command::new("umount").arg(p("mounted-keys")).status();
+    r.case("extensions_agent_exit", || {
         ensure!(code == 0, "exit code {code}");
         ensure!(stats["events_delivered"] == stats["events_reported"], "stats {stats}");
         Ok(())

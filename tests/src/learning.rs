@@ -431,6 +431,38 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         ensure!(found, "the open was not recorded: {stderr}");
         Ok(())
     });
+    r.case("learn_a_unit_records_each_start", || {
+        // A unit's cgroup as systemd makes it, below a slice, made and removed
+        // again as a restart does (each start is a new cgroup id).
+        let slice = Path::new("/sys/fs/cgroup/system.slice");
+        let cg = slice.join("learnme.service");
+        let out = format!("{WORK}/unit.jsonl");
+        let s = Session::start(agent, &["learn", "--unit", "learnme.service", "--duration", "20", "-o", &out], &[], "learn-unit")?;
+        wait_until("learning to start", Duration::from_secs(120), || {
+            Ok(std::fs::read_to_string(&s.stderr).unwrap_or_default().contains("learning"))
+        })?;
+        std::fs::write(format!("{WORK}/public"), "public\n")?;
+        let mut tgids = Vec::new();
+        for (start, file) in [(1, "secret"), (2, "public")] {
+            std::fs::create_dir_all(&cg)?;
+            let seen = crate::op::run_args(Some(&cg), &["open".as_ref(), format!("{WORK}/{file}").as_ref(), "r".as_ref()])?;
+            ensure!(seen.errno == 0, "start {start}: learning refused the open: errno {}", seen.errno);
+            tgids.push((seen.tgid, file));
+            std::fs::remove_dir(&cg).with_context(|| format!("removing {} after start {start}", cg.display()))?;
+        }
+        let (_, stderr) = s.stop()?;
+        let all = lines(&out)?;
+        ensure!(
+            all.first().is_some_and(|h| h["type"] == "learn" && h["target"] == "unit = \"learnme.service\""),
+            "header: {:?}",
+            all.first()
+        );
+        for (tgid, file) in tgids {
+            let found = all.iter().any(|v| v["verdict"] == "learned" && v["tgid"] == tgid && v["path"] == format!("{WORK}/{file}"));
+            ensure!(found, "the open of {file} by {tgid} was not recorded: {stderr}");
+        }
+        Ok(())
+    });
     r.case("learn_reports_each_distinct_access_once", || {
         let out = format!("{WORK}/repeat.jsonl");
         let script = format!("for i in $(seq 1 100); do cat {WORK}/secret > /dev/null; done");

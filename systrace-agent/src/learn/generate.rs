@@ -168,8 +168,31 @@ fn node(pattern: &str) -> (&str, u8) {
     }
 }
 
+/// The directory and extension of a pattern by extension: `/a/*.log` -> (`/a`, `log`).
+pub fn extension_pattern(pattern: &str) -> Option<(&str, &str)> {
+    let (dir, ext) = pattern.rsplit_once("/*.")?;
+    (!ext.contains('/')).then_some((if dir.is_empty() { "/" } else { dir }, ext))
+}
+
+/// `/a/b/name.ext` -> `/a/b/*.ext`, for a name with an extension rules can name.
+pub fn extension_glob(path: &str) -> Option<String> {
+    let name = &path[path.rfind('/')? + 1..];
+    // The path is text, so the extension is too: a rule can name it as it is.
+    let ext = std::str::from_utf8(systrace_common::extension(name.as_bytes())?).ok()?;
+    // A name that was not UTF-8 in the kernel's report: no rule can spell it.
+    if ext.contains(char::REPLACEMENT_CHARACTER) {
+        return None;
+    }
+    crate::policy::Extension::new(ext.as_bytes())?;
+    Some(format!("{}/*.{ext}", parent(path).trim_end_matches('/')))
+}
+
 /// Whether `pattern` covers `path` (both with `${HOME}` unexpanded).
 pub fn covers(pattern: &str, path: &str) -> bool {
+    if let Some((dir, ext)) = extension_pattern(pattern) {
+        let name = &path[path.rfind('/').map_or(0, |i| i + 1)..];
+        return parent(path) == dir && path != dir && systrace_common::extension(name.as_bytes()) == Some(ext.as_bytes());
+    }
     match node(pattern) {
         (n, 0) => n == path,
         (d, 1) => parent(path) == d && path != d,
@@ -467,7 +490,14 @@ pub fn covers_sensitive(pattern: &str) -> Option<String> {
     if let Some(s) = SENSITIVE.iter().find(|s| covers(pattern, s) || (pattern.ends_with("/**") && covers(pattern, &format!("{s}/x")))) {
         return Some(s.to_string());
     }
-    let dir = pattern.strip_suffix("/**").or_else(|| pattern.strip_suffix("/*"))?;
+    let dir = pattern
+        .strip_suffix("/**")
+        .or_else(|| pattern.strip_suffix("/*"))
+        .or_else(|| extension_pattern(pattern).map(|(dir, _)| dir))?;
+    // A glob inside a sensitive directory (its keys); homes are judged by their keys.
+    if let Some(s) = SENSITIVE.iter().find(|s| !matches!(**s, "/home" | "/root") && (dir == **s || dir.starts_with(&format!("{s}/")))) {
+        return Some(s.to_string());
+    }
     if parts(dir).iter().any(|c| matches!(*c, ".ssh" | ".gnupg")) {
         return Some(format!("{dir} (keys)"));
     }

@@ -52,10 +52,14 @@ fn verdict_decision(v: RuleVerdict, what: impl FnOnce() -> String) -> Decision {
 /// How specific a file rule is for `path`, higher first; `None` when it does not apply.
 fn specificity(anchor: &Path, scope: Scope, path: &Path) -> Option<usize> {
     let depth = anchor.components().count();
+    let child = path.parent() == Some(anchor);
     match scope {
-        Scope::Exact => (anchor == path).then_some(3 * depth + 2),
-        Scope::Children => (path.parent() == Some(anchor)).then_some(3 * depth + 1),
-        Scope::Subtree => (path != anchor && path.starts_with(anchor)).then_some(3 * depth),
+        Scope::Exact => (anchor == path).then_some(4 * depth + 3),
+        Scope::Extension(ext) => {
+            (child && path.file_name().is_some_and(|n| ext.matches(n.as_encoded_bytes()))).then_some(4 * depth + 2)
+        }
+        Scope::Children => child.then_some(4 * depth + 1),
+        Scope::Subtree => (path != anchor && path.starts_with(anchor)).then_some(4 * depth),
     }
 }
 
@@ -261,5 +265,24 @@ mod tests {
         assert_eq!(file_outcome(&p, "/srv/secret/ok", access::READ).refused, 0);
         // Equal specificity: the deny wins.
         assert_eq!(file_outcome(&p, "/srv/x", access::READ).by_rule, access::READ);
+    }
+
+    #[test]
+    fn extension_rules_sit_between_the_directory_and_the_name() {
+        let p = policy(
+            "mode = \"enforce\"\ndefault = \"allow\"\n\
+             [[file]]\npath = \"/srv/**\"\naccess = [\"read\"]\n\
+             [[file]]\npath = \"/srv/keys/*.pem\"\naccess = [\"read\"]\nverdict = \"deny\"\n\
+             [[file]]\npath = \"/srv/keys/public.pem\"\naccess = [\"read\"]\n\
+             [[file]]\npath = \"/srv/keys/sub/**\"\naccess = [\"read\"]\n",
+        );
+        assert_eq!(file_outcome(&p, "/srv/keys/host.pem", access::READ).by_rule, access::READ);
+        assert_eq!(file_outcome(&p, "/srv/keys/public.pem", access::READ).refused, 0);
+        assert_eq!(file_outcome(&p, "/srv/keys/host.pem.bak", access::READ).refused, 0);
+        assert_eq!(file_outcome(&p, "/srv/keys/pem", access::READ).refused, 0);
+        assert_eq!(file_outcome(&p, "/srv/keys/.pem", access::READ).by_rule, access::READ);
+        // Only names directly in the directory.
+        assert_eq!(file_outcome(&p, "/srv/keys/sub/x.pem", access::READ).refused, 0);
+        assert_eq!(file_outcome(&p, "/srv/keys/other/x.pem", access::READ).refused, 0);
     }
 }

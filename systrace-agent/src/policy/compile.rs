@@ -27,7 +27,9 @@ pub struct Compiled {
     /// The file rules by name.
     pub tree: NameTree,
     /// Deny rules that also follow the inode of the path they name, when it exists.
-    pub inode_anchors: BTreeMap<PathBuf, FileRule>,
+    pub inode_anchors: BTreeMap<Anchor, FileRule>,
+    /// Deny rules by extension: the files they cover are followed too.
+    pub extension_denies: Vec<ExtensionDeny>,
     /// Network LPM entries.
     pub net: BTreeMap<NetEntryKey, NetRule>,
     /// Socket rules: (family, type, protocol; [`SocketKey::ANY`] for every) -> verdict.
@@ -71,7 +73,7 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Resul
         }
     }
     let tree = NameTree::build(&rules, key).map_err(error)?;
-    let inode_anchors = files::inode_anchors(&rules);
+    let (inode_anchors, extension_denies) = files::inode_anchors(&rules, key);
     let info = PolicyInfo {
         mode: match policy.mode {
             Mode::Enforce => systrace_common::Mode::Enforce as u8,
@@ -100,6 +102,7 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Resul
         info,
         tree,
         inode_anchors,
+        extension_denies,
         net,
         sockets: compile_sockets(&policy.sockets, &policy.net, &policy.unix),
         unix: compile_unix(&policy.unix),
@@ -127,6 +130,7 @@ impl Resolver for SystemResolver {
     fn canonical(&self, path: &Path) -> PathBuf {
         canonical_prefix(path, |p| std::fs::canonicalize(p).ok())
     }
+
 }
 
 /// `path` with its longest existing prefix canonicalized by `canon` and the

@@ -12,7 +12,10 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use systrace_common::{access, name_hash, FileRule, NameNode, RuleSet, MAX_RULE_DEPTH};
+use systrace_common::{
+    access, extension, extension_hash, name_hash, node_flags, FileId, FileRule, InodeKey, NameNode, RuleSet, MAX_EXTENSION,
+    MAX_RULE_DEPTH,
+};
 
 use super::{FileRuleSpec, RuleVerdict};
 
@@ -25,6 +28,56 @@ pub enum Scope {
     Children,
     /// `/dir/**`: everything below the directory.
     Subtree,
+    /// `/dir/*.log`: the names directly in the directory with this extension
+    /// (what follows their last dot). More specific than `/dir/*`, less than
+    /// an exact rule.
+    Extension(Extension),
+}
+
+/// The extension an extension rule names: 1 to [`MAX_EXTENSION`] bytes, no dot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Extension {
+    len: u8,
+    bytes: [u8; MAX_EXTENSION],
+}
+
+impl Extension {
+    /// `ext` if a rule can name it.
+    pub fn new(ext: &[u8]) -> Option<Extension> {
+        if ext.is_empty() || ext.len() > MAX_EXTENSION || ext.contains(&b'.') || ext.contains(&b'/') || ext.contains(&0) {
+            return None;
+        }
+        let mut bytes = [0; MAX_EXTENSION];
+        bytes[..ext.len()].copy_from_slice(ext);
+        Some(Extension { len: ext.len() as u8, bytes })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// Whether the file name `name` has this extension.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        extension(name) == Some(self.as_bytes())
+    }
+}
+
+impl std::fmt::Display for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// How a rule's anchor and scope are written (`/dir/**`, `/dir/*.log`).
+pub fn pattern_text(anchor: &Path, scope: Scope) -> String {
+    let dir = anchor.to_string_lossy();
+    let dir = dir.trim_end_matches('/');
+    match scope {
+        Scope::Exact => anchor.to_string_lossy().into_owned(),
+        Scope::Children => format!("{dir}/*"),
+        Scope::Subtree => format!("{dir}/**"),
+        Scope::Extension(ext) => format!("{dir}/*.{ext}"),
+    }
 }
 
 /// Splits a rule path into its anchor and scope, or says what is wrong and where
@@ -37,13 +90,25 @@ pub fn parse_pattern(path: &str) -> Result<(PathBuf, Scope), (usize, String)> {
         (dir, Scope::Subtree)
     } else if let Some(dir) = path.strip_suffix("/*") {
         (dir, Scope::Children)
+    } else if let Some((dir, ext)) = path.rsplit_once("/*.") {
+        let at = dir.len() + 3;
+        if let Some(i) = ext.find(['*', '?', '[', ']', '{', '}', '.']) {
+            return Err((at + i, format!("bad extension in {path:?}: one extension after the last dot, like /dir/*.log")));
+        }
+        let Some(ext) = Extension::new(ext.as_bytes()) else {
+            return Err((at, format!("bad extension in {path:?}: 1 to {MAX_EXTENSION} bytes after /*.")));
+        };
+        (dir, Scope::Extension(ext))
     } else {
         (path, Scope::Exact)
     };
     if let Some(i) = anchor.find(['*', '?', '[', ']', '{', '}']) {
         return Err((
             i,
-            format!("bad glob {path:?}: wildcards are allowed only as a final /* (direct children) or /** (whole subtree)"),
+            format!(
+                "bad glob {path:?}: wildcards are allowed only as a final /* (direct children), /*.EXT (direct children \
+                 with that extension) or /** (whole subtree)"
+            ),
         ));
     }
     if anchor.split('/').any(|c| c == ".." || c == ".") {
@@ -100,10 +165,12 @@ pub fn merge(set: &mut RuleSet, access: u32, verdict: RuleVerdict) {
     }
 }
 
+/// The set a scope's rules go to: an extension rule's node keeps them in
+/// `children`, and an inode rule for each file it names in `exact`.
 fn scope_set(rule: &mut FileRule, scope: Scope) -> &mut RuleSet {
     match scope {
         Scope::Exact => &mut rule.exact,
-        Scope::Children => &mut rule.children,
+        Scope::Children | Scope::Extension(_) => &mut rule.children,
         Scope::Subtree => &mut rule.subtree,
     }
 }
@@ -138,7 +205,26 @@ impl NameTree {
         tree.node(&mut ids, &mut names, &[], key)?;
         for (path, scope, access, verdict) in rules {
             let parts = components(path);
-            let (parent, hash) = tree.node(&mut ids, &mut names, &parts, key)?;
+            let (mut parent, mut hash) = tree.node(&mut ids, &mut names, &parts, key)?;
+            if let Scope::Extension(ext) = scope {
+                let dir = tree.entries.get_mut(&(parent, hash)).expect("node just made");
+                dir.flags |= node_flags::EXTENSIONS;
+                parent = dir.node;
+                hash = extension_hash(key, ext.as_bytes());
+                // A name cannot hold a '/': the marker is no file's name.
+                let marker = format!("/*.{ext}").into_bytes();
+                match names.insert((parent, hash), marker.clone()) {
+                    Some(other) if other != marker => {
+                        return Err(format!(
+                            "the name {:?} and the extension {ext} hash alike; restart the agent to draw another key",
+                            String::from_utf8_lossy(&other)
+                        ))
+                    }
+                    _ => {}
+                }
+                // Extension entries are leaves: the kernel never descends into one.
+                tree.entries.entry((parent, hash)).or_insert(NameNode { node: 0, flags: 0, rule: FileRule::default() });
+            }
             let node = tree.entries.get_mut(&(parent, hash)).expect("node just made");
             merge(scope_set(&mut node.rule, *scope), *access, *verdict);
         }
@@ -180,7 +266,7 @@ impl NameTree {
             }
             let next_id = ids.len() as u32 + 1;
             let id = *ids.entry(prefix).or_insert(next_id);
-            self.entries.entry((parent, hash)).or_insert(NameNode { node: id, _pad: 0, rule: FileRule::default() });
+            self.entries.entry((parent, hash)).or_insert(NameNode { node: id, flags: 0, rule: FileRule::default() });
             if depth < parts.len() {
                 parent = id;
             }
@@ -189,16 +275,109 @@ impl NameTree {
     }
 }
 
-/// The deny rules that also follow inodes: canonical path -> a rule with only
-/// deny bits, per scope.
-pub fn inode_anchors(rules: &[(PathBuf, Scope, u32, RuleVerdict)]) -> BTreeMap<PathBuf, FileRule> {
-    let mut out: BTreeMap<PathBuf, FileRule> = BTreeMap::new();
-    for (path, scope, access, verdict) in rules {
-        if *verdict == RuleVerdict::Deny {
-            scope_set(out.entry(path.clone()).or_default(), *scope).deny |= access;
+/// What an inode rule follows: the file at `path`; or, with `extension` (an
+/// [`extension_hash`]) not 0, the deny rules by that extension of the
+/// directory at `path`, which the kernel looks up when it passes the
+/// directory as the root of a mount (a bind mount of it elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Anchor {
+    pub path: PathBuf,
+    pub extension: u64,
+}
+
+impl Anchor {
+    pub fn file(path: impl Into<PathBuf>) -> Anchor {
+        Anchor { path: path.into(), extension: 0 }
+    }
+
+    /// The `INODE_RULES` key for this anchor, once its path has the identity `id`.
+    pub fn key(&self, policy: u32, id: FileId) -> InodeKey {
+        let key = InodeKey { policy, generation: id.generation, dev: id.dev, ino: id.ino };
+        if self.extension == 0 {
+            key
+        } else {
+            key.for_extension(self.extension)
         }
     }
-    out
+}
+
+/// Files a deny rule by extension follows by identity, at most, each time the
+/// agent looks: the names decide for any number of them; identities are for
+/// other names (hard links) someone else makes, and a directory filled with
+/// empty files must not fill the kernel's map.
+pub const MAX_FOLLOWED: usize = 256;
+
+/// A deny rule by extension, as the agent follows the files it covers: the
+/// files in `dir` with extension `ext` now, for the `deny` bits that no exact
+/// rule of theirs decides (`exact`: file name -> the bits its exact rules name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionDeny {
+    pub dir: PathBuf,
+    pub ext: Extension,
+    pub deny: u32,
+    pub exact: BTreeMap<std::ffi::OsString, u32>,
+}
+
+impl ExtensionDeny {
+    /// The files among `names` (a listing of `dir`, symlinks left out: a
+    /// link's target is not what the rule names) to follow, with their deny
+    /// bits, in name order, at most [`MAX_FOLLOWED`]; and how many were left out.
+    pub fn followed(&self, names: impl IntoIterator<Item = std::ffi::OsString>) -> (Vec<(PathBuf, u32)>, usize) {
+        let mut names: Vec<std::ffi::OsString> = names.into_iter().filter(|n| self.ext.matches(n.as_bytes())).collect();
+        names.sort();
+        let mut out = Vec::new();
+        let mut left_out = 0;
+        for name in names {
+            let bits = self.deny & !self.exact.get(&name).copied().unwrap_or(0);
+            if bits == 0 {
+                continue;
+            }
+            if out.len() == MAX_FOLLOWED {
+                left_out += 1;
+                continue;
+            }
+            out.push((self.dir.join(&name), bits));
+        }
+        (out, left_out)
+    }
+}
+
+/// The deny rules that also follow inodes, with only deny bits, per scope; a
+/// deny rule by extension follows its directory (see [`Anchor`]), and the
+/// files it covers through the [`ExtensionDeny`] returned for it.
+pub fn inode_anchors(
+    rules: &[(PathBuf, Scope, u32, RuleVerdict)],
+    key: [u64; 2],
+) -> (BTreeMap<Anchor, FileRule>, Vec<ExtensionDeny>) {
+    let mut out: BTreeMap<Anchor, FileRule> = BTreeMap::new();
+    let mut by_extension: BTreeMap<(PathBuf, Extension), u32> = BTreeMap::new();
+    for (path, scope, access, verdict) in rules {
+        if *verdict != RuleVerdict::Deny {
+            continue;
+        }
+        if let Scope::Extension(ext) = scope {
+            let anchor = Anchor { path: path.clone(), extension: extension_hash(key, ext.as_bytes()) };
+            out.entry(anchor).or_default().children.deny |= access;
+            *by_extension.entry((path.clone(), *ext)).or_default() |= access;
+            continue;
+        }
+        scope_set(out.entry(Anchor::file(path.clone())).or_default(), *scope).deny |= access;
+    }
+    let denies = by_extension
+        .into_iter()
+        .map(|((dir, ext), deny)| {
+            let mut exact = BTreeMap::new();
+            for (path, scope, access, _) in rules {
+                if *scope == Scope::Exact && path.parent() == Some(dir.as_path()) {
+                    if let Some(name) = path.file_name() {
+                        *exact.entry(name.to_os_string()).or_default() |= access;
+                    }
+                }
+            }
+            ExtensionDeny { dir, ext, deny, exact }
+        })
+        .collect();
+    (out, denies)
 }
 
 /// Access bits some deny rule names.
@@ -219,7 +398,18 @@ mod tests {
         assert_eq!(parse_pattern("/a/**").unwrap(), (PathBuf::from("/a"), Scope::Subtree));
         assert_eq!(parse_pattern("/**").unwrap(), (PathBuf::from("/"), Scope::Subtree));
         assert_eq!(parse_pattern("/a/**/b").unwrap_err().0, 3);
-        assert_eq!(parse_pattern("/a/*.log").unwrap_err().0, 3);
+        let log = Extension::new(b"log").unwrap();
+        assert_eq!(parse_pattern("/a/*.log").unwrap(), (PathBuf::from("/a"), Scope::Extension(log)));
+        assert_eq!(parse_pattern("/*.log").unwrap(), (PathBuf::from("/"), Scope::Extension(log)));
+        assert_eq!(parse_pattern("/a/*.tar.gz").unwrap_err().0, 8);
+        assert_eq!(parse_pattern("/a/*.l*g").unwrap_err().0, 6);
+        assert!(parse_pattern("/a/*.").is_err());
+        assert!(parse_pattern("/a/*.0123456789abcdef").unwrap_err().1.contains("1 to 15"));
+        assert_eq!(parse_pattern("/a*/*.log").unwrap_err().0, 2);
+        assert_eq!(parse_pattern("/a/x*.log").unwrap_err().0, 4);
+        assert_eq!(pattern_text(Path::new("/a"), Scope::Extension(log)), "/a/*.log");
+        assert_eq!(pattern_text(Path::new("/"), Scope::Extension(log)), "/*.log");
+        assert_eq!(pattern_text(Path::new("/"), Scope::Subtree), "/**");
         assert!(parse_pattern("/a/../b").is_err());
         assert!(parse_pattern("a/b").is_err());
         let deep = "/d".repeat(MAX_RULE_DEPTH + 1);
@@ -255,10 +445,45 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 6);
-        let anchors = inode_anchors(&rules);
+        let (anchors, _) = inode_anchors(&rules, KEY);
         assert_eq!(anchors.len(), 2);
-        assert_eq!(anchors[Path::new("/etc/shadow")].exact.deny, access::READ);
-        assert_eq!(anchors[Path::new("/var/www/private")].subtree.deny, access::READ);
+        assert_eq!(anchors[&Anchor::file("/etc/shadow")].exact.deny, access::READ);
+        assert_eq!(anchors[&Anchor::file("/var/www/private")].subtree.deny, access::READ);
+    }
+
+    #[test]
+    fn extension_rules_hang_under_their_directory() {
+        let log = Extension::new(b"log").unwrap();
+        let rules = vec![
+            (PathBuf::from("/var/log"), Scope::Extension(log), access::READ, RuleVerdict::Deny),
+            (PathBuf::from("/var/log"), Scope::Children, access::READ, RuleVerdict::Allow),
+            (PathBuf::from("/var/log/d.log"), Scope::Exact, access::READ, RuleVerdict::Allow),
+            (PathBuf::from("/var/log/e.log"), Scope::Exact, access::WRITE, RuleVerdict::Allow),
+        ];
+        let tree = NameTree::build(&rules, KEY).unwrap();
+        let root = tree.entries[&(0, 0)];
+        let var = tree.entries[&(root.node, name_hash(KEY, b"var"))];
+        let dir = tree.entries[&(var.node, name_hash(KEY, b"log"))];
+        assert_eq!((dir.flags, dir.rule.children.allow), (node_flags::EXTENSIONS, access::READ));
+        let ext = tree.entries[&(dir.node, extension_hash(KEY, b"log"))];
+        assert_eq!(ext.rule.children.deny, access::READ);
+        assert_eq!(var.flags, 0);
+        let (anchors, denies) = inode_anchors(&rules, KEY);
+        // The directory, for bind mounts of it.
+        let dir = Anchor { path: "/var/log".into(), extension: extension_hash(KEY, b"log") };
+        assert_eq!(anchors.keys().collect::<Vec<_>>(), [&dir]);
+        assert_eq!(anchors[&dir].children.deny, access::READ);
+        // The files there now, but d.log, whose exact rule decides read.
+        let listing = ["e.log", "a.log", "b.log.1", "c.txt", "d.log"].map(std::ffi::OsString::from);
+        let (files, left_out) = denies[0].followed(listing);
+        assert_eq!(files, [(PathBuf::from("/var/log/a.log"), access::READ), (PathBuf::from("/var/log/e.log"), access::READ)]);
+        assert_eq!(left_out, 0);
+        let many = (0..MAX_FOLLOWED + 5).map(|i| std::ffi::OsString::from(format!("{i:04}.log")));
+        let (files, left_out) = denies[0].followed(many);
+        assert_eq!((files.len(), left_out), (MAX_FOLLOWED, 5));
+        let id = FileId { dev: 1, ino: 2, generation: 3, _pad: 0 };
+        assert_eq!(dir.key(9, id).ino, 2 ^ extension_hash(KEY, b"log"));
+        assert_eq!(Anchor::file("/x").key(9, id), InodeKey { policy: 9, generation: 3, dev: 1, ino: 2 });
     }
 
     #[test]

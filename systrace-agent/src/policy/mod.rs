@@ -14,7 +14,9 @@ mod syntax;
 
 pub use compile::*;
 pub use diagnostic::*;
-pub use files::{components, include, parse_pattern, NameTree, Scope, INCLUDES};
+pub use files::{
+    components, include, parse_pattern, pattern_text, Anchor, Extension, ExtensionDeny, NameTree, Scope, INCLUDES, MAX_FOLLOWED,
+};
 pub use model::*;
 pub use network::{
     compile_net, compile_sockets, compile_unix, parse_address, parse_cidr, NetEntryKey, NetRuleSpec, SocketRuleSpec,
@@ -123,9 +125,9 @@ path = "/usr/sbin/nginx"
     #[test]
     fn bad_glob_points_at_the_wildcard() {
         let (line, col, msg) = error_at(
-            "cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"/var/*.log\"\naccess = [\"read\"]\n",
+            "cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"/var/x*.log\"\naccess = [\"read\"]\n",
         );
-        assert_eq!((line, col), (5, 14));
+        assert_eq!((line, col), (5, 15));
         assert!(msg.starts_with("bad glob"), "{msg}");
     }
 
@@ -282,8 +284,8 @@ verdict = "deny"
         assert!(!c.tree.entries.contains_key(&(root, name_hash(KEY, b"lib"))));
         // Deny rules follow the inode too.
         assert_eq!(c.inode_anchors.len(), 2);
-        assert_eq!(c.inode_anchors[Path::new("/a")].exact.deny, access::EXEC | access::MAP);
-        assert_eq!(c.inode_anchors[Path::new("/d")].subtree.deny, access::CREATE);
+        assert_eq!(c.inode_anchors[&Anchor::file("/a")].exact.deny, access::EXEC | access::MAP);
+        assert_eq!(c.inode_anchors[&Anchor::file("/d")].subtree.deny, access::CREATE);
     }
 
     #[test]
