@@ -6,6 +6,7 @@
 mod ask;
 mod authoring;
 mod enforcer;
+mod notify;
 mod pins;
 mod prompt;
 mod session;
@@ -841,6 +842,11 @@ async fn serve(
     out.flush();
     // A file replaced between the identities' probe and the watch.
     follow_new_files(enforcer, &mut names, &mut out);
+    // Only now, enforcing, may systemd start what is ordered after the agent.
+    let notifier = notify::Notifier::from_env();
+    notifier.ready(&format!("enforcing, generation {generation}"));
+    let watchdog_period = notifier.watchdog_period().unwrap_or(Duration::from_secs(3600 * 24 * 365));
+    let mut watchdog = tokio::time::interval(watchdog_period);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -934,12 +940,14 @@ async fn serve(
                 out.emit(&json!({"type": "status", "state": attachment.name()}));
                 out.flush();
             }
+            _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
             _ = sigterm.recv() => break if options.handover { Stop::Handover } else { Stop::Detach },
             _ = sigint.recv() => break Stop::Detach,
         }
         if reload {
             reload_at = None;
             generation += 1;
+            notifier.reloading();
             // Watch anew before reading: a renamed or recreated directory is
             // watched under its name again, and a change made while this
             // reload runs starts the next one.
@@ -984,8 +992,11 @@ async fn serve(
                 }
             }
             out.flush();
+            // Enforcing either way: the new policies, or those in force before.
+            notifier.ready(&format!("enforcing, generation {generation}"));
         }
     };
+    notifier.stopping();
     // Drain what is left so the final counts add up.
     let ring = ring.get_mut();
     while let Some(record) = ring.next() {

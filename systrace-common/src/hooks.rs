@@ -123,6 +123,9 @@ lsm_hooks! {
     /// Not a decision: while the agent compiles a policy, the identity the
     /// kernel gives each file a deny rule names (see `ProbeRequest`).
     InodeGetattr = 51 => "inode_getattr" ["path"] (on_demand);
+    /// Only write permission on cgroup v2 process-moving files: where a move
+    /// would take a process from (see `guard.rs`).
+    InodePermission = 52 => "inode_permission" ["inode", "mask"];
 }
 
 impl Hook {

@@ -2,9 +2,11 @@
 //! file system's magic number) before any rule: rules name files, these protect
 //! the confinement itself and the rest of the machine.
 //!
-//! - cgroupfs: no process moves (cgroup.procs, cgroup.threads, tasks), and no
-//!   writes to, mkdir, rmdir or rename in cgroups outside the policy's own
-//!   (cgroup.kill, cgroup.freeze, memory.max of the agent's cgroup...).
+//! - cgroupfs: no process moves but within the policy's own cgroup (a
+//!   process moving itself; never pulling one in from outside, nor into a
+//!   cgroup below bound to another policy; none under v1), and no writes to,
+//!   mkdir, rmdir or rename in cgroups outside the policy's own (cgroup.kill,
+//!   cgroup.freeze, memory.max of the agent's cgroup...).
 //! - /proc: no writes to the files of processes outside the cgroup
 //!   (oom_score_adj...), nor to global ones (/proc/sys, /proc/sysrq-trigger:
 //!   core_pattern and modprobe run programs as root outside any policy).
@@ -19,14 +21,16 @@
 //! - bpffs: no unlinking or renaming (the agent's pinned links).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
-use systrace_common::{access, protect, Hook, Verdict};
+use systrace_common::{access, protect, BindingKey, Hook, Verdict};
 
 use crate::{
     decision::{
-        denied_by_rule, hook_return, systrace_report_file, FileCheck, EPERM,
+        check_protection, denied_by_rule, hook_return, systrace_report_file, Detail, FileCheck, EPERM,
     },
+    hook::{arg, lsm_program},
     kernel::{self, DentryPtr, FilePtr, InodePtr},
-    subject::{cgroup_inside, task_inside, Subject},
+    maps::BINDINGS,
+    subject::{active_half, cgroup_inside, current_subject, task_inside, Subject, MAX_CGROUP_DEPTH},
     walk::Object,
 };
 
@@ -48,6 +52,7 @@ const BINFMTFS_MAGIC: u64 = 0x4249_4e4d;
 const S_IFMT: u16 = 0o170_000;
 const S_IFBLK: u16 = 0o060_000;
 const S_IFCHR: u16 = 0o020_000;
+const S_IFREG: u16 = 0o100_000;
 pub const S_IFSOCK: u16 = 0o140_000;
 
 /// Names whose writes move a process or thread into the file's cgroup: the v2
@@ -95,6 +100,49 @@ unsafe fn cgroup_file_inside(subject: &Subject, inode: InodePtr, is_dir: bool) -
     cgroup_inside(subject.anchor, cgroup)
 }
 
+/// Whether moving processes into the cgroup `cgroup` (its kernfs node) keeps
+/// them under the subject's policy: the cgroup is inside the subject's and no
+/// cgroup on the way down to it is bound to a policy of its own (moving there
+/// would be changing policy).
+#[inline(always)]
+unsafe fn move_stays_confined(subject: &Subject, mut cgroup: *const u8) -> Result<bool, i64> {
+    let half = active_half();
+    for _ in 0..MAX_CGROUP_DEPTH {
+        if cgroup.is_null() {
+            return Ok(false);
+        }
+        let (id, parent) = kernel::kernfs_node(cgroup)?;
+        if id == subject.anchor {
+            return Ok(true);
+        }
+        if BINDINGS.get(&BindingKey { half, _pad: 0, cgroup_id: id }).is_some() {
+            return Ok(false);
+        }
+        cgroup = parent;
+    }
+    Ok(false)
+}
+
+/// Whether `inode` is a cgroup v2 process-moving file (`cgroup.procs`,
+/// `cgroup.threads`) whose cgroup a move may not reach; see
+/// [`inode_permission`].
+#[inline(always)]
+unsafe fn move_refused(subject: &Subject, inode: InodePtr) -> Result<bool, i64> {
+    if kernel::inode_fs_magic(inode)? != CGROUP2_SUPER_MAGIC || kernel::inode_mode(inode)? & S_IFMT != S_IFREG {
+        return Ok(false);
+    }
+    let kn = kernel::inode_private(inode)?;
+    if kn.is_null() {
+        return Ok(true);
+    }
+    let mut name = [0u8; 16];
+    bpf_probe_read_kernel_str_bytes(kernel::kernfs_name(kn)?, &mut name)?;
+    if !MOVING_FILES.iter().any(|m| *m == name) {
+        return Ok(false);
+    }
+    Ok(!move_stays_confined(subject, kernel::kernfs_node(kn)?.1)?)
+}
+
 /// Which protection refuses opening this file with `requested`, if any.
 #[inline(always)]
 unsafe fn open_refused_by(subject: &Subject, dentry: DentryPtr, requested: u32) -> Result<u32, i64> {
@@ -116,7 +164,16 @@ unsafe fn open_refused_by(subject: &Subject, dentry: DentryPtr, requested: u32) 
     }
     Ok(match magic {
         CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC => {
-            if moves_processes(dentry)? || !cgroup_file_inside(subject, inode, false)? {
+            // Writing a process-moving file moves a process into the file's
+            // cgroup; which process the kernel checks at the write, where
+            // `inode_permission` below sees the cgroup that takes it out.
+            let refused = if moves_processes(dentry)? {
+                // cgroup v1 (`tasks`, its own `cgroup.procs`): no moves at all.
+                magic == CGROUP_SUPER_MAGIC || move_refused(subject, inode)?
+            } else {
+                !cgroup_file_inside(subject, inode, false)?
+            };
+            if refused {
                 protect::CGROUP
             } else {
                 0
@@ -234,3 +291,31 @@ pub fn foreign_io_uring(subject: &Subject, file: FilePtr) -> Result<bool, i64> {
         Some(thread) => Ok(!task_inside(subject, thread)?),
     }
 }
+
+/// `MAY_WRITE` of `inode_permission`'s mask.
+const MAY_WRITE: i32 = 0x2;
+
+lsm_program!(
+    /// Moving a process into a cgroup writes the destination's `cgroup.procs`,
+    /// and the kernel then asks for write permission on the `cgroup.procs` of
+    /// the cgroup that holds both the process and the destination. Here that
+    /// second question is answered: a confined process moves itself or its
+    /// own within its cgroup (systemd's spawned child joins the unit's cgroup
+    /// itself even when PID 1 has put it there already), and cannot pull a
+    /// process from outside in, which would make it "inside" for the signal,
+    /// ptrace and /proc protections. Checked at every write, whoever opened
+    /// the file and whenever.
+    inode_permission = "inode_permission", Hook::InodePermission, |ctx| {
+    let mask: i32 = arg(&ctx, Hook::InodePermission, 1);
+    if mask & MAY_WRITE == 0 {
+        return 0;
+    }
+    let Some(subject) = current_subject() else {
+        return 0;
+    };
+    let inode: InodePtr = arg(&ctx, Hook::InodePermission, 0);
+    match unsafe { move_refused(&subject, inode) } {
+        Ok(false) => 0,
+        _ => check_protection(&subject, Hook::InodePermission, Detail { detail: mask as u32, target: 0, protection: protect::CGROUP }, false),
+    }
+});

@@ -115,6 +115,12 @@ path = "/tmp/bp/allowed/script.sh"
 path = "/sys/fs/cgroup/**"
 access = ["read"]
 
+# Its own cgroup.procs may be written (a process moving itself): the rules let
+# the attack that pulls another process in reach the protection.
+[[file]]
+path = "/sys/fs/cgroup/systrace-bypass-deny/cgroup.procs"
+access = ["write"]
+
 [[file]]
 path = "/dev/ptmx"
 access = ["read", "write"]
@@ -739,8 +745,22 @@ fn cases() -> Vec<Case> {
         c.attack(&["daemonize-open", s], e)
     });
     // The confinement itself, and the processes outside it.
-    case!("write_pid_to_other_cgroup", |c, f| c.attack(&["join", ELSEWHERE], protected("file_open", "cgroup")));
+    case!("write_pid_to_other_cgroup", |c, f| {
+        // Refused when the open asks for write permission on the file, or at the open.
+        let mut e = protected("inode_permission", "cgroup");
+        e.hooks.push("file_open");
+        c.attack(&["join", ELSEWHERE], e)
+    });
     case!("clone_into_cgroup", |c, f| c.attack(&["clone-into", ELSEWHERE], protected("task_alloc", "cgroup")));
+    // Pulling a process from outside into one's own cgroup would make it
+    // "inside" for the signal and ptrace protections. Opening one's own
+    // cgroup.procs is allowed (systemd's spawned child joins its unit's cgroup
+    // itself); the write that would move an outside process is refused where
+    // the kernel asks for permission on the cgroup holding both.
+    case!("pull_into_own_cgroup", |c, f| {
+        let procs = c.cg.join("cgroup.procs").to_string_lossy().into_owned();
+        c.attack(&["pull", &f.sibling.id().to_string(), &procs], protected("inode_permission", "cgroup"))
+    });
     case!("cgroup_kill_agent", |c, f| {
         let kill = format!("{AGENT_CGROUP}/cgroup.kill");
         let outcome = c.attack(&["write", &kill, "1"], protected("file_open", "cgroup"))?;

@@ -16,6 +16,7 @@ mod living;
 mod op;
 mod protect;
 mod refusal;
+mod service;
 mod suite;
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Some("bypass") => bypass::main(&args[1..]),
         Some("living") => living::main(&args[1..]),
         Some("learning") => learning::main(&args[1..]),
+        Some("systemd") => service::main(&args[1..]),
         Some("opener") => learning::opener(),
         _ => {
             eprintln!("usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");

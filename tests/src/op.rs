@@ -699,32 +699,23 @@ pub fn main(args: &[String]) -> ExitCode {
                 }
             }
         }
+        "pull" => {
+            // pull PID PROCS: write PID to PROCS, the cgroup.procs of our own
+            // cgroup, moving that process in with us.
+            match std::fs::write(operands.get(1).map(String::as_str).unwrap_or(""), a.to_string_lossy().as_bytes()) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            }
+        }
         "daemonize-open" => {
             // daemonize-open PATH: fork, setsid, fork again; the grandchild opens
-            // PATH and sends the errno back through a pipe.
-            let mut pipe = [0; 2];
-            unsafe { libc::pipe(pipe.as_mut_ptr()) };
-            let child = unsafe { libc::fork() };
-            if child == 0 {
-                unsafe {
-                    libc::setsid();
-                    if libc::fork() == 0 {
-                        let e = open_errno(&a, libc::O_RDONLY);
-                        libc::write(pipe[1], &e as *const i32 as *const libc::c_void, 4);
-                    }
-                    libc::_exit(0);
+            // PATH and sends the errno back.
+            errno_from_fork(|report| unsafe {
+                libc::setsid();
+                if libc::fork() == 0 {
+                    send_errno(report, open_errno(&a, libc::O_RDONLY));
                 }
-            }
-            unsafe { libc::close(pipe[1]) };
-            let mut e: i32 = -1;
-            let n = unsafe { libc::read(pipe[0], &mut e as *mut i32 as *mut libc::c_void, 4) };
-            let mut status = 0;
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            if n == 4 {
-                e
-            } else {
-                -1
-            }
+            })
         }
         other => {
             eprintln!("op: unknown operation {other}");
@@ -733,6 +724,33 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     println!("{}", serde_json::to_string(&outcome).expect("serializable"));
     ExitCode::SUCCESS
+}
+
+/// Runs `child` in a forked process, which sends an errno to the descriptor
+/// it is given ([`send_errno`]), perhaps from a process it forks in turn; the
+/// errno, or -1 when none came.
+fn errno_from_fork(child: impl FnOnce(i32)) -> i32 {
+    let mut pipe = [0; 2];
+    unsafe { libc::pipe(pipe.as_mut_ptr()) };
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        child(pipe[1]);
+        unsafe { libc::_exit(0) };
+    }
+    unsafe { libc::close(pipe[1]) };
+    let mut e: i32 = -1;
+    let n = unsafe { libc::read(pipe[0], &mut e as *mut i32 as *mut libc::c_void, 4) };
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if n == 4 {
+        e
+    } else {
+        -1
+    }
+}
+
+fn send_errno(fd: i32, e: i32) {
+    unsafe { libc::write(fd, &e as *const i32 as *const libc::c_void, 4) };
 }
 
 /// See `uring-personality-setxattr` in the attacks.

@@ -39,7 +39,7 @@ enum Cmd {
         /// Skip the host unit tests.
         #[arg(long)]
         vm_only: bool,
-        /// Only this VM scenario (suite, lang, bypass, living, learning, refusal).
+        /// Only this VM scenario (suite, lang, bypass, living, learning, refusal, systemd).
         #[arg(long)]
         scenario: Option<String>,
     },
@@ -196,6 +196,33 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `systemd` scenario's initramfs: the cached Debian system, with the
+/// agent installed as a service from the shipped unit, a unit to confine and
+/// its policy, and the checks as a unit that runs last.
+fn systemd_initrd(bins: &Binaries) -> Result<PathBuf> {
+    let rootfs = setup::rootfs()?;
+    let ws = workspace_root();
+    let files = vec![
+        (bins.agent.clone(), "/usr/bin/systrace-agent".to_string()),
+        (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".to_string()),
+        (ws.join("packaging/systrace.service"), "/usr/lib/systemd/system/systrace.service".to_string()),
+        (ws.join("tests/systemd/victim.service"), "/usr/lib/systemd/system/victim.service".to_string()),
+        (ws.join("tests/systemd/systrace-e2e.service"), "/usr/lib/systemd/system/systrace-e2e.service".to_string()),
+        (ws.join("tests/systemd/victim.toml"), "/etc/systrace/policies/victim.toml".to_string()),
+        (ws.join("tests/systemd/secret"), "/etc/victim/secret".to_string()),
+        // Put in force by the checks, after nginx has been learned without it.
+        (ws.join("policies/nginx.toml"), "/usr/share/systrace/policies/nginx.toml".to_string()),
+    ];
+    let links = [
+        ("/etc/systemd/system/sysinit.target.wants/systrace.service", "/usr/lib/systemd/system/systrace.service"),
+        ("/etc/systemd/system/multi-user.target.wants/victim.service", "/usr/lib/systemd/system/victim.service"),
+        ("/etc/systemd/system/multi-user.target.wants/systrace-e2e.service", "/usr/lib/systemd/system/systrace-e2e.service"),
+        // The serial console is the checks' output: no login prompt on it.
+        ("/etc/systemd/system/serial-getty@ttyS0.service", "/dev/null"),
+    ];
+    vm::system_initramfs("systemd", &rootfs, &files, &links)
+}
+
 /// One kernel's results: its name, the tally of TEST lines, and the bypass
 /// table's (case, policy style, outcome) rows.
 struct KernelRun {
@@ -217,6 +244,9 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
         ("living", spec.cmdline),
         ("learning", spec.cmdline),
         ("refusal", spec.cmdline_without_bpf_lsm),
+        // Twice: confinement at boot must hold on every boot, not just one.
+        ("systemd", spec.cmdline),
+        ("systemd", spec.cmdline),
     ];
     let mut bypass = Vec::new();
     let mut tally = Tally::default();
@@ -226,6 +256,13 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
             continue;
         }
         let mut payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
+        let mut cmdline = cmdline.to_string();
+        let mut memory = "1G";
+        if scenario == "systemd" {
+            // A Debian system with systemd as PID 1, not the busybox /init.
+            cmdline.push_str(" rdinit=/sbin/init systemd.show_status=error");
+            memory = "2G";
+        }
         if scenario == "learning" {
             payload.files.extend(vm::python_files()?);
             // tmux plays the person answering `exec --ask`.
@@ -234,7 +271,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
             // tmux insists on a UTF-8 locale: glibc's C.UTF-8.
             payload.files.extend(vm::tree_files(std::path::Path::new("/usr/lib/locale/C.utf8"))?);
         }
-        let initrd = vm::initramfs(scenario, &payload)?;
+        let initrd = if scenario == "systemd" { systemd_initrd(bins)? } else { vm::initramfs(scenario, &payload)? };
         // The guest kernel sometimes trips over its own live code patching under
         // two TCG vCPUs: an oops at boot (int3 in sched_clock_cpu, before init
         // has run), or a vCPU running into the int3 that patching a hook's BPF
@@ -251,7 +288,7 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
             let mut summary = None;
             let mut panicked = false;
             let mut patching_lockup = false;
-            let finished = vm::boot(&kernel, cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(900), |line| {
+            let finished = vm::boot_with_memory(&kernel, &cmdline, &initrd, vm::Cpu::Fast, memory, Duration::from_secs(900), |line| {
                 println!("[{} {scenario}] {line}", spec.label);
                 panicked |= line.contains("Kernel panic");
                 patching_lockup |= line.contains("RIP: 0010:asm_exc_int3") || line.contains("Oops: int3");

@@ -15,7 +15,7 @@ use crate::{cache_dir, run, say};
 pub const MKFS_EXT4: &str = "/usr/sbin/mke2fs";
 pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
 
-const PACKAGES: [(&str, &str); 11] = [
+const PACKAGES: [(&str, &str); 12] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
@@ -30,6 +30,8 @@ const PACKAGES: [(&str, &str); 11] = [
     // tmux answers `exec --ask` prompts in the VM as a person would.
     ("tmux", "/usr/bin/tmux"),
     ("ncurses-base", "/lib/terminfo/s/screen"),
+    // The root file system of the VM that boots systemd.
+    ("debootstrap", "/usr/sbin/debootstrap"),
 ];
 
 /// Kernel modules the VM tests load (with what they depend on): SCTP for the
@@ -328,6 +330,53 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect()
     }
     parts(a).cmp(&parts(b))
+}
+
+/// Packages of the Debian system the `systemd` scenario boots, beyond
+/// debootstrap's minimal base: systemd as PID 1, and the daemons confined there.
+const ROOTFS_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "nginx", "busybox", "procps"];
+
+/// A Debian 12 root file system with systemd, as a compressed cpio archive the
+/// kernel unpacks as its initramfs (no disk, no block driver module to load).
+/// Made once with debootstrap from the machine's mirror and cached; a cache
+/// made for another package list is made again.
+pub fn rootfs() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("rootfs");
+    let image = dir.join("bookworm.cpio.gz");
+    let stamp = dir.join("packages");
+    let wanted = ROOTFS_PACKAGES.join(",");
+    if image.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(image);
+    }
+    let tree = dir.join("bookworm");
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mirror = machine_mirror()?;
+    say(&format!(
+        "making a Debian 12 root file system with systemd ({wanted}) with debootstrap from {mirror}; \
+         this downloads about 60 MB and takes 3 to 8 minutes, once"
+    ));
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={wanted}"), "bookworm"])
+        .arg(&tree)
+        .arg(&mirror))?;
+    // What the VM does not need: apt's downloaded packages and lists, docs.
+    for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"] {
+        let path = tree.join(junk);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+            std::fs::create_dir_all(&path)?;
+        }
+    }
+    say("packing the root file system as an initramfs (cpio, gzip)");
+    let partial = dir.join("bookworm.cpio.gz.tmp");
+    crate::vm::pack(&tree, &partial, ".")?;
+    std::fs::rename(&partial, &image)?;
+    std::fs::remove_dir_all(&tree)?;
+    std::fs::write(&stamp, &wanted)?;
+    Ok(image)
 }
 
 #[cfg(test)]

@@ -149,13 +149,53 @@ pub fn initramfs(name: &str, payload: &Payload) -> Result<PathBuf> {
     std::fs::write(&init, format!("{INIT_PRELUDE}{}\necho {END_MARKER}\npoweroff -f\n", payload.script))?;
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let image = workspace_root().join("target/vm").join(format!("{name}.cpio.gz"));
+    pack(&root, &image, ".")?;
+    Ok(image)
+}
+
+/// Packs the tree `dir` into `image`, a gzip-compressed cpio archive the
+/// kernel unpacks as its initramfs; `find` lists what goes in (`.`, or
+/// `. -mindepth 1` to leave the top directory itself out).
+pub fn pack(dir: &Path, image: &Path, find: &str) -> Result<()> {
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'", root.display(), image.display()))
+        .arg(format!("cd '{}' && find {find} | cpio -o -H newc --quiet | gzip -1 > '{}'", dir.display(), image.display()))
         .status()?;
     if !status.success() {
-        bail!("building {} failed", image.display());
+        bail!("packing {} into {} failed", dir.display(), image.display());
     }
+    Ok(())
+}
+
+/// A whole Debian system as the initramfs: the cached root file system
+/// (`rootfs`, see `setup::rootfs`) and, unpacked over it, `files` and the
+/// `links` (path in the VM, target) that enable units; paths go through no
+/// symlink of the system (`/usr/lib`, not `/lib`). The kernel unpacks
+/// concatenated archives in order, so the large one is never rebuilt.
+pub fn system_initramfs(name: &str, rootfs: &Path, files: &[(PathBuf, String)], links: &[(&str, &str)]) -> Result<PathBuf> {
+    let root = workspace_root().join("target/vm").join(name);
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    for (src, dst) in files {
+        let target = root.join(dst.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap())?;
+        std::fs::copy(src, &target).with_context(|| format!("copying {} into the initramfs", src.display()))?;
+    }
+    for (path, target) in links {
+        let link = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(link.parent().unwrap())?;
+        std::os::unix::fs::symlink(target, &link)?;
+    }
+    let overlay = workspace_root().join("target/vm").join(format!("{name}-overlay.cpio.gz"));
+    // Not `.`, and no top-level name that is a symlink in the system (merged
+    // /usr: /lib, /bin, /sbin): the kernel would put a directory in its
+    // place, and /sbin/init would be gone.
+    pack(&root, &overlay, ". -mindepth 1")?;
+    let image = workspace_root().join("target/vm").join(format!("{name}.cpio.gz"));
+    let mut out = std::fs::File::create(&image)?;
+    std::io::copy(&mut std::fs::File::open(rootfs)?, &mut out)?;
+    std::io::copy(&mut std::fs::File::open(&overlay)?, &mut out)?;
     Ok(image)
 }
 
@@ -178,6 +218,19 @@ pub fn boot(
     initrd: &Path,
     cpu: Cpu,
     timeout: Duration,
+    on_line: impl FnMut(&str),
+) -> Result<bool> {
+    boot_with_memory(kernel, extra_cmdline, initrd, cpu, "1G", timeout, on_line)
+}
+
+/// [`boot`] with `memory` (QEMU's `-m`) for the guest.
+pub fn boot_with_memory(
+    kernel: &Kernel,
+    extra_cmdline: &str,
+    initrd: &Path,
+    cpu: Cpu,
+    memory: &str,
+    timeout: Duration,
     mut on_line: impl FnMut(&str),
 ) -> Result<bool> {
     let cpu_args: &[&str] = match cpu {
@@ -186,14 +239,15 @@ pub fn boot(
     };
     let cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {extra_cmdline}");
     say(&format!(
-        "booting Linux {} ({}) in QEMU [{}] (software emulation, {}, 1 GiB; the boot takes about 10 s)",
+        "booting Linux {} ({}) in QEMU [{}] (software emulation, {}, {memory} of memory; the boot takes about 10 s{})",
         kernel.release,
         kernel.spec.debian,
         extra_cmdline,
-        if cpu == Cpu::Fast { "2 vCPUs" } else { "1 vCPU, instruction-counted time" }
+        if cpu == Cpu::Fast { "2 vCPUs" } else { "1 vCPU, instruction-counted time" },
+        if extra_cmdline.contains("rdinit=/sbin/init") { ", a minute with systemd" } else { "" }
     ));
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1G", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", memory, "-no-reboot"])
         .args(cpu_args)
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")

@@ -1,0 +1,288 @@
+//! The agent as a system service, in a Debian system booted with systemd as
+//! PID 1 (`cargo xtask test --scenario systemd`). This program runs last, as
+//! `systrace-e2e.service`, on the serial console, and powers the VM off.
+//!
+//! `systrace.service` (the shipped unit) enforces before ordinary services
+//! start; `victim.service`, whose very first action is an open its policy
+//! forbids (`policy unit = "victim.service"`), is refused at boot and on every
+//! start after it (each start a new cgroup), also while the agent is killed
+//! and restarted by systemd.
+
+use std::{process::Command, process::ExitCode, time::Duration};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+use crate::suite::Runner;
+
+const SECRET: &str = "/etc/victim/secret";
+/// The most `systemd-analyze security` may score the shipped unit.
+const MAX_EXPOSURE: f64 = 5.5;
+
+/// `systemctl show -p PROP --value UNIT`.
+fn show(unit: &str, prop: &str) -> Result<String> {
+    let out = Command::new("systemctl").args(["show", "-p", prop, "--value", unit]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn systemctl(args: &[&str]) -> Result<bool> {
+    Ok(Command::new("systemctl").args(args).status()?.success())
+}
+
+/// The agent's JSON lines so far, from the journal (its stdout).
+fn agent_lines() -> Result<Vec<Value>> {
+    let out = Command::new("journalctl").args(["-u", "systrace.service", "-o", "cat", "--no-pager"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// Waits for the agent to report a denial of the secret's open for `pid`.
+fn denial_for(pid: u64) -> Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = agent_lines()?.into_iter().find(|v| {
+            v["type"] == "event" && v["verdict"] == "denied" && v["path"] == SECRET && v["tgid"].as_u64() == Some(pid)
+        }) {
+            return Ok(v);
+        }
+        ensure!(std::time::Instant::now() < deadline, "no denial of {SECRET} reported for pid {pid}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts victim.service once; its main pid and exit status.
+fn start_victim() -> Result<(u64, String)> {
+    // A oneshot that failed stays failed until started again: start returns
+    // non-zero for it, which is the point.
+    let _ = systemctl(&["start", "victim.service"])?;
+    let pid: u64 = show("victim.service", "ExecMainPID")?.parse().context("victim's main pid")?;
+    Ok((pid, show("victim.service", "ExecMainStatus")?))
+}
+
+pub fn main(_args: &[String]) -> ExitCode {
+    let mut r = Runner::default();
+    r.case("service_is_ready_before_the_services_it_confines", || {
+        ensure!(show("systrace.service", "ActiveState")? == "active", "systrace.service is {}", show("systrace.service", "ActiveState")?);
+        ensure!(show("systrace.service", "Type")? == "notify", "not a notify unit");
+        let ready: u64 = show("systrace.service", "ActiveEnterTimestampMonotonic")?.parse()?;
+        let victim: u64 = show("victim.service", "ExecMainStartTimestampMonotonic")?.parse()?;
+        ensure!(ready > 0 && victim > ready, "victim started at {victim} us, systrace ready at {ready} us");
+        let lines = agent_lines()?;
+        ensure!(lines.iter().any(|v| v["type"] == "status" && v["state"] == "enforcing"), "no enforcing status in the journal");
+        Ok(())
+    });
+    r.case("unit_denied_from_its_first_instruction_at_boot", || {
+        let pid: u64 = show("victim.service", "ExecMainPID")?.parse()?;
+        let status = show("victim.service", "ExecMainStatus")?;
+        if status != "1" {
+            let journal = Command::new("journalctl").args(["-b", "-u", "victim.service", "--no-pager"]).output()?;
+            let refusals: Vec<Value> =
+                agent_lines()?.into_iter().filter(|v| v["type"] == "event" && v["policy"] == "victim").take(8).collect();
+            anyhow::bail!(
+                "cat exited {status}; the unit's journal: {}; the agent's events for it: {refusals:?}",
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
+        let denial = denial_for(pid)?;
+        ensure!(denial["hook"] == "file_open" && denial["policy"] == "victim", "{denial}");
+        Ok(())
+    });
+    r.case("unit_denied_on_every_restart", || {
+        let mut cgroups = Vec::new();
+        for start in 1..=3 {
+            let (pid, status) = start_victim()?;
+            ensure!(status == "1", "start {start}: cat exited {status}");
+            let denial = denial_for(pid).with_context(|| format!("start {start}"))?;
+            cgroups.push(denial["cgroup_id"].clone());
+        }
+        cgroups.dedup();
+        ensure!(cgroups.len() == 3, "the starts shared cgroups: {cgroups:?}");
+        // systemd moves each spawned process into the unit's cgroup from both
+        // sides; the child's own write, when it comes second, is its to make.
+        let moves: Vec<Value> = agent_lines()?
+            .into_iter()
+            .filter(|v| v["type"] == "event" && v["protection"] == "cgroup" && v["policy"] == "victim")
+            .collect();
+        ensure!(moves.is_empty(), "systemd's own moves were refused: {moves:?}");
+        Ok(())
+    });
+    r.case("enforcement_survives_killing_the_agent", || {
+        let before: u64 = show("systrace.service", "MainPID")?.parse()?;
+        ensure!(systemctl(&["kill", "-s", "KILL", "systrace.service"])?, "systemctl kill failed");
+        // At once, before systemd restarts the agent: the pinned programs refuse.
+        let (_, status) = start_victim()?;
+        ensure!(status == "1", "with the agent killed, cat exited {status}");
+        // systemd restarts it; the new agent takes the pins over.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let now: u64 = show("systrace.service", "MainPID")?.parse().unwrap_or(0);
+            if now != 0 && now != before && show("systrace.service", "ActiveState")? == "active" {
+                break;
+            }
+            ensure!(std::time::Instant::now() < deadline, "systemd did not restart the agent");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let (pid, status) = start_victim()?;
+        ensure!(status == "1", "after the restart, cat exited {status}");
+        denial_for(pid)?;
+        ensure!(show("systrace.service", "NRestarts")? != "0", "NRestarts is 0");
+        Ok(())
+    });
+    r.case("reload_through_systemctl", || {
+        ensure!(systemctl(&["reload", "systrace.service"])?, "systemctl reload failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !agent_lines()?.iter().any(|v| v["type"] == "status" && v["state"] == "reloaded") {
+            ensure!(std::time::Instant::now() < deadline, "no reloaded status");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        ensure!(show("systrace.service", "ActiveState")? == "active", "not active after the reload");
+        let (pid, _) = start_victim()?;
+        denial_for(pid)?;
+        Ok(())
+    });
+    r.case("unit_hardening_measured_by_systemd_analyze", || {
+        let out = Command::new("systemd-analyze").args(["security", "--no-pager", "systrace.service"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "→ Overall exposure level for systrace.service: 4.6 OK 🙂"
+        let line = text.lines().find(|l| l.contains("Overall exposure level")).context("no exposure level")?;
+        println!("systemd-analyze: {}", line.trim());
+        let score: f64 = line
+            .split(':')
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .context("unreadable exposure level")?;
+        // 10 is a unit with no hardening at all; what a BPF LSM agent must keep
+        // (CAP_SYS_ADMIN, CAP_BPF, the host's PID and network namespaces, the
+        // cgroup tree) costs about half of that.
+        ensure!(score <= MAX_EXPOSURE, "exposure {score} above {MAX_EXPOSURE}: {}", text.lines().filter(|l| l.contains('✗')).take(12).collect::<Vec<_>>().join("; "));
+        Ok(())
+    });
+    r.case("learn_nginx_through_its_unit", learn_nginx);
+    r.case("nginx_serves_pages_under_the_shipped_policy", nginx_serves);
+    r.case("nginx_cgroup_forbidden_actions_denied", nginx_forbidden);
+    r.finish()
+}
+
+const NGINX_CGROUP: &str = "/sys/fs/cgroup/system.slice/nginx.service";
+/// The pages the checks fetch: Debian's default site and a missing page.
+const PAGES: &[(&str, &str)] = &[("/", "200"), ("/index.nginx-debian.html", "200"), ("/missing", "404")];
+
+/// `busybox wget` of `path` on the VM's own nginx: the body, or the error.
+fn fetch(path: &str) -> Result<String> {
+    let out = Command::new("busybox").args(["wget", "-q", "-O", "-", &format!("http://127.0.0.1{path}")]).output()?;
+    ensure!(out.status.success(), "GET {path}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Fetches [`PAGES`]: the 200s must succeed, the 404 must fail.
+fn traffic() -> Result<()> {
+    for (path, status) in PAGES {
+        match (fetch(path), *status) {
+            (Ok(body), "200") => ensure!(body.contains("nginx"), "GET {path}: {body}"),
+            (Err(e), "200") => return Err(e),
+            (Ok(_), _) => anyhow::bail!("GET {path} found a page"),
+            (Err(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `learn --unit nginx.service` with the real systemd restarting the unit:
+/// what the shipped policy was made from (it prints the generated policy).
+fn learn_nginx() -> Result<()> {
+    let out = "/tmp/nginx.jsonl";
+    let err = std::fs::File::create("/tmp/learn-nginx.err")?;
+    let mut learn = Command::new("/usr/bin/systrace-agent")
+        .args(["learn", "--unit", "nginx.service", "--duration", "40", "-o", out])
+        .stderr(err)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string("/tmp/learn-nginx.err").unwrap_or_default().contains("learning") {
+        ensure!(std::time::Instant::now() < deadline, "learning did not start");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let restarted = systemctl(&["restart", "nginx.service"]);
+    let fetched = traffic();
+    let status = learn.wait()?;
+    ensure!(restarted?, "nginx did not restart under learning");
+    fetched?;
+    ensure!(status.success(), "learn exited {status}: {}", std::fs::read_to_string("/tmp/learn-nginx.err")?);
+    let policy = "/tmp/nginx-learned.toml";
+    let generated = Command::new("/usr/bin/systrace-agent").args(["generate", out, "-o", policy, "--name", "nginx"]).output()?;
+    ensure!(generated.status.success(), "generate: {}", String::from_utf8_lossy(&generated.stderr));
+    let text = std::fs::read_to_string(policy)?;
+    for line in text.lines() {
+        println!("nginx-learned: {line}");
+    }
+    let checked = Command::new("/usr/bin/systrace-agent").args(["check", policy]).output()?;
+    ensure!(checked.status.success(), "check: {}", String::from_utf8_lossy(&checked.stderr));
+    ensure!(text.contains("unit = \"nginx.service\""), "no unit target in the learned policy");
+    ensure!(text.contains("/var/www/html"), "the document root is not in the learned policy");
+    Ok(())
+}
+
+/// Nanoseconds since boot, as the kernel stamps events.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Puts the shipped nginx policy in force (the agent reloads the directory
+/// by itself), restarts nginx under it and fetches the pages: 0 denials.
+fn nginx_serves() -> Result<()> {
+    std::fs::copy("/usr/share/systrace/policies/nginx.toml", "/etc/systrace/policies/nginx.toml")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent_lines()?.iter().any(|v| {
+        v["type"] == "status"
+            && v["state"] == "reloaded"
+            && v["policies"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "nginx"))
+    }) {
+        ensure!(std::time::Instant::now() < deadline, "the agent did not load the nginx policy");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let since = boot_ns();
+    ensure!(systemctl(&["restart", "nginx.service"])?, "nginx did not start under its policy");
+    traffic()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let denials: Vec<Value> = agent_lines()?
+        .into_iter()
+        .filter(|v| {
+            v["type"] == "event"
+                && v["policy"] == "nginx"
+                && v["verdict"] == "denied"
+                && v["boot_ns"].as_u64().is_some_and(|t| t >= since)
+        })
+        .collect();
+    ensure!(denials.is_empty(), "{} denials serving pages: {:?}", denials.len(), denials.iter().take(5).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// What an attacker who took over nginx would try, from inside its cgroup:
+/// each refused by our hook, for that process.
+fn nginx_forbidden() -> Result<()> {
+    let cg = std::path::Path::new(NGINX_CGROUP);
+    ensure!(cg.exists(), "nginx has no cgroup");
+    // (operation, the errno our refusal gives: EACCES for files, EPERM else)
+    let attacks: &[(&[&str], i32)] = &[
+        (&["open", "/etc/shadow", "r"], 13),
+        (&["open", "/var/www/html/index.nginx-debian.html", "w"], 13),
+        (&["exec", "/bin/sh"], 13),
+        (&["connect", "127.0.0.1", "22", "tcp"], 1),
+        (&["bind", "0.0.0.0", "8080", "tcp"], 1),
+    ];
+    for (args, errno) in attacks {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let out = crate::op::run_args(Some(cg), &args)?;
+        ensure!(out.errno == *errno, "{args:?} in nginx's cgroup: errno {} (expected {errno})", out.errno);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !agent_lines()?.iter().any(|v| {
+            v["type"] == "event" && v["verdict"] == "denied" && v["policy"] == "nginx" && v["tgid"].as_u64() == Some(out.tgid as u64)
+        }) {
+            ensure!(std::time::Instant::now() < deadline, "{args:?}: no denial reported for pid {}", out.tgid);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
