@@ -82,7 +82,7 @@ struct Slot {
     /// What was written to `POLICIES` for it.
     info: PolicyInfo,
     /// Paths its deny rules name, whose files' identities it follows.
-    anchors: Vec<(Anchor, FileRule)>,
+    anchors: BTreeMap<Anchor, FileRule>,
     /// Its deny rules by extension, whose files it follows.
     extension_denies: Vec<ExtensionDeny>,
     names: Vec<NameKey>,
@@ -439,7 +439,7 @@ impl Enforcer {
             written.slots.push(Slot {
                 slot,
                 info: policy.info,
-                anchors: policy.inode_anchors.iter().map(|(anchor, rule)| (anchor.clone(), *rule)).collect(),
+                anchors: policy.inode_anchors.clone(),
                 extension_denies: policy.extension_denies.clone(),
                 names: vec![],
                 inodes: vec![],
@@ -563,7 +563,7 @@ impl Enforcer {
             }
         };
         for slot in &self.in_force.slots {
-            for (Anchor { path, .. }, _) in &slot.anchors {
+            for Anchor { path, .. } in slot.anchors.keys() {
                 if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
                     add((dir.to_path_buf(), Names::Exact(name.to_os_string())));
                 }
@@ -586,11 +586,7 @@ impl Enforcer {
             .slots
             .iter()
             .enumerate()
-            .flat_map(|(i, slot)| {
-                let named = slot.anchors.iter().map(move |(anchor, rule)| (i, anchor.clone(), *rule));
-                let covered = followed_files(&slot.extension_denies).into_iter().map(move |(a, r)| (i, a, r));
-                named.chain(covered)
-            })
+            .flat_map(|(i, slot)| followed(&slot.anchors, &slot.extension_denies).into_iter().map(move |(a, r)| (i, a, r)))
             .collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -701,13 +697,8 @@ impl Enforcer {
     fn probe_identities(&mut self, policies: &[Compiled]) -> Result<Vec<Vec<(FileId, Anchor, FileRule)>>> {
         // What each policy follows: the paths its deny rules name, and the
         // files its rules by extension cover now.
-        let wanted: Vec<Vec<(Anchor, FileRule)>> = policies
-            .iter()
-            .map(|p| {
-                let named = p.inode_anchors.iter().map(|(a, r)| (a.clone(), *r));
-                named.chain(followed_files(&p.extension_denies)).collect()
-            })
-            .collect();
+        let wanted: Vec<Vec<(Anchor, FileRule)>> =
+            policies.iter().map(|p| followed(&p.inode_anchors, &p.extension_denies)).collect();
         let mut paths: BTreeMap<PathBuf, Option<FileId>> = BTreeMap::new();
         for anchors in &wanted {
             for (anchor, _) in anchors {
@@ -829,6 +820,14 @@ fn add_rule(rule: &mut FileRule, more: &FileRule) {
     rule.exact.deny |= more.exact.deny;
     rule.children.deny |= more.children.deny;
     rule.subtree.deny |= more.subtree.deny;
+}
+
+/// What a policy's deny rules follow by identity now: the paths they name
+/// (`anchors`) and the files its rules by extension cover.
+fn followed(anchors: &BTreeMap<Anchor, FileRule>, denies: &[ExtensionDeny]) -> Vec<(Anchor, FileRule)> {
+    let mut out: Vec<(Anchor, FileRule)> = anchors.iter().map(|(a, r)| (a.clone(), *r)).collect();
+    out.extend(followed_files(denies));
+    out
 }
 
 /// The files the deny rules by extension cover now, as anchors with their

@@ -25,7 +25,11 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{agent::Agent, attack, op, suite::Runner};
+use crate::{
+    agent::Agent,
+    attack, op,
+    suite::{boot_ns, Runner},
+};
 
 const EPERM: i32 = 1;
 const EACCES: i32 = 13;
@@ -247,14 +251,6 @@ fn p(rel: &str) -> PathBuf {
 fn ino(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(fs::metadata(path).with_context(|| path.display().to_string())?.ino())
-}
-
-/// Nanoseconds since boot, as the kernel stamps events.
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// How a case ended.

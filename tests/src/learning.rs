@@ -21,7 +21,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::suite::Runner;
+use crate::suite::{wait_until, Runner};
 
 const HTTPD_PORT: u16 = 8080;
 const PY_PORT: u16 = 8000;
@@ -522,17 +522,6 @@ fn tmux(args: &[&str]) -> Result<String> {
     let out = Command::new("tmux").args(args).env("TERM", "screen").env("LC_ALL", "C.UTF-8").output()?;
     ensure!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if done()? {
-            return Ok(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{what}: not within {timeout:?}")
 }
 
 /// `exec --ask`, answered through `prompt` in tmux.

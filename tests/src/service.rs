@@ -13,7 +13,7 @@ use std::{process::Command, process::ExitCode, time::Duration};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
-use crate::suite::Runner;
+use crate::suite::{boot_ns, wait_until, Runner};
 
 const SECRET: &str = "/etc/victim/secret";
 /// The most `systemd-analyze security` may score the shipped unit.
@@ -37,16 +37,19 @@ fn agent_lines() -> Result<Vec<Value>> {
 
 /// Waits for the agent to report a denial of the secret's open for `pid`.
 fn denial_for(pid: u64) -> Result<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = agent_lines()?.into_iter().find(|v| {
+    let mut found = None;
+    wait_until(&format!("a denial of {SECRET} reported for pid {pid}"), Duration::from_secs(20), || {
+        found = agent_lines()?.into_iter().find(|v| {
             v["type"] == "event" && v["verdict"] == "denied" && v["path"] == SECRET && v["tgid"].as_u64() == Some(pid)
-        }) {
-            return Ok(v);
-        }
-        ensure!(std::time::Instant::now() < deadline, "no denial of {SECRET} reported for pid {pid}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        });
+        Ok(found.is_some())
+    })?;
+    found.context("no denial")
+}
+
+/// Waits for an agent line that `pred` accepts.
+fn wait_for_agent(what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<()> {
+    wait_until(what, timeout, || Ok(agent_lines()?.iter().any(&pred))).map(|_| ())
 }
 
 /// Starts victim.service once; its main pid and exit status.
@@ -112,15 +115,10 @@ pub fn main(_args: &[String]) -> ExitCode {
         let (_, status) = start_victim()?;
         ensure!(status == "1", "with the agent killed, cat exited {status}");
         // systemd restarts it; the new agent takes the pins over.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        wait_until("systemd to restart the agent", Duration::from_secs(60), || {
             let now: u64 = show("systrace.service", "MainPID")?.parse().unwrap_or(0);
-            if now != 0 && now != before && show("systrace.service", "ActiveState")? == "active" {
-                break;
-            }
-            ensure!(std::time::Instant::now() < deadline, "systemd did not restart the agent");
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            Ok(now != 0 && now != before && show("systrace.service", "ActiveState")? == "active")
+        })?;
         let (pid, status) = start_victim()?;
         ensure!(status == "1", "after the restart, cat exited {status}");
         denial_for(pid)?;
@@ -129,11 +127,7 @@ pub fn main(_args: &[String]) -> ExitCode {
     });
     r.case("reload_through_systemctl", || {
         ensure!(systemctl(&["reload", "systrace.service"])?, "systemctl reload failed");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !agent_lines()?.iter().any(|v| v["type"] == "status" && v["state"] == "reloaded") {
-            ensure!(std::time::Instant::now() < deadline, "no reloaded status");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_for_agent("a reloaded status", Duration::from_secs(30), |v| v["type"] == "status" && v["state"] == "reloaded")?;
         ensure!(show("systrace.service", "ActiveState")? == "active", "not active after the reload");
         let (pid, _) = start_victim()?;
         denial_for(pid)?;
@@ -196,11 +190,9 @@ fn learn_nginx() -> Result<()> {
         .args(["learn", "--unit", "nginx.service", "--duration", "40", "-o", out])
         .stderr(err)
         .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string("/tmp/learn-nginx.err").unwrap_or_default().contains("learning") {
-        ensure!(std::time::Instant::now() < deadline, "learning did not start");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_until("learning to start", Duration::from_secs(60), || {
+        Ok(std::fs::read_to_string("/tmp/learn-nginx.err").unwrap_or_default().contains("learning"))
+    })?;
     let restarted = systemctl(&["restart", "nginx.service"]);
     let fetched = traffic();
     let status = learn.wait()?;
@@ -221,27 +213,15 @@ fn learn_nginx() -> Result<()> {
     Ok(())
 }
 
-/// Nanoseconds since boot, as the kernel stamps events.
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Puts the shipped nginx policy in force (the agent reloads the directory
 /// by itself), restarts nginx under it and fetches the pages: 0 denials.
 fn nginx_serves() -> Result<()> {
     std::fs::copy("/usr/share/systrace/policies/nginx.toml", "/etc/systrace/policies/nginx.toml")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !agent_lines()?.iter().any(|v| {
+    wait_for_agent("the agent to load the nginx policy", Duration::from_secs(30), |v| {
         v["type"] == "status"
             && v["state"] == "reloaded"
             && v["policies"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "nginx"))
-    }) {
-        ensure!(std::time::Instant::now() < deadline, "the agent did not load the nginx policy");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    })?;
     let since = boot_ns();
     ensure!(systemctl(&["restart", "nginx.service"])?, "nginx did not start under its policy");
     traffic()?;
@@ -276,13 +256,9 @@ fn nginx_forbidden() -> Result<()> {
         let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
         let out = crate::op::run_args(Some(cg), &args)?;
         ensure!(out.errno == *errno, "{args:?} in nginx's cgroup: errno {} (expected {errno})", out.errno);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !agent_lines()?.iter().any(|v| {
+        wait_for_agent(&format!("{args:?}: a denial reported for pid {}", out.tgid), Duration::from_secs(20), |v| {
             v["type"] == "event" && v["verdict"] == "denied" && v["policy"] == "nginx" && v["tgid"].as_u64() == Some(out.tgid as u64)
-        }) {
-            ensure!(std::time::Instant::now() < deadline, "{args:?}: no denial reported for pid {}", out.tgid);
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })?;
     }
     Ok(())
 }

@@ -287,3 +287,23 @@ fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     });
     Ok(())
 }
+
+/// Polls `done` until it holds; how long that took, or an error naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if done()? {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what}: not within {timeout:?}")
+}
+
+/// Nanoseconds since boot, as the kernel stamps events.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
