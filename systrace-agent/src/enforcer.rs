@@ -117,6 +117,8 @@ pub struct Enforcer {
     pinned: Vec<aya::programs::links::PinnedLink>,
     /// Kernel ids of the programs behind the pinned links.
     pinned_ids: Vec<u32>,
+    /// The event ring buffer's and the counters' pins (see [`crate::pins::EVENTS_PIN`]).
+    pinned_maps: Vec<PathBuf>,
     /// The half of the binding tables in force.
     active: u32,
     in_force: Written,
@@ -279,6 +281,7 @@ impl Enforcer {
             tracepoints,
             pinned: Vec::new(),
             pinned_ids: Vec::new(),
+            pinned_maps: Vec::new(),
             active: 0,
             in_force: Written::default(),
             probe: None,
@@ -327,6 +330,54 @@ impl Enforcer {
             let pinned = fd_link.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))?;
             self.pinned.push(pinned);
         }
+        // The maps an agent taking over after a crash reads the gap from: what
+        // these programs reported that no agent read.
+        for (map, file) in [(names::EVENTS, crate::pins::EVENTS_PIN), (names::COUNTERS, crate::pins::COUNTERS_PIN)] {
+            let path = dir.join(file);
+            let map = self.bpf.map(map).ok_or_else(|| anyhow!("map {map} missing"))?;
+            map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            self.pinned_maps.push(path);
+        }
+        Ok(())
+    }
+
+    /// Entries and capacity of the maps that can fill up: rule tables, the
+    /// cgroup bindings (the kernel adds to them as cgroups appear), caches.
+    /// Counted key by key (one system call each): call it rarely.
+    pub fn map_fill(&self) -> Vec<(&'static str, u64, u32)> {
+        const MAPS: [&str; 9] = [
+            names::BINDINGS,
+            names::POLICIES,
+            names::NAME_RULES,
+            names::INODE_RULES,
+            names::NET_RULES,
+            names::SOCKET_RULES,
+            names::UNIX_RULES,
+            names::TARGETS,
+            names::UNITS,
+        ];
+        use std::os::fd::AsFd as _;
+        MAPS.iter()
+            .filter_map(|&name| {
+                let data = match self.bpf.map(name)? {
+                    aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::LpmTrie(d) => d,
+                    _ => return None,
+                };
+                let info = data.info().ok()?;
+                let max = info.max_entries();
+                Some((name, count_keys(data.fd().as_fd(), info.key_size() as usize, u64::from(max) * 2), max))
+            })
+            .collect()
+    }
+
+    /// Tells a later agent how many events this one has read (see
+    /// [`Counter::AgentRead`]).
+    pub fn record_read(&mut self, read: u64) -> Result<()> {
+        let map = self.bpf.map_mut(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing", names::COUNTERS))?;
+        let mut array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let mut values = vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?];
+        values[0] = read;
+        array.set(Counter::AgentRead as u32, aya::maps::PerCpuValues::try_from(values)?, 0)?;
         Ok(())
     }
 
@@ -341,6 +392,9 @@ impl Enforcer {
             if let Err(e) = pinned.unpin() {
                 eprintln!("systrace-agent: removing a pin: {e}");
             }
+        }
+        for path in self.pinned_maps.drain(..) {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -797,6 +851,43 @@ impl Enforcer {
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(array.get(&(counter as u32), 0)?.iter().sum())
     }
+}
+
+/// Keys in a map, walked with BPF_MAP_GET_NEXT_KEY; at most `limit` (a map
+/// changing under the walk may send it back to the start).
+fn count_keys(fd: std::os::fd::BorrowedFd<'_>, key_size: usize, limit: u64) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct NextKeyAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut key = vec![0u8; key_size.max(1)];
+    let mut next = vec![0u8; key_size.max(1)];
+    let mut n = 0;
+    while n < limit {
+        let attr = NextKeyAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: if n == 0 { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: attr points to key_size-byte buffers that outlive the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const NextKeyAttr, std::mem::size_of::<NextKeyAttr>())
+        };
+        if rc != 0 {
+            break;
+        }
+        n += 1;
+        std::mem::swap(&mut key, &mut next);
+    }
+    n
 }
 
 /// Waits until every BPF program that started before now has returned. LSM

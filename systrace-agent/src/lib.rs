@@ -7,5 +7,6 @@ pub mod events;
 pub mod offsets;
 pub mod policy;
 pub mod review;
+pub mod telemetry;
 pub mod homes;
 pub mod learn;

@@ -6,6 +6,7 @@
 mod ask;
 mod authoring;
 mod enforcer;
+mod gap;
 mod notify;
 mod pins;
 mod prompt;
@@ -24,6 +25,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use systrace_agent::{
     cgroups::cgroup2_root,
+    telemetry::{self, config::Config, Telemetry},
     events::{self, Clock, PolicyNames, Record},
     offsets,
     policy::{self, Compiled, Diagnostic, Host, Policy, Severity, SystemResolver},
@@ -49,11 +51,15 @@ enum Command {
     /// SIGTERM. SIGHUP, or a changed .toml file in a watched directory, reloads.
     Run {
         /// Policy files (TOML).
-        #[arg(required_unless_present = "policy_dir")]
+        #[arg(required_unless_present_any = ["policy_dir", "config"])]
         policies: Vec<PathBuf>,
         /// A directory whose *.toml files are all policies.
         #[arg(long)]
         policy_dir: Option<PathBuf>,
+        /// The agent's configuration (policy directory, sinks, limits); the
+        /// service uses /etc/systrace/systrace.toml. Options given here win.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print a stats line this often (seconds; 0: only at exit).
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
@@ -216,7 +222,15 @@ fn main() -> ExitCode {
             authoring::review(&observations, &output, collapse, from_denials)
         }
         Command::Detach => detach(),
-        Command::Run { policies, policy_dir, stats_interval, verifier_log, handover, bench_detach_signal } => {
+        Command::Run { policies, policy_dir, config, stats_interval, verifier_log, handover, bench_detach_signal } => {
+            // A bad configuration is refused before anything is loaded.
+            let config = match config.as_deref().map(Config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -224,8 +238,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let sources = Sources { files: policies, dir: policy_dir };
-            let options = Options { stats_interval, verifier_log, handover, bench_detach_signal };
+            let from_file = config.as_ref();
+            let dir = policy_dir.or_else(|| from_file.filter(|_| policies.is_empty()).map(|c| c.policy_dir.clone()));
+            let sources = Sources { files: policies, dir };
+            let options = Options {
+                stats_interval: if stats_interval > 0 { stats_interval } else { from_file.map_or(0, |c| c.stats_interval) },
+                verifier_log,
+                handover: handover || from_file.is_some_and(|c| c.handover),
+                bench_detach_signal,
+                config: config.unwrap_or_default(),
+            };
             runtime.block_on(run(&sources, &options))
         }
     }
@@ -566,25 +588,40 @@ fn probe() -> ExitCode {
     }
 }
 
-/// JSON lines on standard output, buffered: a flood of events costs one write per
-/// batch, not one per event.
+/// Every record the agent emits: JSON lines on standard output (buffered: a
+/// flood of events costs one write per batch, not one per event), and the
+/// configured sinks.
 struct Output {
-    out: std::io::BufWriter<std::io::Stdout>,
+    stdout: Option<std::io::BufWriter<std::io::Stdout>>,
+    telemetry: Telemetry,
 }
 
 impl Output {
-    fn new() -> Self {
-        Output { out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()) }
+    fn new(stdout: bool, telemetry: Telemetry) -> Self {
+        Output { stdout: stdout.then(|| std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout())), telemetry }
     }
 
     fn emit(&mut self, value: &impl serde::Serialize) {
-        // A closed stdout (the reader went away) must not stop enforcement.
-        let _ = serde_json::to_writer(&mut self.out, value);
-        let _ = self.out.write_all(b"\n");
+        if !self.telemetry.has_sinks() {
+            if let Some(out) = &mut self.stdout {
+                // A closed stdout (the reader went away) must not stop enforcement.
+                let _ = serde_json::to_writer(&mut *out, value);
+                let _ = out.write_all(b"\n");
+            }
+            return;
+        }
+        let Ok(value) = serde_json::to_value(value) else { return };
+        if let Some(out) = &mut self.stdout {
+            let _ = serde_json::to_writer(&mut *out, &value);
+            let _ = out.write_all(b"\n");
+        }
+        self.telemetry.offer(value);
     }
 
     fn flush(&mut self) {
-        let _ = self.out.flush();
+        if let Some(out) = &mut self.stdout {
+            let _ = out.flush();
+        }
     }
 }
 
@@ -597,6 +634,8 @@ struct Options {
     verifier_log: bool,
     handover: bool,
     bench_detach_signal: bool,
+    /// Sinks and limits (the defaults without --config: standard output only).
+    config: Config,
 }
 
 async fn run(sources: &Sources, options: &Options) -> ExitCode {
@@ -628,7 +667,17 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
         }
     };
     drop(parsed);
-    let result = serve(&mut enforcer, sources, compiled, options, started).await;
+    // Sinks open before anything is put in force or taken over: a file that
+    // cannot be written or a port in use stops here, leaving the programs of an
+    // agent before this one enforcing.
+    let telemetry = match Telemetry::start(&options.config, kernel_release()).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("systrace-agent: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = serve(&mut enforcer, sources, compiled, options, started, telemetry).await;
     let handed_over = matches!(result, Ok(Stop::Handover));
     if handed_over {
         // The pins stay: the programs keep enforcing the policies in force until
@@ -760,15 +809,16 @@ fn policies_json(compiled: &[Compiled], installed: &enforcer::Installed) -> serd
 /// Pins this agent's links, then removes the pins earlier agents left: their
 /// programs enforced until this moment, and ours already do. Without a bpffs
 /// the agent still enforces, but only for as long as it lives.
-fn pin(enforcer: &mut Enforcer) -> Result<Option<PathBuf>> {
+fn pin(enforcer: &mut Enforcer) -> Result<(Option<PathBuf>, Vec<gap::Previous>)> {
     let root = Path::new(pins::PIN_ROOT);
     let own = match pins::prepare(root) {
         Ok(own) => own,
         Err(e) => {
             eprintln!("systrace-agent: warning: not pinned, enforcement ends with this process: {e:#}");
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
     };
+    let mut previous = Vec::new();
     // A failure here has taken links out of the program: fatal, not a warning.
     enforcer.pin(&own)?;
     for dir in pins::others(root, Some(&own)) {
@@ -777,12 +827,16 @@ fn pin(enforcer: &mut Enforcer) -> Result<Option<PathBuf>> {
             continue;
         }
         pins::end_session(&dir, &cgroup2_root());
+        if !session {
+            // Its ring buffer stays open here after its pins go, to be read.
+            previous.push(gap::Previous::open(&dir));
+        }
         match pins::remove_dir(&dir) {
             Ok(n) => eprintln!("systrace-agent: took over from {}: {n} pinned programs detached", dir.display()),
             Err(e) => eprintln!("systrace-agent: taking over from {}: {e:#}", dir.display()),
         }
     }
-    Ok(Some(own))
+    Ok((Some(own), previous))
 }
 
 /// `started`: when the agent began reading policies, for the load time it reports.
@@ -792,11 +846,15 @@ async fn serve(
     compiled: Vec<Compiled>,
     options: &Options,
     started: std::time::Instant,
+    telemetry: Telemetry,
 ) -> Result<Stop> {
     let stats_interval = options.stats_interval;
     let mut names = PolicyNames::default();
+    // Events a previous agent's programs reported before this instant were
+    // reported by them alone (see gap.rs).
+    let attach_started = events::boot_ns();
     let policies = apply(enforcer, &compiled, &mut names)?;
-    let pinned = if options.bench_detach_signal { None } else { pin(enforcer)? };
+    let (pinned, mut previous) = if options.bench_detach_signal { (None, Vec::new()) } else { pin(enforcer)? };
     drop(compiled);
     release_memory();
     // SAFETY: the ring buffer owns its file descriptor, and AsyncFd owns the ring
@@ -818,7 +876,8 @@ async fn serve(
     };
     let mut anchors = new_anchor_watcher(enforcer)?;
     let clock = Clock::now();
-    let mut out = Output::new();
+    let mut out = Output::new(options.config.stdout, telemetry);
+    let ring_fill = RingFill::new(ring.get_ref());
     let mut delivered: u64 = 0;
     let mut generation: u64 = 0;
     let missing: Vec<_> = enforcer
@@ -857,8 +916,9 @@ async fn serve(
     let mut attachment = enforcer::Attachment::Enforcing;
     let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let stats = |enforcer: &Enforcer, delivered: u64| -> Result<serde_json::Value> {
+    let stats = |enforcer: &Enforcer, delivered: u64, telemetry: &Telemetry| -> Result<serde_json::Value> {
         Ok(json!({
+            "telemetry": telemetry.stats_json(),
             "type": "stats",
             "events_delivered": delivered,
             "events_reported": enforcer.counter(Counter::Reported)?,
@@ -872,9 +932,29 @@ async fn serve(
         }))
     };
     let emit_record = |out: &mut Output, record: Record| match record {
-        Record::Event(e) => out.emit(&e),
+        Record::Event(e) => {
+            if out.telemetry.admit_event(e.cgroup_id, e.policy_id, &e.policy, e.hook, e.verdict, events::boot_ns(), true) {
+                out.emit(&e);
+            }
+        }
         Record::Bound(b) => out.emit(&b),
     };
+    // The previous agent's unread events: out like ours, not counted as read
+    // from this agent's ring buffer.
+    let recover_record = |out: &mut Output, record: Record| match record {
+        Record::Event(e) => {
+            if out.telemetry.admit_event(e.cgroup_id, e.policy_id, &e.policy, e.hook, e.verdict, events::boot_ns(), false) {
+                out.emit(&e);
+            }
+        }
+        Record::Bound(b) => out.emit(&b),
+    };
+    // Once a second: rate-limit summaries, the metrics' and the API's view of
+    // the kernel's counters, how far this agent has read (for the next one),
+    // and the previous agent's unread events once its programs are gone.
+    let mut telemetry_timer = tokio::time::interval(Duration::from_secs(1));
+    // The maps' fill is counted key by key: at start, after reloads, once a minute.
+    let mut maps_counted_at: Option<std::time::Instant> = None;
     // A change notification starts this timer; the reload runs when it fires, so
     // an editor's several writes make one reload.
     let debounce = Duration::from_millis(50);
@@ -909,6 +989,14 @@ async fn serve(
                     guard.clear_ready();
                 }
                 out.flush();
+                // Where this agent stopped reading, for the one that may have
+                // to take over after a crash (one map update per batch).
+                if handled > 0 {
+                    let read = out.telemetry.metrics.events_read.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = enforcer.record_read(read) {
+                        eprintln!("systrace-agent: recording the events read: {e:#}");
+                    }
+                }
             }
             guard = watcher.readable() => {
                 let mut guard = guard?;
@@ -927,12 +1015,45 @@ async fn serve(
             _ = reload_timer => reload = true,
             _ = sighup.recv() => reload = true,
             _ = stats_timer.tick() => {
-                out.emit(&stats(enforcer, delivered)?);
+                let line = stats(enforcer, delivered, &out.telemetry)?;
+                out.emit(&line);
                 out.flush();
             }
             _ = sigusr1.recv() => {
-                out.emit(&stats(enforcer, delivered)?);
+                // logrotate's signal: the JSON file is opened by its name again.
+                out.telemetry.reopen();
+                let line = stats(enforcer, delivered, &out.telemetry)?;
+                out.emit(&line);
                 out.flush();
+            }
+            _ = telemetry_timer.tick() => {
+                for summary in out.telemetry.summaries(events::boot_ns(), &events::now_rfc3339()) {
+                    out.emit(&summary);
+                }
+                out.flush();
+                // A batch a second, so the sinks' queues empty in between.
+                if let Some(i) = previous.iter().position(gap::Previous::settled) {
+                    let done = previous[i].drain(attach_started, 4 * EVENT_BATCH, |event| {
+                        recover_record(&mut out, events::render(event, &clock, &names));
+                    });
+                    if let Some(gap) = done {
+                        previous.swap_remove(i);
+                        eprintln!("systrace-agent: telemetry gap after agent {}: {gap}", gap["previous_agent"]);
+                        out.emit(&gap);
+                    }
+                }
+                out.telemetry.metrics.set_kernel(kernel_counters(enforcer));
+                if maps_counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    out.telemetry.metrics.set_maps(enforcer.map_fill());
+                    maps_counted_at = Some(std::time::Instant::now());
+                }
+                if out.telemetry.api.is_some() {
+                    let counters = stats(enforcer, delivered, &out.telemetry)?;
+                    out.telemetry.set_counters(counters);
+                }
+                if let Some(fill) = &ring_fill {
+                    out.telemetry.metrics.set_ring(fill.used(), fill.size);
+                }
             }
             _ = sigusr2.recv(), if options.bench_detach_signal => {
                 attachment = attachment.next();
@@ -963,6 +1084,8 @@ async fn serve(
             match result {
                 Ok(compiled) => match apply(enforcer, &compiled, &mut names) {
                     Ok(policies) => {
+                        out.telemetry.metrics.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        maps_counted_at = None;
                         match new_anchor_watcher(enforcer) {
                             Ok(w) => anchors = w,
                             Err(e) => eprintln!("systrace-agent: {e:#}"),
@@ -980,6 +1103,7 @@ async fn serve(
                     }
                     Err(e) => {
                         eprintln!("systrace-agent: reload failed while installing, the policies in force stay in force: {e:#}");
+                        out.telemetry.metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         out.emit(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": [format!("{e:#}")]}));
                     }
                 },
@@ -988,6 +1112,7 @@ async fn serve(
                         eprintln!("{e}");
                     }
                     eprintln!("systrace-agent: reload refused; the policies in force stay in force");
+                    out.telemetry.metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     out.emit(&json!({"type": "status", "state": "reload-failed", "generation": generation, "errors": errors}));
                 }
             }
@@ -1005,11 +1130,94 @@ async fn serve(
             delivered += 1;
         }
     }
-    out.emit(&stats(enforcer, delivered)?);
+    out.flush();
+    // The next agent counts from here.
+    let _ = enforcer.record_read(out.telemetry.metrics.events_read.load(std::sync::atomic::Ordering::Relaxed));
+    // The sinks write what they hold (2 s at most), so the last account is final.
+    out.telemetry.finish(Duration::from_secs(2)).await;
+    let last = stats(enforcer, delivered, &out.telemetry)?;
+    match &mut out.stdout {
+        Some(stdout) => {
+            let _ = serde_json::to_writer(&mut *stdout, &last);
+            let _ = stdout.write_all(b"\n");
+        }
+        None => eprintln!("{last}"),
+    }
     out.flush();
     match stop {
         Stop::Detach => eprintln!("systrace-agent: detaching"),
         Stop::Handover => {}
     }
     Ok(stop)
+}
+
+/// The kernel's release (`uname -r`), for the build-info metric.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The kernel's counters as metrics.
+fn kernel_counters(enforcer: &Enforcer) -> Vec<telemetry::metrics::KernelCounter> {
+    use telemetry::metrics::KernelCounter;
+    [
+        ("systrace_kernel_denied_total", "Operations the programs denied.", Counter::Denied),
+        ("systrace_events_reported_total", "Events the programs produced (denials, audits, learned accesses).", Counter::Reported),
+        ("systrace_events_ring_full_total", "Events lost in the kernel: the ring buffer was full (the verdict stood).", Counter::RingFull),
+        ("systrace_events_scratch_busy_total", "Events lost in the kernel: the per-CPU scratch space was busy (the verdict stood).", Counter::ScratchBusy),
+        ("systrace_walk_undecided_total", "Decisions made without the file's path (deny rules assumed to apply).", Counter::WalkUndecided),
+        ("systrace_cgroups_bound_total", "Cgroups bound to a policy as they appeared.", Counter::CgroupsBound),
+        ("systrace_cgroups_bind_failed_total", "Cgroups a policy names that could not be bound as they appeared.", Counter::BindFailed),
+    ]
+    .into_iter()
+    .filter_map(|(name, help, c)| Some(KernelCounter { name, help, value: enforcer.counter(c).ok()? }))
+    .collect()
+}
+
+/// How full the ring buffer is: its producer and consumer positions, read from
+/// the two pages the kernel shares with user space (mapped read-only here).
+struct RingFill {
+    consumer: *const u64,
+    producer: *const u64,
+    page: usize,
+    size: u64,
+}
+
+impl RingFill {
+    fn new(ring: &impl std::os::fd::AsRawFd) -> Option<RingFill> {
+        let fd = ring.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let size = info.lines().find_map(|l| l.strip_prefix("max_entries:"))?.trim().parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let map = |offset: usize| {
+            // SAFETY: a fresh read-only shared mapping of one page of the ring
+            // buffer's descriptor; the kernel allows it for both positions' pages.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), page, libc::PROT_READ, libc::MAP_SHARED, fd, offset as libc::off_t) };
+            (p != libc::MAP_FAILED).then_some(p as *const u64)
+        };
+        let consumer = map(0)?;
+        let Some(producer) = map(page) else {
+            // SAFETY: consumer was mapped above with this length.
+            unsafe { libc::munmap(consumer as *mut _, page) };
+            return None;
+        };
+        Some(RingFill { consumer, producer, page, size })
+    }
+
+    fn used(&self) -> u64 {
+        // SAFETY: both pages stay mapped for the life of self; the kernel updates
+        // the positions atomically, and a volatile read sees the current value.
+        let (c, p) = unsafe { (std::ptr::read_volatile(self.consumer), std::ptr::read_volatile(self.producer)) };
+        p.saturating_sub(c)
+    }
+}
+
+impl Drop for RingFill {
+    fn drop(&mut self) {
+        // SAFETY: both were mapped in new() with this length.
+        unsafe {
+            libc::munmap(self.consumer as *mut _, self.page);
+            libc::munmap(self.producer as *mut _, self.page);
+        }
+    }
 }

@@ -85,8 +85,11 @@ pub fn program_ids(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    // Not the map pins: a map's descriptor would be read as a link's and give
+    // a number that may be any program's id.
     entries
         .filter_map(Result::ok)
+        .filter(|e| !is_map_pin(&e.path()))
         .filter_map(|e| aya::programs::links::PinnedLink::from_pin(e.path()).ok())
         .filter_map(|pinned| aya::programs::links::FdLink::from(pinned).info().ok())
         .map(|info| info.program_id())
@@ -123,13 +126,25 @@ pub fn owner_alive(dir: &Path) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "systrace-agent")
 }
 
-/// Removes a pin directory; each removed pin drops the link it held.
+/// Beside the links in a pin directory: the agent's event ring buffer and
+/// counters, for the agent that takes over to account for the gap.
+pub const EVENTS_PIN: &str = "map-events";
+pub const COUNTERS_PIN: &str = "map-counters";
+
+fn is_map_pin(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("map-"))
+}
+
+/// Removes a pin directory; each removed pin drops the link it held. Returns
+/// how many links it held.
 pub fn remove_dir(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        removed += 1;
+        if !is_map_pin(&path) {
+            removed += 1;
+        }
     }
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(removed)

@@ -648,9 +648,13 @@ pub enum Counter {
     /// Learned accesses not reported again: the kernel had already reported
     /// the same policy, hook, object and access ([`Mode::Learn`]).
     LearnRepeats = 7,
+    /// Written by the agent, not the kernel: events it has read from the ring
+    /// buffer so far. The map is pinned, so the agent that takes over after a
+    /// crash knows where this one stopped reading (the telemetry gap).
+    AgentRead = 8,
 }
 
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 9;
 
 pub const COMM_LEN: usize = 16;
 /// Bytes of path components an event carries (see [`Event::path`]).

@@ -14,10 +14,12 @@ mod lang;
 mod learning;
 mod living;
 mod op;
+mod otlp_debug;
 mod protect;
 mod refusal;
 mod service;
 mod suite;
+mod telemetry;
 
 use std::process::ExitCode;
 

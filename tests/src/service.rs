@@ -20,12 +20,12 @@ const SECRET: &str = "/etc/victim/secret";
 const MAX_EXPOSURE: f64 = 5.5;
 
 /// `systemctl show -p PROP --value UNIT`.
-fn show(unit: &str, prop: &str) -> Result<String> {
+pub(crate) fn show(unit: &str, prop: &str) -> Result<String> {
     let out = Command::new("systemctl").args(["show", "-p", prop, "--value", unit]).output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn systemctl(args: &[&str]) -> Result<bool> {
+pub(crate) fn systemctl(args: &[&str]) -> Result<bool> {
     Ok(Command::new("systemctl").args(args).status()?.success())
 }
 
@@ -54,10 +54,13 @@ fn wait_for_agent(what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) 
 
 /// Starts victim.service once; its main pid and exit status.
 fn start_victim() -> Result<(u64, String)> {
+    let before = show("victim.service", "ExecMainPID")?;
     // A oneshot that failed stays failed until started again: start returns
     // non-zero for it, which is the point.
     let _ = systemctl(&["start", "victim.service"])?;
-    let pid: u64 = show("victim.service", "ExecMainPID")?.parse().context("victim's main pid")?;
+    let now = show("victim.service", "ExecMainPID")?;
+    ensure!(now != before, "victim.service did not start again (main pid still {before})");
+    let pid: u64 = now.parse().context("victim's main pid")?;
     Ok((pid, show("victim.service", "ExecMainStatus")?))
 }
 
@@ -112,7 +115,7 @@ pub fn main(_args: &[String]) -> ExitCode {
         let before: u64 = show("systrace.service", "MainPID")?.parse()?;
         ensure!(systemctl(&["kill", "-s", "KILL", "systrace.service"])?, "systemctl kill failed");
         // At once, before systemd restarts the agent: the pinned programs refuse.
-        let (_, status) = start_victim()?;
+        let (in_gap, status) = start_victim()?;
         ensure!(status == "1", "with the agent killed, cat exited {status}");
         // systemd restarts it; the new agent takes the pins over.
         wait_until("systemd to restart the agent", Duration::from_secs(60), || {
@@ -123,6 +126,26 @@ pub fn main(_args: &[String]) -> ExitCode {
         ensure!(status == "1", "after the restart, cat exited {status}");
         denial_for(pid)?;
         ensure!(show("systrace.service", "NRestarts")? != "0", "NRestarts is 0");
+        // The denial made while no agent ran is delivered, once, and the new
+        // agent accounts for the gap: nothing read by the dead agent unwritten.
+        // Delivered once the old programs are off their hooks (seconds under
+        // emulation), from the dead agent's ring buffer.
+        wait_until("the denial made in the gap", Duration::from_secs(60), || {
+            Ok(agent_lines()?.iter().any(|v| v["type"] == "event" && v["tgid"].as_u64() == Some(in_gap)))
+        })?;
+        let mut gap = None;
+        wait_until("the new agent's telemetry-gap status", Duration::from_secs(60), || {
+            gap = agent_lines()?.into_iter().find(|v| v["state"] == "telemetry-gap" && v["previous_agent"].as_str() == Some(before.to_string().as_str()));
+            Ok(gap.is_some())
+        })?;
+        let gap = gap.context("no gap record")?;
+        println!("telemetry gap: {gap}");
+        ensure!(gap["known"] == true && gap["unaccounted"] == 0, "{gap}");
+        let copies = agent_lines()?
+            .iter()
+            .filter(|v| v["type"] == "event" && v["tgid"].as_u64() == Some(in_gap) && v["path"] == SECRET)
+            .count();
+        ensure!(copies == 1, "the denial made in the gap was reported {copies} times");
         Ok(())
     });
     r.case("reload_through_systemctl", || {
@@ -154,6 +177,7 @@ pub fn main(_args: &[String]) -> ExitCode {
     r.case("learn_nginx_through_its_unit", learn_nginx);
     r.case("nginx_serves_pages_under_the_shipped_policy", nginx_serves);
     r.case("nginx_cgroup_forbidden_actions_denied", nginx_forbidden);
+    crate::telemetry::cases(&mut r);
     r.finish()
 }
 

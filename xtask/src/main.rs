@@ -201,8 +201,11 @@ fn vm_command(kernel: &str, command: &str) -> Result<()> {
 /// its policy, and the checks as a unit that runs last.
 fn systemd_initrd(bins: &Binaries) -> Result<PathBuf> {
     let rootfs = setup::rootfs()?;
+    let rotel = setup::rotel()?;
     let ws = workspace_root();
     let files = vec![
+        (rotel, "/usr/local/bin/rotel-agent".to_string()),
+        (ws.join("packaging/systrace.toml"), "/etc/systrace/systrace.toml".to_string()),
         (bins.agent.clone(), "/usr/bin/systrace-agent".to_string()),
         (bins.vmtest.clone(), "/usr/bin/systrace-vmtest".to_string()),
         (ws.join("packaging/systrace.service"), "/usr/lib/systemd/system/systrace.service".to_string()),
@@ -219,6 +222,10 @@ fn systemd_initrd(bins: &Binaries) -> Result<PathBuf> {
         ("/etc/systemd/system/multi-user.target.wants/systrace-e2e.service", "/usr/lib/systemd/system/systrace-e2e.service"),
         // The serial console is the checks' output: no login prompt on it.
         ("/etc/systemd/system/serial-getty@ttyS0.service", "/dev/null"),
+        // The telemetry cases start their own receivers, configured for the test.
+        ("/etc/systemd/system/rsyslog.service", "/dev/null"),
+        ("/etc/systemd/system/prometheus.service", "/dev/null"),
+        ("/etc/systemd/system/prometheus-node-exporter.service", "/dev/null"),
     ];
     vm::system_initramfs("systemd", &rootfs, &files, &links)
 }

@@ -15,7 +15,7 @@ use crate::{cache_dir, run, say};
 pub const MKFS_EXT4: &str = "/usr/sbin/mke2fs";
 pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
 
-const PACKAGES: [(&str, &str); 12] = [
+const PACKAGES: [(&str, &str); 14] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
@@ -32,6 +32,9 @@ const PACKAGES: [(&str, &str); 12] = [
     ("ncurses-base", "/lib/terminfo/s/screen"),
     // The root file system of the VM that boots systemd.
     ("debootstrap", "/usr/sbin/debootstrap"),
+    // The OpenTelemetry receiver of the systemd VM comes from PyPI as a wheel.
+    ("curl", "/usr/bin/curl"),
+    ("unzip", "/usr/bin/unzip"),
 ];
 
 /// Kernel modules the VM tests load (with what they depend on): SCTP for the
@@ -334,7 +337,53 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Packages of the Debian system the `systemd` scenario boots, beyond
 /// debootstrap's minimal base: systemd as PID 1, and the daemons confined there.
-const ROOTFS_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "nginx", "busybox", "procps"];
+const ROOTFS_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "nginx",
+    "busybox",
+    "procps",
+    // The receivers the telemetry cases send to: Debian's rsyslog (with TLS)
+    // and Prometheus (with promtool); rotel's receiver links libpython3.11.
+    "rsyslog",
+    "rsyslog-gnutls",
+    "prometheus",
+    "libpython3.11",
+    // A client of the monitoring API, with and without the right certificate.
+    "curl",
+];
+
+/// rotel, an OpenTelemetry collector whose PyPI wheel ships a receiver that
+/// prints what it gets: pinned by version and digest.
+const ROTEL_WHEEL: &str = "https://files.pythonhosted.org/packages/95/6e/707655c5b3f6e42287a22b47fef2e9a9ae57ad33ac6cd3efb6f8c1cc1b8e/rotel-0.0.1a15-cp311-cp311-manylinux_2_34_x86_64.whl";
+const ROTEL_SHA256: &str = "2f4117e58410c933e0dc042a268ef738dab2e3a5d63b5831209acdac2a6ddcb7";
+
+/// The `rotel-agent` binary from [`ROTEL_WHEEL`], cached.
+pub fn rotel() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("rotel");
+    let binary = dir.join("rotel-agent-0.0.1a15");
+    if binary.exists() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir)?;
+    say("downloading rotel 0.0.1a15 (an OpenTelemetry receiver, 10 MB) from PyPI");
+    let wheel = dir.join("rotel.whl");
+    run(Command::new("curl").args(["-fsSL", "--retry", "3", "-o"]).arg(&wheel).arg(ROTEL_WHEEL))?;
+    let out = Command::new("sha256sum").arg(&wheel).output()?;
+    let digest = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    if digest != ROTEL_SHA256 {
+        let _ = std::fs::remove_file(&wheel);
+        anyhow::bail!("rotel's wheel has digest {digest}, expected {ROTEL_SHA256}");
+    }
+    let out = Command::new("unzip").arg("-p").arg(&wheel).arg("rotel/rotel-agent").output()?;
+    anyhow::ensure!(out.status.success() && !out.stdout.is_empty(), "unzip of rotel's wheel failed");
+    let partial = dir.join("rotel-agent.tmp");
+    std::fs::write(&partial, &out.stdout)?;
+    std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::rename(&partial, &binary)?;
+    let _ = std::fs::remove_file(&wheel);
+    Ok(binary)
+}
 
 /// A Debian 12 root file system with systemd, as a compressed cpio archive the
 /// kernel unpacks as its initramfs (no disk, no block driver module to load).
