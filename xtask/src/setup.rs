@@ -351,6 +351,10 @@ const ROOTFS_PACKAGES: &[&str] = &[
     "libpython3.11",
     // A client of the monitoring API, with and without the right certificate.
     "curl",
+    // The system bus and pam_systemd: logind makes a user's runtime directory
+    // and session for user@UID.service, as on any Debian host.
+    "dbus",
+    "libpam-systemd",
 ];
 
 /// rotel, an OpenTelemetry collector whose PyPI wheel ships a receiver that

@@ -162,6 +162,9 @@ pub fn json_file(config: &JsonFile, reopen: Arc<AtomicBool>) -> Result<Sink> {
                     s.up.store(true, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    // What the buffer still holds is thrown away, so nothing
+                    // counted as dropped is written later after all.
+                    file.discard();
                     s.lose(Loss::WriteFailed, pending);
                     if s.up.swap(false, Ordering::Relaxed) {
                         eprintln!("systrace-agent: json sink: writing {}: {e:#}", file.path.display());
@@ -226,6 +229,17 @@ impl RotatingFile {
 
     pub fn flush(&mut self) -> Result<()> {
         Ok(self.file.flush()?)
+    }
+
+    /// Drops what is buffered and not yet written.
+    pub fn discard(&mut self) {
+        let placeholder = std::io::BufWriter::with_capacity(0, match self.file.get_ref().try_clone() {
+            Ok(f) => f,
+            Err(_) => return,
+        });
+        let old = std::mem::replace(&mut self.file, placeholder);
+        let (inner, _unwritten) = old.into_parts();
+        self.file = std::io::BufWriter::with_capacity(64 * 1024, inner);
     }
 
     fn rotate(&mut self) -> Result<()> {
