@@ -114,6 +114,16 @@ impl Previous {
         if !empty && self.drained < DRAIN_LIMIT {
             return None;
         }
+        Some(self.record(true))
+    }
+
+    /// The record for a drain this agent could not finish (it is stopping):
+    /// what is left in the ring buffer goes with it, and says so.
+    pub fn abandon(&self) -> Value {
+        self.record(false)
+    }
+
+    fn record(&self, complete: bool) -> Value {
         let (recovered, overlap) = (self.recovered, self.overlap);
         let produced = self.counter(Counter::Reported).unwrap_or(0);
         let lost = self.counter(Counter::RingFull).unwrap_or(0) + self.counter(Counter::ScratchBusy).unwrap_or(0);
@@ -123,12 +133,13 @@ impl Previous {
         // Read by the previous agent after it last said how many it had read
         // (it says so after each batch), or read and not yet written anywhere.
         let unaccounted = produced.saturating_sub(lost + repeats + read + recovered + overlap);
-        Some(json!({
+        json!({
             "type": "status",
             "state": "telemetry-gap",
             "time": crate::events::now_rfc3339(),
             "previous_agent": self.name,
             "known": true,
+            "complete": complete,
             "produced": produced,
             "read_by_previous_agent": read,
             "recovered": recovered + overlap,
@@ -140,6 +151,6 @@ impl Previous {
             // Non-zero when the wait for them ran out: events they report
             // from now on are lost (this agent's programs report them too).
             "programs_still_loaded": self.still_loaded(),
-        }))
+        })
     }
 }

@@ -668,8 +668,8 @@ async fn run(sources: &Sources, options: &Options) -> ExitCode {
     };
     drop(parsed);
     // Sinks open before anything is put in force or taken over: a file that
-    // cannot be written or a port in use stops here, leaving the programs of an
-    // agent before this one enforcing.
+    // cannot be written stops here, leaving the programs of an agent before
+    // this one enforcing.
     let telemetry = match Telemetry::start(&options.config, kernel_release()).await {
         Ok(t) => t,
         Err(e) => {
@@ -1122,6 +1122,14 @@ async fn serve(
         }
     };
     notifier.stopping();
+    // A previous agent's ring buffer not drained yet: as much as a moment
+    // allows, then its account, marked incomplete when something is left.
+    for mut prev in previous {
+        let done = prev.drain(attach_started, 64 * EVENT_BATCH, |event| {
+            recover_record(&mut out, events::render(event, &clock, &names));
+        });
+        out.emit(&done.unwrap_or_else(|| prev.abandon()));
+    }
     // Drain what is left so the final counts add up.
     let ring = ring.get_mut();
     while let Some(record) = ring.next() {

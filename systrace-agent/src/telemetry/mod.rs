@@ -95,9 +95,10 @@ impl Telemetry {
         }
     }
 
-    /// Opens every configured sink. A file that cannot be opened or a port that
-    /// cannot be bound is an error now; a remote receiver that is down is not
-    /// (its sink connects when it can, counting what it loses meanwhile).
+    /// Opens every configured sink. A file that cannot be opened, a TLS file
+    /// that cannot be read, or a token that is unsafe is an error now; a port
+    /// someone holds is not (the server tries again), nor is a remote receiver
+    /// that is down (its sink connects when it can, counting what it loses).
     pub async fn start(config: &Config, kernel_release: String) -> Result<Self> {
         let mut t = Telemetry::none(kernel_release);
         t.limiter = config.rate_limit.map(RateLimiter::new);

@@ -247,12 +247,13 @@ async fn skip(conn: &mut BufReader<TcpStream>, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Posts one request on `conn`; the response's status code.
-async fn post(conn: &mut BufReader<TcpStream>, endpoint: &Endpoint, body: &[u8]) -> Result<u16> {
+/// Posts one request on `conn`; the response's status code, and whether the
+/// connection may carry the next request.
+async fn post(conn: &mut BufReader<TcpStream>, endpoint: &Endpoint, body: &[u8]) -> Result<(u16, bool)> {
+    let host = if endpoint.host.contains(':') { format!("[{}]", endpoint.host) } else { endpoint.host.clone() };
     let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
+        "POST {} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
         endpoint.path,
-        endpoint.host,
         endpoint.port,
         body.len()
     );
@@ -262,7 +263,8 @@ async fn post(conn: &mut BufReader<TcpStream>, endpoint: &Endpoint, body: &[u8])
     stream.flush().await?;
     let line = bounded_line(conn).await?;
     let status: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")?;
-    let mut length = 0usize;
+    let mut keep_alive = line.starts_with("HTTP/1.1");
+    let mut length = None;
     let mut chunked = false;
     let mut headers = 0;
     loop {
@@ -277,29 +279,40 @@ async fn post(conn: &mut BufReader<TcpStream>, endpoint: &Endpoint, body: &[u8])
         }
         let lower = header.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().context("bad Content-Length")?;
+            length = Some(v.trim().parse::<usize>().context("bad Content-Length")?);
         } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
             chunked = true;
+        } else if lower.starts_with("connection:") && lower.contains("close") {
+            keep_alive = false;
         }
     }
     if chunked {
         let mut total = 0usize;
         loop {
             let size = bounded_line(conn).await?;
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).context("bad chunk size")?;
+            let n = usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16).context("bad chunk size")?;
             total = total.saturating_add(n);
-            skip(conn, n.checked_add(2).context("bad chunk size")?).await?;
             if n == 0 {
+                // Trailers, if any, up to the empty line.
+                for _ in 0..100 {
+                    if bounded_line(conn).await?.trim_end().is_empty() {
+                        break;
+                    }
+                }
                 break;
             }
+            skip(conn, n.checked_add(2).context("bad chunk size")?).await?;
             if total > MAX_BODY {
                 bail!("a response body over {MAX_BODY} bytes");
             }
         }
-    } else {
+    } else if let Some(length) = length {
         skip(conn, length).await?;
+    } else {
+        // A body that ends when the connection does: this one cannot be reused.
+        keep_alive = false;
     }
-    Ok(status)
+    Ok((status, keep_alive))
 }
 
 pub async fn run(endpoint: Endpoint, resource: Resource, mut rx: mpsc::Receiver<Arc<Item>>, stats: Arc<SinkStats>) {
@@ -317,6 +330,7 @@ pub async fn run(endpoint: Endpoint, resource: Resource, mut rx: mpsc::Receiver<
             }
         }
         let n = batch.len() as u64;
+        let reused = conn.is_some();
         if conn.is_none() && tokio::time::Instant::now() >= next_attempt {
             match tokio::time::timeout(TIMEOUT, TcpStream::connect((endpoint.host.as_str(), endpoint.port))).await {
                 Ok(Ok(c)) => {
@@ -343,14 +357,27 @@ pub async fn run(endpoint: Endpoint, resource: Resource, mut rx: mpsc::Receiver<
             continue;
         };
         let body = export_request(&resource, &batch, now_ns());
-        match tokio::time::timeout(TIMEOUT, post(c, &endpoint, &body)).await {
-            Ok(Ok(status)) if (200..300).contains(&status) => {
+        let mut result = tokio::time::timeout(TIMEOUT, post(c, &endpoint, &body)).await;
+        // A kept-alive connection the collector closed while idle: once more
+        // on a new one, at once.
+        if reused && !matches!(result, Ok(Ok(_))) {
+            if let Ok(Ok(fresh)) = tokio::time::timeout(TIMEOUT, TcpStream::connect((endpoint.host.as_str(), endpoint.port))).await {
+                let _ = fresh.set_nodelay(true);
+                let c = conn.insert(BufReader::new(fresh));
+                result = tokio::time::timeout(TIMEOUT, post(c, &endpoint, &body)).await;
+            }
+        }
+        match result {
+            Ok(Ok((status, keep_alive))) if (200..300).contains(&status) => {
                 stats.delivered.fetch_add(n, Ordering::Relaxed);
+                if !keep_alive {
+                    conn = None;
+                }
             }
             result => {
                 stats.lose(Loss::WriteFailed, n);
                 let why = match result {
-                    Ok(Ok(status)) => format!("answered {status}"),
+                    Ok(Ok((status, _))) => format!("answered {status}"),
                     Ok(Err(e)) => format!("{e:#}"),
                     Err(_) => "timed out".into(),
                 };
@@ -409,5 +436,69 @@ mod tests {
         // time_unix_nano: fixed64 field 1 (tag 0x09) = 1e9.
         let at = req.windows(9).position(|w| w[0] == 0x09 && w[1..] == 1_000_000_000u64.to_le_bytes()).is_some();
         assert!(at);
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use std::sync::atomic::Ordering;
+
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Reads one request (headers and a Content-Length body).
+    async fn read_request(c: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if c.read(&mut byte).await.unwrap_or(0) == 0 {
+                return false;
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).unwrap().trim().parse().unwrap();
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn chunked_trailers_close_and_a_collector_that_hung_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            // First connection: a chunked answer with a trailer, then one that closes.
+            let (mut c, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut c).await);
+            c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3 ;ext\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n").await.unwrap();
+            assert!(read_request(&mut c).await);
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.unwrap();
+            drop(c);
+            // Second connection: kept alive, then closed by the collector while idle.
+            let (mut c, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut c).await);
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+            drop(c);
+            // Third: the agent comes back at once with the batch it could not send.
+            let (mut c, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut c).await);
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+        });
+        let config = crate::telemetry::config::Otlp {
+            endpoint: format!("http://127.0.0.1:{port}/v1/logs"),
+            service_name: "systrace".into(),
+            queue: 16,
+        };
+        let mut sink = crate::telemetry::sink::otlp(&config, "h".into()).unwrap();
+        for _ in 0..4 {
+            sink.offer(&Item::new(json!({"type": "event", "verdict": "denied"})));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        sink.finish(Duration::from_secs(5)).await;
+        server.await.unwrap();
+        assert_eq!(sink.stats.delivered.load(Ordering::Relaxed), 4);
+        assert_eq!(sink.stats.offered.load(Ordering::Relaxed), 4);
     }
 }

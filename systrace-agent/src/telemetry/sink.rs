@@ -185,14 +185,16 @@ pub struct RotatingFile {
     path: PathBuf,
     max_bytes: u64,
     keep: u32,
-    file: std::io::BufWriter<std::fs::File>,
+    /// None after a failed write threw its buffer away: opened again by name
+    /// before the next line.
+    file: Option<std::io::BufWriter<std::fs::File>>,
     size: u64,
 }
 
 impl RotatingFile {
     pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> Result<Self> {
         let (file, size) = Self::append(&path)?;
-        Ok(RotatingFile { path, max_bytes, keep, file, size })
+        Ok(RotatingFile { path, max_bytes, keep, file: Some(file), size })
     }
 
     fn append(path: &PathBuf) -> Result<(std::io::BufWriter<std::fs::File>, u64)> {
@@ -209,9 +211,11 @@ impl RotatingFile {
 
     /// Opens the file by its name again (logrotate moved the old one away).
     pub fn reopen(&mut self) -> Result<()> {
-        self.file.flush()?;
+        if let Some(f) = self.file.as_mut() {
+            f.flush()?;
+        }
         let (file, size) = Self::append(&self.path)?;
-        self.file = file;
+        self.file = Some(file);
         self.size = size;
         Ok(())
     }
@@ -221,29 +225,46 @@ impl RotatingFile {
         if self.max_bytes > 0 && self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(line)?;
-        self.file.write_all(b"\n")?;
+        if self.file.is_none() {
+            self.reopen()?;
+            // A line the failed write cut short is ended first.
+            if self.size > 0 && !self.ends_with_newline() {
+                self.file.as_mut().expect("just opened").write_all(b"\n")?;
+                self.size += 1;
+            }
+        }
+        let file = self.file.as_mut().expect("opened above");
+        file.write_all(line)?;
+        file.write_all(b"\n")?;
         self.size += len;
         Ok(())
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        Ok(self.file.flush()?)
+        match self.file.as_mut() {
+            Some(f) => Ok(f.flush()?),
+            None => Ok(()),
+        }
     }
 
-    /// Drops what is buffered and not yet written.
+    /// Drops what is buffered and not yet written; the file is opened again,
+    /// and its size read again, before the next line.
     pub fn discard(&mut self) {
-        let placeholder = std::io::BufWriter::with_capacity(0, match self.file.get_ref().try_clone() {
-            Ok(f) => f,
-            Err(_) => return,
-        });
-        let old = std::mem::replace(&mut self.file, placeholder);
-        let (inner, _unwritten) = old.into_parts();
-        self.file = std::io::BufWriter::with_capacity(64 * 1024, inner);
+        if let Some(old) = self.file.take() {
+            let (_file, _unwritten) = old.into_parts();
+        }
+    }
+
+    fn ends_with_newline(&self) -> bool {
+        use std::os::unix::fs::FileExt as _;
+        let mut last = [0u8; 1];
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.read_at(&mut last, self.size - 1))
+            .map_or(true, |n| n == 1 && last[0] == b'\n')
     }
 
     fn rotate(&mut self) -> Result<()> {
-        self.file.flush()?;
+        self.flush()?;
         let numbered = |n: u32| {
             let mut p = self.path.clone().into_os_string();
             p.push(format!(".{n}"));
@@ -515,6 +536,25 @@ mod tests {
         assert_eq!(dropped, 1000);
         assert!(s.dropped(Loss::QueueFull) > 0);
         assert!(s.dropped(Loss::Unavailable) > 0);
+    }
+
+    #[test]
+    fn a_discarded_buffer_is_never_written_and_a_cut_line_is_ended() {
+        let dir = std::env::temp_dir().join(format!("systrace-discard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 0, 1).unwrap();
+        f.write_line(b"one").unwrap();
+        f.flush().unwrap();
+        f.write_line(b"counted as dropped").unwrap();
+        // A failed write that left half a line on disk.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"hal").unwrap();
+        f.discard();
+        f.write_line(b"two").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\nhal\ntwo\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
