@@ -52,16 +52,7 @@ impl Previous {
     /// Whether its programs are off their hooks (nothing more can arrive in
     /// its ring buffer), or waiting longer is pointless.
     pub fn settled(&self) -> bool {
-        self.taken_at.elapsed() > SETTLE_LIMIT || self.still_loaded().is_empty()
-    }
-
-    /// The names of its programs the kernel still has.
-    fn still_loaded(&self) -> Vec<String> {
-        aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| self.program_ids.contains(&p.id()))
-            .map(|p| p.name_as_str().unwrap_or("?").to_string())
-            .collect()
+        self.taken_at.elapsed() > SETTLE_LIMIT || pins::still_loaded(&self.program_ids).is_empty()
     }
 
     fn counter(&self, c: Counter) -> Option<u64> {
@@ -150,7 +141,7 @@ impl Previous {
             "settled_after_ms": self.taken_at.elapsed().as_millis() as u64,
             // Non-zero when the wait for them ran out: events they report
             // from now on are lost (this agent's programs report them too).
-            "programs_still_loaded": self.still_loaded(),
+            "programs_still_loaded": pins::still_loaded(&self.program_ids),
         })
     }
 }

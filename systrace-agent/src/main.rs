@@ -917,33 +917,21 @@ async fn serve(
     let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let stats = |enforcer: &Enforcer, delivered: u64, telemetry: &Telemetry| -> Result<serde_json::Value> {
-        Ok(json!({
+        let mut line = json!({
             "telemetry": telemetry.stats_json(),
             "type": "stats",
             "events_delivered": delivered,
-            "events_reported": enforcer.counter(Counter::Reported)?,
-            "ring_full_drops": enforcer.counter(Counter::RingFull)?,
-            "scratch_busy_drops": enforcer.counter(Counter::ScratchBusy)?,
-            "denied": enforcer.counter(Counter::Denied)?,
-            "walk_undecided": enforcer.counter(Counter::WalkUndecided)?,
-            "cgroups_bound": enforcer.counter(Counter::CgroupsBound)?,
-            "cgroups_bind_failed": enforcer.counter(Counter::BindFailed)?,
-            "learn_repeats": enforcer.counter(Counter::LearnRepeats)?,
-        }))
-    };
-    let emit_record = |out: &mut Output, record: Record| match record {
-        Record::Event(e) => {
-            if out.telemetry.admit_event(e.cgroup_id, e.policy_id, &e.policy, e.hook, e.verdict, events::boot_ns(), true) {
-                out.emit(&e);
-            }
+        });
+        for (counter, key, _) in KERNEL_COUNTERS {
+            line[key] = enforcer.counter(counter)?.into();
         }
-        Record::Bound(b) => out.emit(&b),
+        Ok(line)
     };
-    // The previous agent's unread events: out like ours, not counted as read
-    // from this agent's ring buffer.
-    let recover_record = |out: &mut Output, record: Record| match record {
+    // `read_here`: from this agent's ring buffer, not a previous agent's
+    // recovered after a takeover (those go out the same way, not counted as read).
+    let emit_record = |out: &mut Output, record: Record, read_here: bool| match record {
         Record::Event(e) => {
-            if out.telemetry.admit_event(e.cgroup_id, e.policy_id, &e.policy, e.hook, e.verdict, events::boot_ns(), false) {
+            if out.telemetry.admit_event(e.cgroup_id, e.policy_id, &e.policy, e.hook, e.verdict, events::boot_ns(), read_here) {
                 out.emit(&e);
             }
         }
@@ -977,7 +965,7 @@ async fn serve(
                     handled += 1;
                     match events::decode(&record) {
                         Some(event) => {
-                            emit_record(&mut out, events::render(&event, &clock, &names));
+                            emit_record(&mut out, events::render(&event, &clock, &names), true);
                             delivered += 1;
                         }
                         None => eprintln!("systrace-agent: skipped a ring record of {} bytes", record.len()),
@@ -1034,7 +1022,7 @@ async fn serve(
                 // A batch a second, so the sinks' queues empty in between.
                 if let Some(i) = previous.iter().position(gap::Previous::settled) {
                     let done = previous[i].drain(attach_started, 4 * EVENT_BATCH, |event| {
-                        recover_record(&mut out, events::render(event, &clock, &names));
+                        emit_record(&mut out, events::render(event, &clock, &names), false);
                     });
                     if let Some(gap) = done {
                         previous.swap_remove(i);
@@ -1126,7 +1114,7 @@ async fn serve(
     // allows, then its account, marked incomplete when something is left.
     for mut prev in previous {
         let done = prev.drain(attach_started, 64 * EVENT_BATCH, |event| {
-            recover_record(&mut out, events::render(event, &clock, &names));
+            emit_record(&mut out, events::render(event, &clock, &names), false);
         });
         out.emit(&done.unwrap_or_else(|| prev.abandon()));
     }
@@ -1134,7 +1122,7 @@ async fn serve(
     let ring = ring.get_mut();
     while let Some(record) = ring.next() {
         if let Some(event) = events::decode(&record) {
-            emit_record(&mut out, events::render(&event, &clock, &names));
+            emit_record(&mut out, events::render(&event, &clock, &names), true);
             delivered += 1;
         }
     }
@@ -1165,20 +1153,28 @@ fn kernel_release() -> String {
 }
 
 /// The kernel's counters as metrics.
+/// The kernel side's counters, once for both places they show: the `stats`
+/// record's key, and the metric's name and help (none: not a metric).
+type Metric = Option<(&'static str, &'static str)>;
+const KERNEL_COUNTERS: [(Counter, &str, Metric); 8] = [
+    (Counter::Reported, "events_reported", Some(("systrace_events_reported_total", "Events the programs produced (denials, audits, learned accesses)."))),
+    (Counter::RingFull, "ring_full_drops", Some(("systrace_events_ring_full_total", "Events lost in the kernel: the ring buffer was full (the verdict stood)."))),
+    (Counter::ScratchBusy, "scratch_busy_drops", Some(("systrace_events_scratch_busy_total", "Events lost in the kernel: the per-CPU scratch space was busy (the verdict stood)."))),
+    (Counter::Denied, "denied", Some(("systrace_kernel_denied_total", "Operations the programs denied."))),
+    (Counter::WalkUndecided, "walk_undecided", Some(("systrace_walk_undecided_total", "Decisions made without the file's path (deny rules assumed to apply)."))),
+    (Counter::CgroupsBound, "cgroups_bound", Some(("systrace_cgroups_bound_total", "Cgroups bound to a policy as they appeared."))),
+    (Counter::BindFailed, "cgroups_bind_failed", Some(("systrace_cgroups_bind_failed_total", "Cgroups a policy names that could not be bound as they appeared."))),
+    (Counter::LearnRepeats, "learn_repeats", None),
+];
+
 fn kernel_counters(enforcer: &Enforcer) -> Vec<telemetry::metrics::KernelCounter> {
-    use telemetry::metrics::KernelCounter;
-    [
-        ("systrace_kernel_denied_total", "Operations the programs denied.", Counter::Denied),
-        ("systrace_events_reported_total", "Events the programs produced (denials, audits, learned accesses).", Counter::Reported),
-        ("systrace_events_ring_full_total", "Events lost in the kernel: the ring buffer was full (the verdict stood).", Counter::RingFull),
-        ("systrace_events_scratch_busy_total", "Events lost in the kernel: the per-CPU scratch space was busy (the verdict stood).", Counter::ScratchBusy),
-        ("systrace_walk_undecided_total", "Decisions made without the file's path (deny rules assumed to apply).", Counter::WalkUndecided),
-        ("systrace_cgroups_bound_total", "Cgroups bound to a policy as they appeared.", Counter::CgroupsBound),
-        ("systrace_cgroups_bind_failed_total", "Cgroups a policy names that could not be bound as they appeared.", Counter::BindFailed),
-    ]
-    .into_iter()
-    .filter_map(|(name, help, c)| Some(KernelCounter { name, help, value: enforcer.counter(c).ok()? }))
-    .collect()
+    KERNEL_COUNTERS
+        .into_iter()
+        .filter_map(|(counter, _, metric)| {
+            let (name, help) = metric?;
+            Some(telemetry::metrics::KernelCounter { name, help, value: enforcer.counter(counter).ok()? })
+        })
+        .collect()
 }
 
 /// How full the ring buffer is: its producer and consumer positions, read from

@@ -105,8 +105,7 @@ pub fn program_ids(dir: &Path) -> Vec<u32> {
 pub fn wait_released(ids: &[u32], timeout: std::time::Duration) -> bool {
     let started = std::time::Instant::now();
     loop {
-        let live = aya::programs::loaded_programs().filter_map(Result::ok).filter(|p| ids.contains(&p.id())).count();
-        if live == 0 {
+        if still_loaded(ids).is_empty() {
             return true;
         }
         if started.elapsed() > timeout {
@@ -114,6 +113,15 @@ pub fn wait_released(ids: &[u32], timeout: std::time::Duration) -> bool {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// The names of the programs among `ids` the kernel still has.
+pub fn still_loaded(ids: &[u32]) -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 /// Whether the agent that made the pin directory `dir` (named by its pid) is

@@ -53,7 +53,7 @@ fn wait_for_agent(what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) 
 }
 
 /// Starts victim.service once; its main pid and exit status.
-fn start_victim() -> Result<(u64, String)> {
+pub(crate) fn start_victim() -> Result<(u64, String)> {
     let before = show("victim.service", "ExecMainPID")?;
     // A oneshot that failed stays failed until started again: start returns
     // non-zero for it, which is the point.
@@ -195,11 +195,7 @@ const USER_SECRET: &str = "/etc/victim/user-secret";
 /// its user may read, is refused on every start; the same read by the same
 /// user outside the unit is not.
 fn user_unit() -> Result<()> {
-    let sh = |cmd: &str| -> Result<String> {
-        let out = Command::new("sh").args(["-c", cmd]).output()?;
-        ensure!(out.status.success(), "`{cmd}`: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
+    let sh = |cmd: &str| crate::telemetry::sh(cmd).map(|out| out.trim().to_string());
     sh("id -u alice >/dev/null 2>&1 || useradd -m -u 1000 alice")?;
     std::fs::write(USER_SECRET, "alice may read this, but not from victim3.service\n")?;
     sh(&format!("chmod 644 {USER_SECRET}"))?;

@@ -29,9 +29,15 @@ const NGINX_CGROUP: &str = "/sys/fs/cgroup/system.slice/nginx.service";
 const RATE: u64 = 50;
 const BURST: u64 = 200;
 
-fn sh(cmd: &str) -> Result<String> {
+/// `sh -c CMD`: its output, or an error with what it printed.
+pub(crate) fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh").args(["-c", cmd]).output()?;
-    ensure!(out.status.success(), "`{cmd}`: {}", String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(
+        out.status.success(),
+        "`{cmd}`: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -367,12 +373,9 @@ fn prometheus_query(query: &str) -> Result<Option<f64>> {
 }
 
 fn start_victim() -> Result<u64> {
-    let before = show("victim.service", "ExecMainPID")?;
-    let _ = systemctl(&["start", "victim.service"])?;
-    let pid = show("victim.service", "ExecMainPID")?;
-    ensure!(pid != before, "victim.service did not start again (main pid still {before})");
-    ensure!(show("victim.service", "ExecMainStatus")? == "1", "victim's cat was not refused");
-    Ok(pid.parse()?)
+    let (pid, status) = crate::service::start_victim()?;
+    ensure!(status == "1", "victim's cat was not refused");
+    Ok(pid)
 }
 
 fn denial_in_json(pid: u64) -> Result<Value> {

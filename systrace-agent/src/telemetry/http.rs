@@ -167,35 +167,47 @@ async fn answer(
     let Ok(Ok(Some(request))) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut conn)).await else {
         return Ok(());
     };
-    let response = match router(&request) {
+    let head_only = request.method == "HEAD";
+    match router(&request) {
+        Response::Full { status, content_type, body, headers } => {
+            whole(conn, head_only, status, content_type, &body, headers).await
+        }
         // A stream gives its request slot back and takes a stream slot.
         Response::Stream(rx) => match streams.clone().try_acquire_owned() {
             Ok(stream_permit) => {
                 drop(permit);
-                return stream(conn, rx, stream_permit).await;
+                stream(conn, rx, stream_permit).await
             }
-            Err(_) => Response::text("503 Service Unavailable", "too many live streams\n"),
+            Err(_) => {
+                whole(conn, head_only, "503 Service Unavailable", "text/plain; charset=utf-8", "too many live streams\n", "")
+                    .await
+            }
         },
-        other => other,
-    };
-    match response {
-        Response::Full { status, content_type, body, headers } => {
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
-                body.len()
-            );
-            tokio::time::timeout(REQUEST_TIMEOUT, async {
-                conn.write_all(head.as_bytes()).await?;
-                if request.method != "HEAD" {
-                    conn.write_all(body.as_bytes()).await?;
-                }
-                conn.shutdown().await
-            })
-            .await
-            .unwrap_or(Ok(()))
-        }
-        Response::Stream(_) => Ok(()),
     }
+}
+
+/// A whole answer, then the end of the connection.
+async fn whole(
+    mut conn: Box<dyn Conn>,
+    head_only: bool,
+    status: &str,
+    content_type: &str,
+    body: &str,
+    headers: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        conn.write_all(head.as_bytes()).await?;
+        if !head_only {
+            conn.write_all(body.as_bytes()).await?;
+        }
+        conn.shutdown().await
+    })
+    .await
+    .unwrap_or(Ok(()))
 }
 
 async fn stream(
@@ -203,29 +215,24 @@ async fn stream(
     mut rx: broadcast::Receiver<Arc<Item>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
-    {
-        {
-            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
-                .await?;
-            conn.flush().await?;
-            loop {
-                let line = match rx.recv().await {
-                    Ok(item) => format!("{}\n", item.line),
-                    // A client slower than the events misses some, and is told how many.
-                    Err(broadcast::error::RecvError::Lagged(n)) => format!("{{\"type\":\"lagged\",\"missed\":{n}}}\n"),
-                    Err(broadcast::error::RecvError::Closed) => return conn.shutdown().await,
-                };
-                // A client that stops reading is dropped rather than waited for.
-                match tokio::time::timeout(Duration::from_secs(10), async {
-                    conn.write_all(line.as_bytes()).await?;
-                    conn.flush().await
-                })
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    _ => return Ok(()),
-                }
-            }
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+        .await?;
+    conn.flush().await?;
+    loop {
+        let line = match rx.recv().await {
+            Ok(item) => format!("{}\n", item.line),
+            // A client slower than the events misses some, and is told how many.
+            Err(broadcast::error::RecvError::Lagged(n)) => format!("{{\"type\":\"lagged\",\"missed\":{n}}}\n"),
+            Err(broadcast::error::RecvError::Closed) => return conn.shutdown().await,
+        };
+        // A client that stops reading is dropped rather than waited for.
+        let written = tokio::time::timeout(Duration::from_secs(10), async {
+            conn.write_all(line.as_bytes()).await?;
+            conn.flush().await
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            return Ok(());
         }
     }
 }

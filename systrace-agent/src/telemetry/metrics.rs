@@ -23,9 +23,14 @@ pub struct KernelCounter {
     pub value: u64,
 }
 
+/// (hook, verdict) -> decisions, for one policy.
+type Counts = BTreeMap<(&'static str, &'static str), u64>;
+
 #[derive(Debug, Default)]
 pub struct Metrics {
-    decisions: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
+    /// policy -> (hook, verdict) -> count: looked up by the policy's `&str`,
+    /// so counting a decision allocates only the first time.
+    decisions: Mutex<BTreeMap<String, Counts>>,
     kernel: Mutex<Vec<KernelCounter>>,
     /// Bytes waiting in the ring buffer, and its size.
     ring: Mutex<Option<(u64, u64)>>,
@@ -46,16 +51,16 @@ impl Metrics {
 
     pub fn decision(&self, policy: &str, hook: &'static str, verdict: &'static str) {
         let mut d = self.decisions.lock().unwrap();
-        // No allocation on the hot path once a (policy, hook, verdict) was seen.
-        if let Some(n) = d.iter_mut().find(|((p, h, v), _)| p == policy && *h == hook && *v == verdict).map(|(_, n)| n) {
-            *n += 1;
-        } else {
-            d.insert((policy.to_string(), hook, verdict), 1);
-        }
+        let by_policy = match d.get_mut(policy) {
+            Some(m) => m,
+            None => d.entry(policy.to_string()).or_default(),
+        };
+        *by_policy.entry((hook, verdict)).or_default() += 1;
     }
 
     pub fn decisions(&self, policy: &str, verdict: &str) -> u64 {
-        self.decisions.lock().unwrap().iter().filter(|((p, _, v), _)| p == policy && *v == verdict).map(|(_, n)| n).sum()
+        let d = self.decisions.lock().unwrap();
+        d.get(policy).map_or(0, |m| m.iter().filter(|((_, v), _)| *v == verdict).map(|(_, n)| n).sum())
     }
 
     pub fn set_kernel(&self, counters: Vec<KernelCounter>) {
@@ -85,8 +90,10 @@ impl Metrics {
             escape(&self.kernel_release)
         );
         header(&mut out, "systrace_decisions_total", "counter", "Decisions the kernel reported (denied, audited, learned), by policy, hook and verdict.");
-        for ((policy, hook, verdict), n) in self.decisions.lock().unwrap().iter() {
-            let _ = writeln!(out, "systrace_decisions_total{{policy=\"{}\",hook=\"{hook}\",verdict=\"{verdict}\"}} {n}", escape(policy));
+        for (policy, counts) in self.decisions.lock().unwrap().iter() {
+            for ((hook, verdict), n) in counts {
+                let _ = writeln!(out, "systrace_decisions_total{{policy=\"{}\",hook=\"{hook}\",verdict=\"{verdict}\"}} {n}", escape(policy));
+            }
         }
         for c in self.kernel.lock().unwrap().iter() {
             header(&mut out, c.name, "counter", c.help);
