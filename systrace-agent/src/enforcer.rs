@@ -42,6 +42,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sy
 /// (program, hook).
 const BENCH_NOOP: [(&str, &str); 2] =
     [("bench_noop_file_open", "file_open"), ("bench_noop_file_permission", "file_permission")];
+/// And on `inode_permission` as well, which every path component of an
+/// open passes: the floor of the hooks the agent attaches, for an open.
+const BENCH_NOOP_LOOKUP: (&str, &str) = ("bench_noop_inode_permission", "inode_permission");
 
 /// Tracepoints that bind cgroups as they appear, go, and are renamed.
 const CGROUP_TRACEPOINTS: [&str; 3] = ["cgroup_mkdir", "cgroup_rmdir", "cgroup_rename"];
@@ -53,8 +56,10 @@ pub enum Attachment {
     Enforcing,
     /// Nothing.
     Detached,
-    /// Only a program that returns 0 at once, on file_open.
+    /// Only a program that returns 0 at once, on file_open (and file_permission).
     Noop,
+    /// Those, and one on inode_permission.
+    NoopLookup,
 }
 
 impl Attachment {
@@ -63,7 +68,8 @@ impl Attachment {
         match self {
             Attachment::Enforcing => Attachment::Detached,
             Attachment::Detached => Attachment::Noop,
-            Attachment::Noop => Attachment::Enforcing,
+            Attachment::Noop => Attachment::NoopLookup,
+            Attachment::NoopLookup => Attachment::Enforcing,
         }
     }
 
@@ -72,6 +78,7 @@ impl Attachment {
             Attachment::Enforcing => "attached",
             Attachment::Detached => "detached",
             Attachment::Noop => "noop",
+            Attachment::NoopLookup => "noop_lookup",
         }
     }
 }
@@ -126,6 +133,7 @@ pub struct Enforcer {
     probe: Option<aya::programs::lsm::LsmLinkId>,
     next_slot: u32,
     name_key: [u64; 2],
+    walk_cache: bool,
 }
 
 /// Why loading failed, with the kernel's errno when there was one.
@@ -216,6 +224,9 @@ impl Enforcer {
         loader.override_global(names::NAME_KEY, &name_key, true);
         let raw = raw_devices(&std::fs::read_to_string("/proc/devices").unwrap_or_default());
         loader.override_global(names::RAW_DEVICES, &raw, true);
+        let seqlocks = crate::offsets::seqlock_addresses(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
+        let seqlock_global = seqlocks.unwrap_or([0; 2]);
+        loader.override_global(names::SEQLOCKS, &seqlock_global, true);
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
         let stats = std::env::var_os("SYSTRACE_LOAD_STATS").is_some();
@@ -287,7 +298,25 @@ impl Enforcer {
             probe: None,
             next_slot: 1,
             name_key,
+            walk_cache: seqlocks.is_some(),
         })
+    }
+
+    /// Whether the walk cache is on: the kernel's `rename_lock` and
+    /// `mount_lock` were found in /proc/kallsyms.
+    pub fn walk_cache(&self) -> bool {
+        self.walk_cache
+    }
+
+    /// Tells the programs that answers the walk cache holds are stale: after
+    /// a change to the rules of a policy slot in force.
+    fn invalidate_walk_cache(&mut self) -> Result<()> {
+        let mut generation = Array::<_, u32>::try_from(
+            self.bpf.map_mut(names::CACHE_GENERATION).context("map CACHE_GENERATION missing")?,
+        )?;
+        let next = generation.get(&0, 0)?.wrapping_add(1);
+        generation.set(0, next, 0)?;
+        Ok(())
     }
 
     /// The key of the path-component hash the programs were loaded with.
@@ -298,6 +327,26 @@ impl Enforcer {
     /// Hooks this kernel lacks (with the version that has them).
     pub fn missing_hooks(&self) -> &[Hook] {
         &self.layout.missing_hooks
+    }
+
+    /// Per loaded program: its size after the verifier (translated
+    /// instructions, 8 bytes each), the instructions the verifier walked, and,
+    /// while the kernel keeps run statistics (`kernel.bpf_stats_enabled`),
+    /// how often it ran and for how long. The benchmark's per-hook costs.
+    pub fn program_stats(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (name, program) in self.bpf.programs() {
+            let Ok(info) = program.info() else { continue };
+            out.push(serde_json::json!({
+                "name": name,
+                "xlated_insns": info.size_translated().map(|b| b / 8),
+                "verified_insns": info.verified_instruction_count(),
+                "run_count": info.run_count(),
+                "run_ns": info.run_time().as_nanos() as u64,
+            }));
+        }
+        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        out
     }
 
     /// Whether this kernel has the field (optional fields may be missing).
@@ -412,6 +461,7 @@ impl Enforcer {
                 .collect(),
             Attachment::Detached => vec![],
             Attachment::Noop => BENCH_NOOP.to_vec(),
+            Attachment::NoopLookup => BENCH_NOOP.iter().copied().chain([BENCH_NOOP_LOOKUP]).collect(),
         };
         for (name, hook) in names {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
@@ -676,6 +726,7 @@ impl Enforcer {
                 failure = Some(anyhow!(e).context(format!("following the new file at {}", path.display())));
                 break;
             }
+
             if !known {
                 self.in_force.slots[i].inodes.push(key);
             }
@@ -684,6 +735,11 @@ impl Enforcer {
                 let info = PolicyInfo { flags: info.flags | systrace_common::policy_flags::INODE_RULES, ..info };
                 self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
                 self.in_force.slots[i].info = info;
+            }
+            // After both the rule and the flag that makes the walk look at it.
+            if let Err(e) = self.invalidate_walk_cache() {
+                failure = Some(e.context("invalidating the walk cache"));
+                break;
             }
             // A directory's rules by extension are not a file to report.
             if !known && anchor.extension == 0 {

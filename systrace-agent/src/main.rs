@@ -880,6 +880,14 @@ async fn serve(
     let ring_fill = RingFill::new(ring.get_ref());
     let mut delivered: u64 = 0;
     let mut generation: u64 = 0;
+    // Handlers before the "enforcing" line: whoever reads it may signal at
+    // once (logrotate's SIGUSR1), and the default action of SIGUSR1 is to exit.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    // SIGUSR1: a stats line now. SIGUSR2 (benchmarks only): detach / re-attach.
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let missing: Vec<_> = enforcer
         .missing_hooks()
         .iter()
@@ -896,6 +904,9 @@ async fn serve(
         // process (copy-up, reads through its backing files) is decided as that
         // process's own access to the layers' paths.
         "overlayfs_layout_known": enforcer.knows(systrace_common::Off::OVL_FS_CREATOR_CRED),
+        // Without rename_lock and mount_lock in /proc/kallsyms, every file
+        // decision walks the path (see the README's Performance section).
+        "walk_cache": enforcer.walk_cache(),
         "policies": policies,
     }));
     out.flush();
@@ -907,12 +918,6 @@ async fn serve(
     let watchdog_period = notifier.watchdog_period().unwrap_or(Duration::from_secs(3600 * 24 * 365));
     let mut watchdog = tokio::time::interval(watchdog_period);
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    // SIGUSR1: a stats line now. SIGUSR2 (benchmarks only): detach / re-attach.
-    let mut sigusr1 = signal(SignalKind::user_defined1())?;
-    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let mut attachment = enforcer::Attachment::Enforcing;
     let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -924,6 +929,9 @@ async fn serve(
         });
         for (counter, key, _) in KERNEL_COUNTERS {
             line[key] = enforcer.counter(counter)?.into();
+        }
+        if options.bench_detach_signal {
+            line["programs"] = enforcer.program_stats().into();
         }
         Ok(line)
     };
@@ -1156,7 +1164,7 @@ fn kernel_release() -> String {
 /// The kernel side's counters, once for both places they show: the `stats`
 /// record's key, and the metric's name and help (none: not a metric).
 type Metric = Option<(&'static str, &'static str)>;
-const KERNEL_COUNTERS: [(Counter, &str, Metric); 8] = [
+const KERNEL_COUNTERS: [(Counter, &str, Metric); 10] = [
     (Counter::Reported, "events_reported", Some(("systrace_events_reported_total", "Events the programs produced (denials, audits, learned accesses)."))),
     (Counter::RingFull, "ring_full_drops", Some(("systrace_events_ring_full_total", "Events lost in the kernel: the ring buffer was full (the verdict stood)."))),
     (Counter::ScratchBusy, "scratch_busy_drops", Some(("systrace_events_scratch_busy_total", "Events lost in the kernel: the per-CPU scratch space was busy (the verdict stood)."))),
@@ -1165,6 +1173,8 @@ const KERNEL_COUNTERS: [(Counter, &str, Metric); 8] = [
     (Counter::CgroupsBound, "cgroups_bound", Some(("systrace_cgroups_bound_total", "Cgroups bound to a policy as they appeared."))),
     (Counter::BindFailed, "cgroups_bind_failed", Some(("systrace_cgroups_bind_failed_total", "Cgroups a policy names that could not be bound as they appeared."))),
     (Counter::LearnRepeats, "learn_repeats", None),
+    (Counter::WalkCacheHits, "walk_cache_hits", Some(("systrace_walk_cache_hits_total", "File decisions answered from the walk cache."))),
+    (Counter::WalkCacheMisses, "walk_cache_misses", Some(("systrace_walk_cache_misses_total", "File decisions that walked the path (nothing valid remembered)."))),
 ];
 
 fn kernel_counters(enforcer: &Enforcer) -> Vec<telemetry::metrics::KernelCounter> {

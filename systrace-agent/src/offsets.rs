@@ -36,6 +36,31 @@ impl KernelLayout {
     }
 }
 
+/// The kernel symbols whose sequences version the walk cache's answers, in
+/// the order of the `SEQLOCKS` global.
+pub const SEQLOCK_SYMBOLS: [&str; 2] = ["rename_lock", "mount_lock"];
+
+/// The addresses of [`SEQLOCK_SYMBOLS`] in the text of /proc/kallsyms; `None`
+/// when one is missing or hidden (printed as zeros when `kptr_restrict` hides
+/// addresses): the walk cache stays off.
+pub fn seqlock_addresses(kallsyms: &str) -> Option<[u64; 2]> {
+    let mut out = [0u64; 2];
+    for line in kallsyms.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name), None) = (words.next(), words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        // Data symbols of the kernel itself (a module's lines have a fourth word).
+        if !matches!(kind, "D" | "d" | "B" | "b") {
+            continue;
+        }
+        if let Some(i) = SEQLOCK_SYMBOLS.iter().position(|s| *s == name) {
+            out[i] = u64::from_str_radix(addr, 16).ok()?;
+        }
+    }
+    out.iter().all(|&a| a != 0).then_some(out)
+}
+
 /// Reads the layout from a BTF file.
 pub fn resolve(btf_path: &Path) -> Result<KernelLayout> {
     let btf = Btf::from_file(btf_path).map_err(|e| anyhow!("{}: cannot parse BTF: {e}", btf_path.display()))?;
@@ -165,12 +190,17 @@ pub fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u64> {
     Ok(total_bits / 8)
 }
 
+/// `struct name`, or the struct a typedef `name` stands for (`seqlock_t`).
 fn find_struct(btf: &Btf, name: &str) -> Result<Type> {
-    btf.resolve_types_by_name(name)
-        .map_err(|e| anyhow!("no type {name}: {e}"))?
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
-        .ok_or_else(|| anyhow!("no struct {name}"))
+    let types = btf.resolve_types_by_name(name).map_err(|e| anyhow!("no type {name}: {e}"))?;
+    let is_struct = |t: &Type| matches!(t, Type::Struct(s) if !s.members.is_empty());
+    for t in types {
+        let t = if matches!(t, Type::Typedef(_)) { strip(btf, t)? } else { t };
+        if is_struct(&t) {
+            return Ok(t);
+        }
+    }
+    bail!("no struct {name}")
 }
 
 /// Finds `name` in a struct or union, descending into anonymous members.
@@ -232,6 +262,9 @@ mod tests {
         assert!(at(Off::DENTRY_D_NAME_NAME) > 0);
         // d_name's length shares a u64 with its hash, ahead of the name pointer.
         assert!(at(Off::DENTRY_D_NAME_LEN) < at(Off::DENTRY_D_NAME_NAME));
+        // seqlock_t is a typedef of an anonymous struct; without lockdep the
+        // sequence is its first word.
+        assert_eq!(at(Off::SEQLOCK_SEQUENCE), 0);
         let args = |h: Hook| &layout.hook_args[h.slot()..h.slot() + HOOK_ARG_SLOTS];
         assert_eq!(args(Hook::FileOpen)[..2], [1, 0]);
         assert_eq!(args(Hook::PathUnlink)[..3], [2, 0, 1]);
@@ -240,5 +273,15 @@ mod tests {
         // inode_setattr takes an idmap first on every kernel since 6.3.
         assert_eq!(args(Hook::InodeSetattr)[..3], [3, 1, 2]);
         assert!(layout.missing_hooks.is_empty(), "{:?}", layout.missing_hooks);
+    }
+
+    #[test]
+    fn seqlock_addresses_come_from_kallsyms_and_hidden_ones_turn_the_cache_off() {
+        let text = "ffffffff81000000 T _text\nffffffff99c09600 D rename_lock\n\
+                    ffffffffc0001000 d mount_lock\t[some_module]\nffffffff99c09680 D mount_lock\n";
+        assert_eq!(seqlock_addresses(text), Some([0xffffffff99c09600, 0xffffffff99c09680]));
+        let hidden = "0000000000000000 D rename_lock\n0000000000000000 D mount_lock\n";
+        assert_eq!(seqlock_addresses(hidden), None);
+        assert_eq!(seqlock_addresses("ffffffff99c09600 D rename_lock\n"), None);
     }
 }

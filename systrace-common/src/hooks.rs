@@ -126,6 +126,9 @@ lsm_hooks! {
     /// Only write permission on cgroup v2 process-moving files: where a move
     /// would take a process from (see `guard.rs`).
     InodePermission = 52 => "inode_permission" ["inode", "mask"];
+    /// Not a decision: a dentry gets an inode, and answers the walk cache
+    /// remembered for its address are stale.
+    DInstantiate = 53 => "d_instantiate" ["dentry", "inode"];
 }
 
 impl Hook {

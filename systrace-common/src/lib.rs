@@ -57,6 +57,12 @@ pub mod names {
     /// [`crate::RAW_DEVICE_SLOTS`] character devices (kernel `dev_t`s; a minor of
     /// [`crate::ANY_MINOR`] stands for the whole major) that no confined process opens.
     pub const RAW_DEVICES: &str = "RAW_DEVICES";
+    /// Two kernel addresses: `rename_lock` and `mount_lock`, whose sequences
+    /// version the walk cache's answers (0: the cache is off).
+    pub const SEQLOCKS: &str = "SEQLOCKS";
+    /// One u32 the agent bumps after changing the rules of a policy slot in
+    /// force: the walk cache's answers from before are stale.
+    pub const CACHE_GENERATION: &str = "CACHE_GENERATION";
     /// [`crate::AskKey`] -> [`crate::AskGrant`]: answers "permit once" given
     /// while `exec --ask` held a confined process's system call.
     pub const ASK_GRANTS: &str = "ASK_GRANTS";
@@ -652,9 +658,13 @@ pub enum Counter {
     /// buffer so far. The map is pinned, so the agent that takes over after a
     /// crash knows where this one stopped reading (the telemetry gap).
     AgentRead = 8,
+    /// File decisions answered from the walk cache (see the eBPF crate's `cache`).
+    WalkCacheHits = 9,
+    /// File decisions that walked the path: nothing valid was remembered.
+    WalkCacheMisses = 10,
 }
 
-pub const COUNTER_SLOTS: u32 = 9;
+pub const COUNTER_SLOTS: u32 = 11;
 
 pub const COMM_LEN: usize = 16;
 /// Bytes of path components an event carries (see [`Event::path`]).
@@ -777,6 +787,8 @@ kernel_offsets! {
     PATH_MNT => "path", "mnt";
     PATH_DENTRY => "path", "dentry";
     DENTRY_D_PARENT => "dentry", "d_parent";
+    /// The sequence of a `seqlock_t` (`rename_lock`, `mount_lock`).
+    SEQLOCK_SEQUENCE => "seqlock_t", "seqcount.seqcount.sequence";
     DENTRY_D_INODE => "dentry", "d_inode";
     DENTRY_D_SB => "dentry", "d_sb";
     /// `d_name.len` sits in an anonymous union with the hash: read as a u32.

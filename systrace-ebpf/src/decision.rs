@@ -18,7 +18,7 @@ use crate::{
     kernel,
     maps::{acquire_scratch, count, release_scratch, ASK_GRANTS, EVENTS, LEARNED},
     subject::{current_subject, Subject},
-    walk::{opaque_zero, walk, Object, Request, Resolution},
+    walk::{opaque_zero, walk_with, Object, Request, Resolution},
 };
 
 /// Path components an event carries at most.
@@ -258,40 +258,41 @@ pub extern "C" fn systrace_check_file(check: *mut FileCheck) -> i32 {
     }
     let c = unsafe { &mut *check };
     let requested = c.requested;
-    // The walk inline: a call to its global function would add its frame to ours.
+    // The walk inline: a call to its global function would add its frame to
+    // ours. Its answer is read where it lies, in the walk's slot.
     let request = Request::new(&c.subject, c.object(), requested, true);
-    let mut res = Resolution::default();
-    let walked = walk(&request, &mut res);
-    if walked != 0 {
-        let v = denied_by_rule(&c.subject);
+    walk_with(&request, |answer| {
+        let Some(res) = answer else {
+            let v = denied_by_rule(&c.subject);
+            c.verdict = v as u32;
+            c.mnt = 0;
+            return CHECK_UNREADABLE | CHECK_REPORT;
+        };
+        let mut v = verdict(&c.subject, res);
+        if res.undecided {
+            count(Counter::WalkUndecided);
+        }
+        if c.mnt == 0 {
+            c.mnt = res.mnt;
+        }
+        c.granted = granted(&c.subject, res);
+        c.undecided = res.undecided as u32;
+        // A person answered "permit once" for this process and file: what only
+        // the default refused is allowed, and reported as such (audit-rule).
+        if v == Verdict::Denied && res.denied & requested == 0 && !res.undecided && answered(&c.subject, res, requested) {
+            v = Verdict::AuditRule;
+            c.granted |= requested;
+            c.undecided = ANSWERED;
+        }
         c.verdict = v as u32;
-        c.mnt = 0;
-        return CHECK_UNREADABLE | CHECK_REPORT;
-    }
-    let mut v = verdict(&c.subject, &res);
-    if res.undecided {
-        count(Counter::WalkUndecided);
-    }
-    if c.mnt == 0 {
-        c.mnt = res.mnt;
-    }
-    c.granted = granted(&c.subject, &res);
-    c.undecided = res.undecided as u32;
-    // A person answered "permit once" for this process and file: what only
-    // the default refused is allowed, and reported as such (audit-rule).
-    if v == Verdict::Denied && res.denied & requested == 0 && !res.undecided && answered(&c.subject, &res, requested) {
-        v = Verdict::AuditRule;
-        c.granted |= requested;
-        c.undecided = ANSWERED;
-    }
-    c.verdict = v as u32;
-    c.dev = res.id.dev;
-    c.ino = res.id.ino;
-    if v != Verdict::Allowed {
-        CHECK_REPORT
-    } else {
-        0
-    }
+        c.dev = res.id.dev;
+        c.ino = res.id.ino;
+        if v != Verdict::Allowed {
+            CHECK_REPORT
+        } else {
+            0
+        }
+    })
 }
 
 /// Counts a report and fills the parts of the event every hook shares, in the

@@ -143,6 +143,32 @@ unsafe fn move_refused(subject: &Subject, inode: InodePtr) -> Result<bool, i64> 
     Ok(!move_stays_confined(subject, kernel::kernfs_node(kn)?.1)?)
 }
 
+/// Whether no protection can refuse opening a file of this type on this file
+/// system, whatever is asked (a regular file, directory or symbolic link on
+/// none of the file systems [`open_refused_by`] looks into): the fast path of
+/// `file_open` is taken only then. Must stay in step with that function.
+#[inline(always)]
+pub fn ordinary_for_open(magic: u64, mode: u16) -> bool {
+    const S_IFDIR: u16 = 0o040_000;
+    const S_IFLNK: u16 = 0o120_000;
+    matches!(mode & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK)
+        && !matches!(
+            magic,
+            CGROUP2_SUPER_MAGIC
+                | CGROUP_SUPER_MAGIC
+                | BPF_FS_MAGIC
+                | PROC_SUPER_MAGIC
+                | SYSFS_MAGIC
+                | DEBUGFS_MAGIC
+                | TRACEFS_MAGIC
+                | SECURITYFS_MAGIC
+                | CONFIGFS_MAGIC
+                | EFIVARFS_MAGIC
+                | PSTOREFS_MAGIC
+                | BINFMTFS_MAGIC
+        )
+}
+
 /// Which protection refuses opening this file with `requested`, if any.
 #[inline(always)]
 unsafe fn open_refused_by(subject: &Subject, dentry: DentryPtr, requested: u32) -> Result<u32, i64> {

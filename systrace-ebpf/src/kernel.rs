@@ -91,6 +91,19 @@ pub unsafe fn read<T>(base: *const u8, offset: usize) -> Result<T, i64> {
     bpf_probe_read_kernel(base.add(offset) as *const T).map_err(|e| e as i64)
 }
 
+/// A load the verifier checks against the kernel's BTF and the JIT makes one
+/// instruction with a fault handler (a fault or a null pointer reads as 0):
+/// about a hundredth of a `bpf_probe_read_kernel` call. Only for pointers the
+/// verifier knows the type of (a hook's arguments, `bpf_get_current_task_btf`,
+/// and what is loaded from them this way) and only in the program's own code
+/// or a static function it calls: a pointer that went through map memory, the
+/// stack of a global function or arithmetic is a number to the verifier,
+/// which then refuses the program.
+#[inline(always)]
+pub unsafe fn btf_load<T: Copy>(base: *const u8, offset: usize) -> T {
+    core::ptr::read_volatile(base.add(offset) as *const T)
+}
+
 #[inline(always)]
 unsafe fn field<T>(base: *const u8, o: Off) -> Result<T, i64> {
     read(base, off(o))
@@ -384,15 +397,6 @@ pub unsafe fn task_tgid(task: TaskPtr) -> Result<u32, i64> {
 #[inline(always)]
 pub unsafe fn task_real_parent(task: TaskPtr) -> Result<TaskPtr, i64> {
     field(task, Off::TASK_STRUCT_REAL_PARENT)
-}
-
-/// `task->cred` when the task is not running with its own credentials
-/// (`real_cred`), null when it is.
-#[inline(always)]
-pub unsafe fn borrowed_cred(task: TaskPtr) -> Result<*const u8, i64> {
-    let cred: *const u8 = field(task, Off::TASK_STRUCT_CRED)?;
-    let real: *const u8 = field(task, Off::TASK_STRUCT_REAL_CRED)?;
-    Ok(if cred == real { core::ptr::null() } else { cred })
 }
 
 /// `file->f_cred`: the credentials the file was opened with.

@@ -12,6 +12,7 @@
 
 mod attrs;
 mod bench;
+mod cache;
 mod cgroups;
 mod decision;
 mod dirs;

@@ -24,7 +24,7 @@
 //! (and `remap_file_pages`) see the layer's file, and are decided by the
 //! overlay path it stands for ([`user_facing`]).
 
-use aya_ebpf::helpers::bpf_get_current_task;
+use systrace_common::Off;
 
 use crate::{
     kernel::{self, DentryPtr, FilePtr},
@@ -32,17 +32,17 @@ use crate::{
     walk::Object,
 };
 
-/// Remembers the creator credentials of the overlay `dentry` is on, if it is.
-/// A call of its own (not inlined): its frame then adds to the walk's only
-/// while it runs, not to the deepest chain of calls the verifier adds up.
+/// Remembers the creator credentials of the overlay `dentry` is on, if it is;
+/// whether it is. A call of its own (not inlined): its frame then adds to the
+/// walk's only while it runs, not to the deepest chain of calls the verifier adds up.
 #[inline(never)]
-pub fn note(dentry: DentryPtr) {
+pub fn note(dentry: DentryPtr) -> bool {
     let Ok(sb) = (unsafe { kernel::dentry_sb(dentry) }) else {
-        return;
+        return false;
     };
     let cred = match unsafe { kernel::overlay_creator(sb) } {
         Ok(cred) if !cred.is_null() => cred,
-        _ => return,
+        _ => return false,
     };
     let key = cred as u64;
     if unsafe { OVERLAY_CREDS.get(&key) }.copied() != Some(sb as u64) {
@@ -50,6 +50,7 @@ pub fn note(dentry: DentryPtr) {
         // again the next time a confined process touches it.
         let _ = OVERLAY_CREDS.insert(&key, &(sb as u64), 0);
     }
+    true
 }
 
 /// Whether the current task runs under the credentials of an overlay that
@@ -57,11 +58,12 @@ pub fn note(dentry: DentryPtr) {
 /// that its frame does not add to every program's own.
 #[inline(never)]
 pub fn acting_for_overlay() -> bool {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(cred) = (unsafe { kernel::borrowed_cred(task) }) else {
-        return false;
-    };
-    if cred.is_null() {
+    // BTF-typed loads (see `kernel::btf_load`): every confined decision
+    // passes here, and two helper calls cost more than the rest of it.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
+    let cred: *const u8 = unsafe { kernel::btf_load(task, kernel::off(Off::TASK_STRUCT_CRED)) };
+    let real: *const u8 = unsafe { kernel::btf_load(task, kernel::off(Off::TASK_STRUCT_REAL_CRED)) };
+    if cred == real || cred.is_null() {
         return false;
     }
     let Some(&sb) = (unsafe { OVERLAY_CREDS.get(&(cred as u64)) }) else {

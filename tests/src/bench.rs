@@ -95,11 +95,11 @@ impl BenchAgent {
     /// Cycles the agent's programs (attached -> detached -> no-op -> attached)
     /// until they are in state `want`.
     fn set_state(&self, want: &str) -> Result<()> {
-        for _ in 0..3 {
+        for _ in 0..4 {
             let skip = self.lines().len();
             self.signal(libc::SIGUSR2);
             let line = self.wait_line_after(skip, Duration::from_secs(60), |v| {
-                v["type"] == "status" && ["attached", "detached", "noop"].iter().any(|s| v["state"] == *s)
+                v["type"] == "status" && ["attached", "detached", "noop", "noop_lookup"].iter().any(|s| v["state"] == *s)
             })?;
             if line["state"] == want {
                 return Ok(());
@@ -127,12 +127,17 @@ impl Drop for BenchAgent {
 
 /// Runs one timed workload (`op bench-open` / `bench-exec` / `flood`) and returns its JSON.
 fn workload(cgroup: Option<&Path>, args: &[&str]) -> Result<Value> {
+    workload_with(cgroup, &[], args)
+}
+
+/// [`workload`] with leading options of `op` (`--landlock DIR`, `--apparmor PROFILE`).
+fn workload_with(cgroup: Option<&Path>, options: &[&str], args: &[&str]) -> Result<Value> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("op");
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
-    let out = cmd.args(args).output()?;
+    let out = cmd.args(options).args(args).output()?;
     ensure!(out.status.success(), "workload {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).context("workload output")?;
     ensure!(v["errno"] == 0, "workload {args:?} failed: {v}");
@@ -162,8 +167,82 @@ fn policy(name: &str, cgroup: &str, rules: usize, allowed: &Path, exec: &Path) -
     Ok(file)
 }
 
+/// The AppArmor profile of the benchmark's AppArmor rows: reading the
+/// benchmark's tree, as policy (c) allows, plus what the workload program
+/// needs to start (its binary, the loader and libraries, its own /proc entries).
+const APPARMOR_PROFILE: &str = "systrace-bench";
+
+/// Loads [`APPARMOR_PROFILE`] with Debian's `apparmor_parser`.
+fn load_apparmor_profile() -> Result<()> {
+    ensure!(Path::new("/sys/kernel/security/apparmor").exists(), "AppArmor is not active on this kernel");
+    let profile = format!(
+        "profile {APPARMOR_PROFILE} flags=(attach_disconnected) {{\n\
+         \x20 /usr/bin/systrace-vmtest mr,\n\
+         \x20 /{{,usr/}}lib{{,32,64,x32}}/** mr,\n\
+         \x20 /etc/ld.so.cache r,\n\
+         \x20 /proc/*/comm r,\n\
+         \x20 {ROOT}/ r,\n\
+         \x20 {ROOT}/** r,\n\
+         }}\n"
+    );
+    let file = Path::new(ROOT).join("apparmor.profile");
+    fs::write(&file, profile)?;
+    // -r: load (or replace); -K: no cache to write.
+    let out = Command::new("/sbin/apparmor_parser").args(["-r", "-K"]).arg(&file).output().context("running apparmor_parser")?;
+    ensure!(out.status.success(), "apparmor_parser: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
 fn emit(v: Value) {
     println!("BENCH {v}");
+}
+
+const PROFILE_ITERATIONS: u64 = 5_000;
+
+/// Which programs one open+close runs, and what each costs, for an
+/// unconfined and a confined process: the kernel's run statistics
+/// (`kernel.bpf_stats_enabled`), on only for this phase since they add two
+/// clock reads to every program run. In icount mode a nanosecond is an
+/// instruction. Also each program's size after the verifier.
+fn profile(agent: &BenchAgent, cg: &dyn Fn(&str) -> PathBuf, allowed: &Path, kernel: &str) -> Result<()> {
+    eprintln!("bench: per-program costs (kernel run statistics)");
+    let by_name = |v: &Value| -> std::collections::BTreeMap<String, (u64, u64)> {
+        v["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["name"].as_str()?.to_string(), (p["run_count"].as_u64()?, p["run_ns"].as_u64()?))))
+            .collect()
+    };
+    let sizes = agent.stats()?;
+    for p in sizes["programs"].as_array().into_iter().flatten() {
+        emit(json!({"case": "program_size", "name": p["name"], "kernel": kernel,
+            "xlated_insns": p["xlated_insns"], "verified_insns": p["verified_insns"]}));
+    }
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run statistics")?;
+    let result = (|| -> Result<()> {
+        for (variant, cgroup) in [("b_agent_unconfined", "bench-none"), ("c_confined_10_rules", "bench-r10")] {
+            workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), "500"])?;
+            let before = by_name(&agent.stats()?);
+            workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), &PROFILE_ITERATIONS.to_string()])?;
+            let after = by_name(&agent.stats()?);
+            for (name, (count, ns)) in &after {
+                let (count0, ns0) = before.get(name).copied().unwrap_or((0, 0));
+                let runs = count - count0;
+                // Programs the workload's own start and the agent's replies ran
+                // a few times are not per-operation costs.
+                if runs < PROFILE_ITERATIONS / 2 {
+                    continue;
+                }
+                emit(json!({"case": "program_cost", "name": name, "variant": variant, "kernel": kernel,
+                    "runs_per_op": runs as f64 / PROFILE_ITERATIONS as f64,
+                    "ns_per_run": (ns - ns0) as f64 / runs as f64}));
+            }
+        }
+        Ok(())
+    })();
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").context("disabling BPF run statistics")?;
+    result
 }
 
 pub fn main(args: &[String]) -> ExitCode {
@@ -201,6 +280,8 @@ fn run(agent_bin: &Path) -> Result<()> {
         policy("r100k", "bench-r100k", 100_000, &allowed, &exec)?,
     ];
     fs::create_dir_all(cg("bench-none"))?;
+    eprintln!("bench: loading the AppArmor profile for the AppArmor rows");
+    load_apparmor_profile()?;
     eprintln!("bench: starting the agent with all three policies");
     let agent = BenchAgent::start(agent_bin, &policies)?;
     let rss = agent.rss_kib()?;
@@ -210,6 +291,17 @@ fn run(agent_bin: &Path) -> Result<()> {
         // TCG translating the code path afresh.
         workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), "500"])?;
         let v = workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), &OPEN_ITERATIONS.to_string()])?;
+        v["ns_per_op"].as_f64().context("ns_per_op")
+    };
+    // The peers, on the same file, with the agent's programs detached.
+    let bench_dir = ROOT.to_string();
+    let open_with = |options: &[&str]| -> Result<f64> {
+        workload_with(Some(&cg("bench-none")), options, &["bench-open", &allowed.display().to_string(), "500"])?;
+        let v = workload_with(
+            Some(&cg("bench-none")),
+            options,
+            &["bench-open", &allowed.display().to_string(), &OPEN_ITERATIONS.to_string()],
+        )?;
         v["ns_per_op"].as_f64().context("ns_per_op")
     };
     // A listener that accepts and drops every connection, outside any policy.
@@ -240,10 +332,13 @@ fn run(agent_bin: &Path) -> Result<()> {
     let names = [
         "a_no_agent",
         "a0_noop_program_floor",
+        "a1_noop_programs_on_every_hook_an_open_passes",
         "b_agent_unconfined",
         "c_confined_10_rules",
         "d_confined_1k_rules",
         "e_confined_100k_rules",
+        "landlock_confined",
+        "apparmor_confined",
     ];
     let mut open_ns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut exec_ns: Vec<Vec<f64>> = vec![Vec::new(); 2];
@@ -253,21 +348,25 @@ fn run(agent_bin: &Path) -> Result<()> {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
         agent.set_state("detached")?;
         open_ns[0].push(open("bench-none")?);
+        open_ns[7].push(open_with(&["--landlock", &bench_dir])?);
+        open_ns[8].push(open_with(&["--apparmor", APPARMOR_PROFILE])?);
         exec_ns[0].push(fork_exec("bench-none")?);
         connect_ns[0].push(connect("bench-none")?);
         read_ns[0].push(read("bench-none")?);
         agent.set_state("noop")?;
         open_ns[1].push(open("bench-none")?);
         read_ns[1].push(read("bench-none")?);
-        agent.set_state("attached")?;
+        agent.set_state("noop_lookup")?;
         open_ns[2].push(open("bench-none")?);
+        agent.set_state("attached")?;
+        open_ns[3].push(open("bench-none")?);
         read_ns[2].push(read("bench-none")?);
-        open_ns[3].push(open("bench-r10")?);
+        open_ns[4].push(open("bench-r10")?);
         read_ns[3].push(read("bench-r10")?);
         exec_ns[1].push(fork_exec("bench-r10")?);
         connect_ns[1].push(connect("bench-r10")?);
-        open_ns[4].push(open("bench-r1k")?);
-        open_ns[5].push(open("bench-r100k")?);
+        open_ns[5].push(open("bench-r1k")?);
+        open_ns[6].push(open("bench-r100k")?);
     }
     let base = median(open_ns[0].clone());
     for (name, samples) in names.iter().zip(&open_ns) {
@@ -293,6 +392,8 @@ fn run(agent_bin: &Path) -> Result<()> {
         emit(json!({"case": "fork_exec", "name": name, "kernel": kernel, "iterations": EXEC_ITERATIONS,
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / exec_base, "samples_ns": samples}));
     }
+
+    profile(&agent, &cg, &allowed, &kernel)?;
 
     // Violation throughput: denials as fast as a confined process can make them.
     eprintln!("bench: violation flood for {FLOOD_SECONDS} s");

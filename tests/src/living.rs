@@ -75,6 +75,9 @@ pub fn main(args: &[String]) -> ExitCode {
     if let Err(e) = handover(agent, &mut r) {
         r.fail("handover_setup", e);
     }
+    if let Err(e) = walk_cache(agent, &mut r) {
+        r.fail("walk_cache_setup", e);
+    }
     r.finish()
 }
 
@@ -552,5 +555,148 @@ fn handover(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         ensure!(tally.wrong == 0, "{} wrong verdicts across the handover", tally.wrong);
         Ok(())
     });
+    Ok(())
+}
+
+/// The kernel's counter `key` in a fresh stats line.
+fn counter(agent: &mut Agent, key: &str) -> Result<u64> {
+    agent.forget();
+    agent.signal(libc::SIGUSR1);
+    let stats = agent.wait_for(Duration::from_secs(30), |v| v["type"] == "stats")?;
+    stats[key].as_u64().with_context(|| format!("no {key} in {stats}"))
+}
+
+/// MS_MOVE of the mount at `from` to `to`.
+fn move_mount(from: &Path, to: &Path) -> Result<()> {
+    let (f, t) = (std::ffi::CString::new(from.as_os_str().as_encoded_bytes())?, std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?);
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(f.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) };
+    ensure!(rc == 0, "moving the mount at {}: {}", from.display(), std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// The walk cache answers a confined process's repeated opens from what the
+/// last walk found. Every way the answer can go stale under it is made here
+/// while the answer is remembered (the cache's hit counter proves it was
+/// used), and the next open must be decided for the file's new situation:
+/// a rename of a directory above the file, a RENAME_EXCHANGE, a mount moved
+/// to where no rule allows, a name removed and made again for a file a deny
+/// rule follows, and a reload that takes the rule away. Each refusal must be
+/// our policy's, for that process, with an event.
+fn walk_cache(agent_bin: &Path, r: &mut Runner) -> Result<()> {
+    let base = Path::new(ROOT).join("cache");
+    let _ = fs::remove_dir_all(&base);
+    let allowed = base.join("allowed");
+    let other = base.join("other");
+    fs::create_dir_all(allowed.join("d"))?;
+    fs::create_dir_all(other.join("e"))?;
+    fs::write(allowed.join("d/f"), "x\n")?;
+    fs::write(other.join("e/f"), "y\n")?;
+    fs::write(allowed.join("secret"), "s\n")?;
+    let policies = Path::new(ROOT).join("cache-policies");
+    let _ = fs::remove_dir_all(&policies);
+    fs::create_dir_all(&policies)?;
+    let cg_name = "systrace-cache";
+    let policy = |extra: &str| {
+        format!(
+            "name = \"cache\"\ncgroup = \"{cg_name}\"\nmode = \"enforce\"\ndefault = \"deny\"\n\
+             [[file]]\npath = \"{}/**\"\naccess = [\"read\"]\n{extra}",
+            allowed.display()
+        )
+    };
+    let deny_secret = format!("[[file]]\npath = \"{}\"\naccess = [\"read\"]\nverdict = \"deny\"\n", allowed.join("secret").display());
+    write_atomically(&policies.join("cache.toml"), &policy(&deny_secret))?;
+    let cg = cgroup(cg_name)?;
+    let mut agent = Agent::start_args(agent_bin, &["--policy-dir".as_ref(), policies.as_os_str()])?;
+    let path = |p: &Path| p.display().to_string();
+
+    // Warm: the same open three times, the cache's hits must rise.
+    let hits = counter(&mut agent, "walk_cache_hits")?;
+    for _ in 0..3 {
+        expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "warming the cache")?;
+    }
+    let warmed = counter(&mut agent, "walk_cache_hits")?;
+    r.case("walk_cache_answers_repeated_opens", || {
+        ensure!(warmed >= hits + 2, "walk_cache_hits went from {hits} to {warmed} over three opens of one file");
+        Ok(())
+    });
+
+    // A refusal that counts: errno EACCES and our denial event for that pid
+    // and path, made after the step began.
+    let refused = |agent: &mut Agent, file: &Path, what: &str| -> Result<()> {
+        agent.forget();
+        let out = op::run(Some(&cg), file, "r")?;
+        ensure!(out.errno == EACCES, "{what}: open of {} gave errno {}, expected EACCES", file.display(), out.errno);
+        let pid = out.pid;
+        let name = path(file);
+        agent.wait_for(Duration::from_secs(30), |v| {
+            v["type"] == "event" && v["policy"] == "cache" && v["verdict"] == "denied" && v["pid"] == pid && v["path"] == name.as_str()
+        })?;
+        Ok(())
+    };
+
+    r.case("walk_cache_rename_of_a_parent_takes_effect", || {
+        expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "before")?;
+        fs::rename(allowed.join("d"), other.join("d"))?;
+        let step = refused(&mut agent, &other.join("d/f"), "after moving the directory out of the allowed tree");
+        fs::rename(other.join("d"), allowed.join("d"))?;
+        step?;
+        expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "moved back")
+    });
+
+    r.case("walk_cache_rename_exchange_takes_effect", || {
+        expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "before")?;
+        let (a, b) = (std::ffi::CString::new(path(&allowed.join("d")))?, std::ffi::CString::new(path(&other.join("e")))?);
+        let exchange = |a: &std::ffi::CString, b: &std::ffi::CString| -> Result<()> {
+            // SAFETY: valid C strings; renameat2 with RENAME_EXCHANGE (2).
+            let rc = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), 2u32) };
+            ensure!(rc == 0, "renameat2: {}", std::io::Error::last_os_error());
+            Ok(())
+        };
+        exchange(&a, &b)?;
+        // The file that was allowed/d/f is now other/e/f.
+        let step = refused(&mut agent, &other.join("e/f"), "after RENAME_EXCHANGE");
+        exchange(&a, &b)?;
+        step
+    });
+
+    r.case("walk_cache_moved_mount_takes_effect", || {
+        let m = allowed.join("m");
+        fs::create_dir_all(&m)?;
+        run("mount", &["-t", "tmpfs", "tmpfs", &path(&m)])?;
+        fs::write(m.join("f"), "m\n")?;
+        let step = (|| -> Result<()> {
+            for _ in 0..2 {
+                expect(&cg, &["open", &path(&m.join("f")), "r"], 0, "on the mount in the allowed tree")?;
+            }
+            let to = other.join("m");
+            fs::create_dir_all(&to)?;
+            move_mount(&m, &to)?;
+            // Same dentry, same mount: only the mount tree changed.
+            let moved = refused(&mut agent, &to.join("f"), "after moving the mount out of the allowed tree");
+            let _ = run("umount", &[&path(&to)]);
+            moved
+        })();
+        let _ = run("umount", &[&path(&m)]);
+        step
+    });
+
+    r.case("walk_cache_replaced_file_under_a_deny_rule", || {
+        refused(&mut agent, &allowed.join("secret"), "the denied file")?;
+        // rm and make again: a new inode (and for the deny rule that follows
+        // the file, a new identity) under the same name.
+        fs::remove_file(allowed.join("secret"))?;
+        fs::write(allowed.join("secret"), "s2\n")?;
+        refused(&mut agent, &allowed.join("secret"), "the denied file made again")
+    });
+
+    r.case("walk_cache_reload_takes_effect", || {
+        expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "before")?;
+        let deny_d = format!("[[file]]\npath = \"{}/**\"\naccess = [\"read\"]\nverdict = \"deny\"\n", allowed.join("d").display());
+        write_atomically(&policies.join("cache.toml"), &policy(&deny_d))?;
+        agent.wait_for(Duration::from_secs(60), |v| v["type"] == "status" && v["state"] == "reloaded")?;
+        refused(&mut agent, &allowed.join("d/f"), "after a reload that denies it")
+    });
+    agent.stop()?;
     Ok(())
 }

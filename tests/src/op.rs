@@ -222,9 +222,39 @@ fn open_errno(path: &CString, flags: libc::c_int) -> i32 {
     errno_of(fd)
 }
 
+/// Restricts this process with Landlock: every file system access the
+/// kernel's newest ABI knows is handled, and only reading (files and
+/// directories) under `dir` is allowed.
+fn landlock_read_only(dir: &str) -> anyhow::Result<()> {
+    use landlock::{Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI};
+    let abi = ABI::V5;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .create()?
+        .add_rule(PathBeneath::new(PathFd::new(dir)?, AccessFs::from_read(abi)))?
+        .restrict_self()?;
+    anyhow::ensure!(status.ruleset != RulesetStatus::NotEnforced, "Landlock is not enforced on this kernel");
+    Ok(())
+}
+
+/// Asks AppArmor to confine this process with `profile` from its next exec,
+/// then execs this program as `op ARGS`; returns only on error.
+fn apparmor_exec(profile: &str, args: &[String]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let request = format!("exec {profile}");
+    if let Err(e) = std::fs::write("/proc/self/attr/apparmor/exec", &request)
+        .or_else(|_| std::fs::write("/proc/self/attr/exec", &request))
+    {
+        return anyhow::Error::from(e).context("asking AppArmor for the profile");
+    }
+    Command::new("/proc/self/exe").arg("op").args(args).exec().into()
+}
+
 pub fn main(args: &[String]) -> ExitCode {
     // Leading options: the cgroup to join, and what to hold before joining it.
     let mut cgroup = None;
+    // The benchmark's peers, applied once in the cgroup (see below).
+    let (mut landlock, mut apparmor) = (None, None);
     let mut pre = crate::attack::Prepared::default();
     let mut rest = args;
     loop {
@@ -247,6 +277,14 @@ pub fn main(args: &[String]) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 pre.fd = Some(fd);
+                rest = tail;
+            }
+            [flag, value, tail @ ..] if flag == "--landlock" => {
+                landlock = Some(value.as_str());
+                rest = tail;
+            }
+            [flag, value, tail @ ..] if flag == "--apparmor" => {
+                apparmor = Some(value.as_str());
                 rest = tail;
             }
             [flag, value, tail @ ..] if flag == "--inherited-fd" => {
@@ -296,6 +334,21 @@ pub fn main(args: &[String]) -> ExitCode {
             eprintln!("op: joining {cg}: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    if let Some(dir) = landlock {
+        // The benchmark's peer: this process restricts itself to reading the
+        // tree at `dir`, nothing else, with the newest Landlock ABI the kernel offers.
+        if let Err(e) = landlock_read_only(dir) {
+            eprintln!("op: --landlock {dir}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(profile) = apparmor {
+        // The benchmark's other peer: confined by the AppArmor profile from
+        // the next exec on, which is this program again, in the same cgroup.
+        let e = apparmor_exec(profile, rest);
+        eprintln!("op: --apparmor {profile}: {e:#}");
+        return ExitCode::FAILURE;
     }
     let (Some(a), b) = (arg(0), arg(1)) else {
         eprintln!("op: {verb}: missing operand");

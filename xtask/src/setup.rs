@@ -15,7 +15,7 @@ use crate::{cache_dir, run, say};
 pub const MKFS_EXT4: &str = "/usr/sbin/mke2fs";
 pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
 
-const PACKAGES: [(&str, &str); 14] = [
+const PACKAGES: [(&str, &str); 15] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
@@ -32,6 +32,8 @@ const PACKAGES: [(&str, &str); 14] = [
     ("ncurses-base", "/lib/terminfo/s/screen"),
     // The root file system of the VM that boots systemd.
     ("debootstrap", "/usr/sbin/debootstrap"),
+    // The benchmark's AppArmor rows load their profile with Debian's parser.
+    ("apparmor", APPARMOR_PARSER),
     // The OpenTelemetry receiver of the systemd VM comes from PyPI as a wheel.
     ("curl", "/usr/bin/curl"),
     ("unzip", "/usr/bin/unzip"),
@@ -115,7 +117,13 @@ pub struct KernelSpec {
     pub cmdline: &'static str,
     /// A command line with the BPF LSM left out, for the refusal test.
     pub cmdline_without_bpf_lsm: &'static str,
+    /// The benchmark's: AppArmor active too, for its rows (Debian 13 boots
+    /// with it; Debian 12 leaves it out of the default list, as it does bpf).
+    pub bench_cmdline: &'static str,
 }
+
+/// Debian's AppArmor profile compiler and loader.
+pub const APPARMOR_PARSER: &str = "/sbin/apparmor_parser";
 
 pub const KERNELS: [KernelSpec; 2] = [
     KernelSpec {
@@ -126,6 +134,7 @@ pub const KERNELS: [KernelSpec; 2] = [
         // Debian 12 leaves bpf out of the default LSM list.
         cmdline: "lsm=lockdown,capability,landlock,yama,bpf",
         cmdline_without_bpf_lsm: "lsm=lockdown,capability,landlock,yama",
+        bench_cmdline: "lsm=lockdown,capability,landlock,yama,apparmor,bpf",
     },
     KernelSpec {
         label: "6.12",
@@ -134,6 +143,7 @@ pub const KERNELS: [KernelSpec; 2] = [
         prefix: "linux-image-6.12.",
         cmdline: "",
         cmdline_without_bpf_lsm: "lsm=lockdown,capability,landlock,yama,apparmor",
+        bench_cmdline: "",
     },
 ];
 
