@@ -471,6 +471,9 @@ impl Enforcer {
             }
             self.links.push((name, program.attach()?));
         }
+        // While detached, no d_instantiate program marked reused dentries:
+        // what the walk cache holds from before is stale.
+        self.invalidate_walk_cache()?;
         Ok(())
     }
 
@@ -698,6 +701,7 @@ impl Enforcer {
         self.ensure_probe()?;
         let mut added = Vec::new();
         let mut failure = None;
+        let mut written = false;
         for (i, anchor, rule) in wanted {
             let path = anchor.path.clone();
             let id = match self.identity(&path) {
@@ -726,6 +730,7 @@ impl Enforcer {
                 failure = Some(anyhow!(e).context(format!("following the new file at {}", path.display())));
                 break;
             }
+            written = true;
 
             if !known {
                 self.in_force.slots[i].inodes.push(key);
@@ -747,6 +752,13 @@ impl Enforcer {
             }
         }
         self.set_probe(ProbeRequest::default())?;
+        // Once more after everything written, whatever failed on the way: a
+        // rule written without its bump would leave stale answers in force.
+        if written {
+            if let Err(e) = self.invalidate_walk_cache() {
+                failure.get_or_insert(e.context("invalidating the walk cache"));
+            }
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(added),

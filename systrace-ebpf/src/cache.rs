@@ -20,6 +20,14 @@
 //!   is part of the key; the agent bumps [`CACHE_GENERATION`] after the only
 //!   change it makes to a slot in force (following a replaced file's inode).
 //!
+//! - age: an answer is trusted for at most a second ([`MAX_AGE_NS`]).
+//!
+//! Names being created (negative dentries) are never remembered.
+//!
+//! The sequences are read as the kernel's own lockless readers do on x86
+//! (loads are not reordered with other loads there); the programs are built
+//! and tested for x86-64 only.
+//!
 //! The cache is per CPU, direct-mapped, so no other CPU writes a slot while
 //! this one reads it. A program preempted on the same CPU can be: writers take
 //! the slot's `busy` flag, and readers accept a slot only if its sequence was
@@ -34,7 +42,7 @@ use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, generated::bpf_probe_read_kernel},
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     macros::map,
     maps::{Array, PerCpuArray},
     programs::LsmContext,
@@ -50,6 +58,10 @@ use crate::{
 
 /// Slots per CPU: a power of two.
 const SLOTS: u32 = 1024;
+/// How long an answer is trusted at most. The versions it is checked
+/// against are 32-bit counters a process could wrap given hours; a second
+/// leaves no such room, and files opened often are opened again well within it.
+const MAX_AGE_NS: u64 = 1_000_000_000;
 /// Buckets of dentry addresses, each with its own epoch: a power of two.
 const EPOCH_BUCKETS: u32 = 4096;
 
@@ -126,6 +138,8 @@ pub struct CacheSlot {
     /// The object is on an overlay: the walk noted its credentials, and a
     /// hit notes them again (see `overlay::note`).
     overlay: u64,
+    /// `bpf_ktime_get_ns` when the answer was stored (see [`MAX_AGE_NS`]).
+    made_ns: u64,
 }
 
 #[map(name = "WALK_CACHE")]
@@ -230,12 +244,17 @@ fn stamp(request: &Request, out: &mut Stamp) -> bool {
     if unsafe { bpf_probe_read_kernel(&raw mut out.inode as *mut c_void, 8, d_inode as *const c_void) } != 0 {
         return false;
     }
-    out.ino = 0;
-    if out.inode != 0 {
-        let i_ino = unsafe { (out.inode as *const u8).add(kernel::off(Off::INODE_I_INO)) };
-        if unsafe { bpf_probe_read_kernel(&raw mut out.ino as *mut c_void, 8, i_ino as *const c_void) } != 0 {
-            return false;
-        }
+    // A negative dentry (a name about to be created) is never remembered:
+    // freed and allocated again for another name, it passes nothing the
+    // stamp compares (no inode, no d_instantiate), so an answer for creating
+    // a name where the policy allows it would be replayed for one where it
+    // does not.
+    if out.inode == 0 {
+        return false;
+    }
+    let i_ino = unsafe { (out.inode as *const u8).add(kernel::off(Off::INODE_I_INO)) };
+    if unsafe { bpf_probe_read_kernel(&raw mut out.ino as *mut c_void, 8, i_ino as *const c_void) } != 0 {
+        return false;
     }
     // Field by field: a whole `Stamp` built first would take stack space
     // the deepest call chain (6.1 adds its frames up to 512 bytes) lacks.
@@ -272,7 +291,9 @@ fn lookup(stamp: &Stamp, res: &mut Resolution) -> Option<bool> {
     let slot = WALK_CACHE.get_ptr_mut(index(stamp.ino, stamp.policy, stamp.asked))?;
     let before = unsafe { core::ptr::read_volatile(&raw const (*slot).seq) };
     barrier();
-    let hit = before & 1 == 0 && same(unsafe { &(*slot).stamp }, stamp);
+    let made = unsafe { core::ptr::read_volatile(&raw const (*slot).made_ns) };
+    let fresh = unsafe { bpf_ktime_get_ns() }.wrapping_sub(made) < MAX_AGE_NS;
+    let hit = before & 1 == 0 && fresh && same(unsafe { &(*slot).stamp }, stamp);
     if hit {
         unsafe {
             res.allowed = (*slot).res.allowed;
@@ -334,6 +355,7 @@ fn store(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
         (*slot).res.id = res.id;
         (*slot).res.mnt = res.mnt;
         (*slot).overlay = overlay as u64;
+        (*slot).made_ns = bpf_ktime_get_ns();
         barrier();
         core::ptr::write_volatile(&raw mut (*slot).seq, (seq | 1) + 1);
         core::ptr::write_volatile(&raw mut (*slot).busy, 0);
