@@ -100,7 +100,7 @@ pub struct Stamp {
     /// What [`answer`] found (not part of the comparison).
     found: i32,
     _pad: u32,
-    /// The seqlocks' sequences after the walk (see [`store`]).
+    /// The seqlocks' sequences after the walk (see [`remember`]).
     now: [u32; 2],
 }
 
@@ -223,13 +223,14 @@ pub fn answer(request: &Request, out: &mut Stamp, res: &mut Resolution) -> i32 {
             None => MISSED,
         }
     };
+    // Counted here, once per decision that reached the full path; the fast
+    // path counts the hits it decides itself (see `files::open_fast`).
+    match out.found {
+        MISSED => count(Counter::WalkCacheMisses),
+        UNUSABLE => {}
+        _ => count(Counter::WalkCacheHits),
+    }
     out.found
-}
-
-/// [`store`], as a call of its own (see [`answer`]).
-#[inline(never)]
-pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
-    store(stamp, res, overlay)
 }
 
 /// The stamp an answer for `request` would carry now, written to `out`;
@@ -237,9 +238,6 @@ pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
 /// under way).
 #[inline(always)]
 fn stamp(request: &Request, out: &mut Stamp) -> bool {
-    if !seqlock(0, &raw mut out.rename_seq) || !seqlock(1, &raw mut out.mount_seq) {
-        return false;
-    }
     let d_inode = unsafe { (request.dentry as *const u8).add(kernel::off(Off::DENTRY_D_INODE)) };
     if unsafe { bpf_probe_read_kernel(&raw mut out.inode as *mut c_void, 8, d_inode as *const c_void) } != 0 {
         return false;
@@ -260,8 +258,20 @@ fn stamp(request: &Request, out: &mut Stamp) -> bool {
     // the deepest call chain (6.1 adds its frames up to 512 bytes) lacks.
     out.dentry = request.dentry;
     out.mnt = request.mnt;
-    out.policy = request.policy;
-    out.asked = request.requested | (request.how << 24) | (((request.inode_rules != 0) as u32) << 28);
+    set_request(out, request.policy, request.requested, request.how, request.inode_rules != 0)
+}
+
+/// The rest of a stamp whose object part is set: what is asked, and the
+/// versions as they are now; false when a seqlock is held by a writer (or
+/// unknown). One place for the slow path's stamp and the fast path's key,
+/// which must come out identical for the same decision.
+#[inline(always)]
+fn set_request(out: &mut Stamp, policy: u32, requested: u32, how: u32, inode_rules: bool) -> bool {
+    if !seqlock(0, &raw mut out.rename_seq) || !seqlock(1, &raw mut out.mount_seq) {
+        return false;
+    }
+    out.policy = policy;
+    out.asked = requested | (how << 24) | ((inode_rules as u32) << 28);
     out.epoch = epoch(out.ino);
     out.generation = generation();
     true
@@ -310,21 +320,20 @@ fn lookup(stamp: &Stamp, res: &mut Resolution) -> Option<bool> {
     barrier();
     let after = unsafe { core::ptr::read_volatile(&raw const (*slot).seq) };
     if hit && after == before {
-        count(Counter::WalkCacheHits);
         return Some(overlay);
     }
     if hit {
         // Torn by a writer that preempted this program: not an answer.
         *res = Resolution::default();
     }
-    count(Counter::WalkCacheMisses);
     None
 }
 
 /// Remembers `res`, the walk's answer for `stamp`, if neither seqlock moved
 /// while the walk ran and no other program on this CPU is writing the slot.
-#[inline(always)]
-fn store(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
+/// A call of its own, like [`answer`].
+#[inline(never)]
+pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
     if !seqlock(0, &raw mut stamp.now[0]) || !seqlock(1, &raw mut stamp.now[1]) {
         return;
     }
@@ -369,22 +378,12 @@ fn store(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
 /// those pointers: the verifier refuses arithmetic on them.
 #[inline(always)]
 pub fn peek(key: &mut Stamp, policy: u32, requested: u32, inode_rules: bool, res: &mut Resolution) -> bool {
-    let (mut rename_seq, mut mount_seq) = (0u32, 0u32);
-    if !seqlock(0, &mut rename_seq) || !seqlock(1, &mut mount_seq) {
-        return false;
-    }
-    key.policy = policy;
-    key.asked = requested | (crate::walk::OWN_INODE << 24) | ((inode_rules as u32) << 28);
-    key.rename_seq = rename_seq;
-    key.mount_seq = mount_seq;
-    key.epoch = epoch(key.ino);
-    key.generation = generation();
-    matches!(lookup(key, res), Some(false))
+    set_request(key, policy, requested, crate::walk::OWN_INODE, inode_rules) && matches!(lookup(key, res), Some(false))
 }
 
 /// Every dentry that gets an inode: a new name, or a dentry's memory reused
-/// for another. Answers remembered for dentries at addresses in its bucket
-/// are stale from here on. Not a decision; returns nothing to the kernel.
+/// for another. Answers remembered for inodes whose numbers share its
+/// inode's bucket are stale from here on. Not a decision; returns nothing to the kernel.
 #[aya_ebpf::macros::lsm(hook = "d_instantiate")]
 #[inline(always)]
 pub fn d_instantiate(ctx: LsmContext) -> i32 {

@@ -173,7 +173,12 @@ fn open_fast(subject: &Subject, file: FilePtr) -> bool {
         if !cache::peek(&mut key, subject.policy, requested, inode_rules, &mut res) {
             return false;
         }
-        !res.undecided && crate::decision::verdict(subject, &res) == Verdict::Allowed
+        let allowed = !res.undecided && crate::decision::verdict(subject, &res) == Verdict::Allowed;
+        if allowed {
+            // A hit this path decides; one it leaves to the full path is counted there.
+            crate::maps::count(systrace_common::Counter::WalkCacheHits);
+        }
+        allowed
     }
 }
 

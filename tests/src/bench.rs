@@ -286,24 +286,21 @@ fn run(agent_bin: &Path) -> Result<()> {
     let agent = BenchAgent::start(agent_bin, &policies)?;
     let rss = agent.rss_kib()?;
 
-    let open = |cgroup: &str| -> Result<f64> {
+    // `options`: the peers' (`--landlock DIR`, `--apparmor PROFILE`), run with
+    // the agent's programs detached.
+    let open_with = |cgroup: &str, options: &[&str]| -> Result<f64> {
         // A short untimed run first: the first opens after a switch pay for
         // TCG translating the code path afresh.
-        workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), "500"])?;
-        let v = workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), &OPEN_ITERATIONS.to_string()])?;
-        v["ns_per_op"].as_f64().context("ns_per_op")
-    };
-    // The peers, on the same file, with the agent's programs detached.
-    let bench_dir = ROOT.to_string();
-    let open_with = |options: &[&str]| -> Result<f64> {
-        workload_with(Some(&cg("bench-none")), options, &["bench-open", &allowed.display().to_string(), "500"])?;
+        workload_with(Some(&cg(cgroup)), options, &["bench-open", &allowed.display().to_string(), "500"])?;
         let v = workload_with(
-            Some(&cg("bench-none")),
+            Some(&cg(cgroup)),
             options,
             &["bench-open", &allowed.display().to_string(), &OPEN_ITERATIONS.to_string()],
         )?;
         v["ns_per_op"].as_f64().context("ns_per_op")
     };
+    let open = |cgroup: &str| open_with(cgroup, &[]);
+    let bench_dir = ROOT.to_string();
     // A listener that accepts and drops every connection, outside any policy.
     let listener = std::net::TcpListener::bind(("127.0.0.1", LISTEN_PORT))?;
     std::thread::spawn(move || {
@@ -348,8 +345,8 @@ fn run(agent_bin: &Path) -> Result<()> {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
         agent.set_state("detached")?;
         open_ns[0].push(open("bench-none")?);
-        open_ns[7].push(open_with(&["--landlock", &bench_dir])?);
-        open_ns[8].push(open_with(&["--apparmor", APPARMOR_PROFILE])?);
+        open_ns[7].push(open_with("bench-none", &["--landlock", &bench_dir])?);
+        open_ns[8].push(open_with("bench-none", &["--apparmor", APPARMOR_PROFILE])?);
         exec_ns[0].push(fork_exec("bench-none")?);
         connect_ns[0].push(connect("bench-none")?);
         read_ns[0].push(read("bench-none")?);
