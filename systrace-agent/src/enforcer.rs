@@ -31,7 +31,7 @@ use systrace_agent::{
 
 use crate::watch::Names;
 use systrace_common::{
-    names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo,
+    generation, names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo,
     ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, ANY_MINOR, CGROUP_PATH_LEN,
     RAW_DEVICE_SLOTS, UNIT_NAME_LEN, kernel_dev,
 };
@@ -134,6 +134,27 @@ pub struct Enforcer {
     next_slot: u32,
     name_key: [u64; 2],
     walk_cache: bool,
+    /// The cgroup move check on `inode_permission`, while attached.
+    move_check: Option<MoveCheck>,
+    /// Whether it is attached whenever every program is, from now until the
+    /// agent stops: set by the first policy set that needs it (see
+    /// [`Compiled::needs_move_check`]), by `exec --ask`, and by taking over
+    /// from an agent that had it. Never cleared: a write that passed
+    /// `file_permission` under a policy that allowed it may reach the
+    /// kernel's move check any time later (its buffer can be made to fault
+    /// for as long as the writer likes), after a reload to a policy that
+    /// writes nothing.
+    move_check_kept: bool,
+    /// Whether every program is attached (the benchmark detaches them).
+    all_attached: bool,
+    /// Where [`Enforcer::pin`] pinned the links: links attached later go there too.
+    pin_dir: Option<PathBuf>,
+}
+
+/// The link of the on-demand `inode_permission` program.
+enum MoveCheck {
+    Attached(aya::programs::lsm::LsmLinkId),
+    Pinned(aya::programs::links::PinnedLink),
 }
 
 /// Why loading failed, with the kernel's errno when there was one.
@@ -142,6 +163,16 @@ pub struct LoadFailure {
     pub errno: Option<i32>,
     pub error: anyhow::Error,
     pub verifier_log: Option<String>,
+}
+
+/// The event ring buffer's size for a machine with `cpus` possible CPUs: 1 MiB
+/// each (events come from all of them at once), a power of two as the kernel
+/// requires, at least 4 MiB (about 12,000 events before the agent must read)
+/// and at most 64 MiB. The agent's resident memory counts it twice on kernels
+/// that map every page of it up front (6.12: it is mapped twice, for reads
+/// across the wrap-around), which is why it is not larger on small machines.
+pub fn ring_bytes(cpus: usize) -> u32 {
+    (cpus.next_power_of_two().clamp(4, 64) as u32) << 20
 }
 
 /// 128 bits from the kernel's random pool.
@@ -227,6 +258,9 @@ impl Enforcer {
         let seqlocks = crate::offsets::seqlock_addresses(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
         let seqlock_global = seqlocks.unwrap_or([0; 2]);
         loader.override_global(names::SEQLOCKS, &seqlock_global, true);
+        // Online, not possible: cloud machines list many hotplug slots.
+        let cpus = aya::util::online_cpus().map(|c| c.len()).unwrap_or(1);
+        loader.map_max_entries(names::EVENTS, ring_bytes(cpus));
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
         let stats = std::env::var_os("SYSTRACE_LOAD_STATS").is_some();
@@ -299,6 +333,10 @@ impl Enforcer {
             next_slot: 1,
             name_key,
             walk_cache: seqlocks.is_some(),
+            move_check: None,
+            move_check_kept: false,
+            all_attached: true,
+            pin_dir: None,
         })
     }
 
@@ -311,11 +349,21 @@ impl Enforcer {
     /// Tells the programs that answers the walk cache holds are stale: after
     /// a change to the rules of a policy slot in force.
     fn invalidate_walk_cache(&mut self) -> Result<()> {
-        let mut generation = Array::<_, u32>::try_from(
+        self.bump_generation(generation::WALK)
+    }
+
+    /// Tells the programs that the subjects they remember per cgroup are
+    /// stale: around a switch of the bindings in force.
+    fn invalidate_subjects(&mut self) -> Result<()> {
+        self.bump_generation(generation::SUBJECTS_AGENT)
+    }
+
+    fn bump_generation(&mut self, which: u32) -> Result<()> {
+        let mut generations = Array::<_, u64>::try_from(
             self.bpf.map_mut(names::CACHE_GENERATION).context("map CACHE_GENERATION missing")?,
         )?;
-        let next = generation.get(&0, 0)?.wrapping_add(1);
-        generation.set(0, next, 0)?;
+        let next = generations.get(&which, 0)?.wrapping_add(1);
+        generations.set(which, next, 0)?;
         Ok(())
     }
 
@@ -358,6 +406,10 @@ impl Enforcer {
     /// keep enforcing if this process dies. Pinned links are not detached when the
     /// enforcer is dropped; [`Enforcer::unpin`] does that.
     pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        self.pin_dir = Some(dir.to_path_buf());
+        if let Some(MoveCheck::Attached(link)) = self.move_check.take() {
+            self.move_check = Some(MoveCheck::Pinned(self.pin_move_check(link)?));
+        }
         for (name, link) in self.links.drain(..) {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             let link = program.take_link(link)?;
@@ -437,6 +489,12 @@ impl Enforcer {
 
     /// Removes the pins; the links detach when their descriptors close.
     pub fn unpin(&mut self) {
+        self.pin_dir = None;
+        if let Some(MoveCheck::Pinned(pinned)) = self.move_check.take() {
+            if let Err(e) = pinned.unpin() {
+                eprintln!("systrace-agent: removing a pin: {e}");
+            }
+        }
         for pinned in self.pinned.drain(..) {
             if let Err(e) = pinned.unpin() {
                 eprintln!("systrace-agent: removing a pin: {e}");
@@ -449,6 +507,8 @@ impl Enforcer {
 
     /// Benchmarks only: which programs are attached, keeping maps and policies.
     pub fn set_attachment(&mut self, attachment: Attachment) -> Result<()> {
+        self.set_move_check(false)?;
+        self.all_attached = false;
         for (name, link) in self.links.drain(..) {
             let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             program.detach(link)?;
@@ -471,10 +531,68 @@ impl Enforcer {
             }
             self.links.push((name, program.attach()?));
         }
+        if attachment == Attachment::Enforcing {
+            self.all_attached = true;
+            self.set_move_check(self.move_check_kept)?;
+        }
         // While detached, no d_instantiate program marked reused dentries:
         // what the walk cache holds from before is stale.
         self.invalidate_walk_cache()?;
         Ok(())
+    }
+
+    /// Whether the cgroup move check (`inode_permission`) is attached now.
+    pub fn move_check(&self) -> bool {
+        self.move_check.is_some()
+    }
+
+    /// Attaches the cgroup move check now (when every program is) and keeps
+    /// it until the agent stops, whatever the policies say: for `exec --ask`,
+    /// where a "permit once" can allow a write no rule grants, and when taking
+    /// over from an agent that had it (see the `move_check_kept` field).
+    pub fn keep_move_check(&mut self) -> Result<()> {
+        self.move_check_kept = true;
+        if self.all_attached {
+            self.set_move_check(true).context("attaching the cgroup move check")?;
+        }
+        Ok(())
+    }
+
+    /// Attaches or detaches the cgroup move check; pinned with the other
+    /// links once they are, so that it outlives the agent as they do.
+    fn set_move_check(&mut self, on: bool) -> Result<()> {
+        let hook = Hook::InodePermission;
+        if on == self.move_check.is_some() || !self.layout.has(hook) {
+            return Ok(());
+        }
+        let program: &mut Lsm = self.bpf.program_mut(hook.name()).context("the move check program is missing")?.try_into()?;
+        if on {
+            let link = program.attach()?;
+            self.move_check = Some(match self.pin_dir {
+                Some(_) => MoveCheck::Pinned(self.pin_move_check(link)?),
+                None => MoveCheck::Attached(link),
+            });
+            return Ok(());
+        }
+        match self.move_check.take() {
+            Some(MoveCheck::Attached(link)) => program.detach(link)?,
+            // The link goes with its pin and its last descriptor.
+            Some(MoveCheck::Pinned(pinned)) => drop(pinned.unpin()?),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Pins the move check's link next to the others.
+    fn pin_move_check(&mut self, link: aya::programs::lsm::LsmLinkId) -> Result<aya::programs::links::PinnedLink> {
+        let name = Hook::InodePermission.name();
+        let dir = self.pin_dir.clone().context("no pin directory")?;
+        let program: &mut Lsm = self.bpf.program_mut(name).context("the move check program is missing")?.try_into()?;
+        let fd_link = aya::programs::links::FdLink::from(program.take_link(link)?);
+        if let Ok(info) = fd_link.info() {
+            self.pinned_ids.push(info.program_id());
+        }
+        fd_link.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))
     }
 
     fn map<'a, K: aya::Pod, V: aya::Pod>(&'a mut self, name: &str) -> Result<BpfHashMap<&'a mut MapData, K, V>> {
@@ -493,7 +611,18 @@ impl Enforcer {
         let half = 1 - self.active;
         let identities = self.probe_identities(policies)?;
         let mut written = Written::default();
-        let result = self.write_set(policies, &identities, half, cgroup_root, &mut written);
+        let result = self.write_set(policies, &identities, half, cgroup_root, &mut written).and_then(|bound| {
+            // Attached before the new set is in force, and kept from then on.
+            let move_check = policies.iter().any(Compiled::needs_move_check)
+                || bound.iter().any(|(_, id, path)| self.newly_confined_with_processes(cgroup_root, *id, path));
+            if move_check {
+                self.move_check_kept = true;
+                if self.all_attached {
+                    self.set_move_check(true).context("attaching the cgroup move check")?;
+                }
+            }
+            Ok(bound)
+        });
         let bound = match result {
             Ok(bound) => bound,
             Err(e) => {
@@ -502,6 +631,14 @@ impl Enforcer {
                 return Err(e);
             }
         };
+        // Before the switch too: an answer a program looked up in this half
+        // before its last switch away (and stamped with the generation since)
+        // must not match once it is in force again.
+        if let Err(e) = self.invalidate_subjects() {
+            self.clear_half(half);
+            self.remove_written(&written);
+            return Err(e.context("invalidating the subject cache"));
+        }
         // The switch: one array write puts every binding of the new set in force.
         if let Err(e) = Array::<_, u32>::try_from(self.bpf.map_mut(names::ACTIVE).context("map ACTIVE missing")?)
             .and_then(|mut a| a.set(0, half, 0))
@@ -509,6 +646,12 @@ impl Enforcer {
             self.clear_half(half);
             self.remove_written(&written);
             return Err(anyhow!(e).context("switching to the new policies"));
+        }
+        // The subjects programs remember were looked up in the old half
+        // (which they also compare, so this matters from the next switch on,
+        // back to that half).
+        if let Err(e) = self.invalidate_subjects() {
+            eprintln!("systrace-agent: error: invalidating the subject cache: {e:#}");
         }
         let old_half = self.active;
         self.active = half;
@@ -524,6 +667,42 @@ impl Enforcer {
                 .map(|ids| ids.into_iter().filter(|(_, a, _)| a.extension == 0).map(|(id, a, _)| (id, a.path)).collect())
                 .collect(),
         })
+    }
+
+    /// Whether the cgroup `id` at `path` (under `cgroup_root`) holds processes
+    /// and is not confined by the bindings in force now, by itself or by an
+    /// ancestor: its processes were free to start a write to a cgroup's
+    /// process list that reaches the kernel's move check only after their
+    /// policy applies (see [`Compiled::needs_move_check`]). Unreadable counts
+    /// as yes.
+    fn newly_confined_with_processes(&mut self, cgroup_root: &Path, id: u64, path: &str) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let dir = cgroup_root.join(path.trim_start_matches('/'));
+        let populated = match std::fs::read_to_string(dir.join("cgroup.events")) {
+            Ok(events) => events.lines().any(|l| l == "populated 1"),
+            Err(_) => true,
+        };
+        if !populated {
+            return false;
+        }
+        let half = self.active;
+        let Ok(bindings) = self.map::<BindingKey, u32>(names::BINDINGS) else {
+            return true;
+        };
+        let bound = |cgroup_id: u64| bindings.get(&BindingKey { half, _pad: 0, cgroup_id }, 0).is_ok();
+        if bound(id) {
+            return false;
+        }
+        let mut ancestor = dir.parent();
+        while let Some(a) = ancestor.filter(|a| a.starts_with(cgroup_root) && *a != cgroup_root) {
+            match std::fs::metadata(a) {
+                Ok(meta) if bound(meta.ino()) => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+            ancestor = a.parent();
+        }
+        true
     }
 
     /// Writes every policy under new slots and fills `half` of the binding
@@ -1020,6 +1199,15 @@ fn followed_files(denies: &[ExtensionDeny]) -> Vec<(Anchor, FileRule)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_buffer_grows_with_the_cpus_within_bounds() {
+        assert_eq!(ring_bytes(1), 4 << 20);
+        assert_eq!(ring_bytes(2), 4 << 20);
+        assert_eq!(ring_bytes(6), 8 << 20);
+        assert_eq!(ring_bytes(64), 64 << 20);
+        assert_eq!(ring_bytes(512), 64 << 20);
+    }
 
     #[test]
     fn raw_devices_take_dynamic_character_majors_only() {

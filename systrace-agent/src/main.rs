@@ -798,12 +798,20 @@ fn policies_json(compiled: &[Compiled], installed: &enforcer::Installed) -> serd
                     "bound": bound,
                     "path_nodes": c.tree.entries.len(),
                     "inode_rules": installed.inode_paths[i].len(),
+                    // Whether its processes could write a cgroup's process
+                    // list, which keeps inode_permission attached.
+                    "move_check": c.needs_move_check(),
                     "capabilities": systrace_agent::policy::capability_names(c.info.capabilities),
                     "protections_off": off,
                 })
             })
             .collect(),
     )
+}
+
+/// Whether `dir` is the pin directory of an `exec` or `learn` agent.
+fn is_session(dir: &Path) -> bool {
+    dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(pins::SESSION_PREFIX))
 }
 
 /// Pins this agent's links, then removes the pins earlier agents left: their
@@ -821,11 +829,17 @@ fn pin(enforcer: &mut Enforcer) -> Result<(Option<PathBuf>, Vec<gap::Previous>)>
     let mut previous = Vec::new();
     // A failure here has taken links out of the program: fatal, not a warning.
     enforcer.pin(&own)?;
-    for dir in pins::others(root, Some(&own)) {
-        let session = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(pins::SESSION_PREFIX));
-        if session && pins::owner_alive(&dir) {
-            continue;
-        }
+    let others: Vec<PathBuf> = pins::others(root, Some(&own))
+        .into_iter()
+        .filter(|dir| !(is_session(dir) && pins::owner_alive(dir)))
+        .collect();
+    // Before any of their pins goes: a write their policies allowed may still
+    // be on its way to the kernel's move check (see `Enforcer::keep_move_check`).
+    if others.iter().any(|dir| dir.join(systrace_common::Hook::InodePermission.name()).exists()) {
+        enforcer.keep_move_check()?;
+    }
+    for dir in others {
+        let session = is_session(&dir);
         pins::end_session(&dir, &cgroup2_root());
         if !session {
             // Its ring buffer stays open here after its pins go, to be read.
@@ -907,6 +921,7 @@ async fn serve(
         // Without rename_lock and mount_lock in /proc/kallsyms, every file
         // decision walks the path (see the README's Performance section).
         "walk_cache": enforcer.walk_cache(),
+        "move_check_attached": enforcer.move_check(),
         "policies": policies,
     }));
     out.flush();
@@ -926,6 +941,7 @@ async fn serve(
             "telemetry": telemetry.stats_json(),
             "type": "stats",
             "events_delivered": delivered,
+            "move_check_attached": enforcer.move_check(),
         });
         for (counter, key, _) in KERNEL_COUNTERS {
             line[key] = enforcer.counter(counter)?.into();
@@ -1094,6 +1110,7 @@ async fn serve(
                             "state": "reloaded",
                             "generation": generation,
                             "load_ms": started.elapsed().as_millis() as u64,
+                            "move_check_attached": enforcer.move_check(),
                             "policies": policies,
                         }))
                     }

@@ -187,6 +187,9 @@ async fn run(session: Session) -> ExitCode {
         let compiled = compile_all(std::slice::from_ref(&policy), enforcer.name_key())
             .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
         let mut names = PolicyNames::default();
+        if session.ask.is_some() {
+            enforcer.keep_move_check()?;
+        }
         let installed = apply(&mut enforcer, &compiled, &mut names)?;
         let slot = installed[0]["policy_id"].as_u64().unwrap_or(0) as u32;
         let pinned = match pins::prepare_named(Path::new(pins::PIN_ROOT), &format!("{}{}", pins::SESSION_PREFIX, std::process::id())) {

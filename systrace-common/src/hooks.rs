@@ -124,8 +124,9 @@ lsm_hooks! {
     /// kernel gives each file a deny rule names (see `ProbeRequest`).
     InodeGetattr = 51 => "inode_getattr" ["path"] (on_demand);
     /// Only write permission on cgroup v2 process-moving files: where a move
-    /// would take a process from (see `guard.rs`).
-    InodePermission = 52 => "inode_permission" ["inode", "mask"];
+    /// would take a process from (see `guard.rs`). Attached only while a
+    /// policy in force could write such a file (`Compiled::needs_move_check`).
+    InodePermission = 52 => "inode_permission" ["inode", "mask"] (on_demand);
     /// Not a decision: a dentry gets an inode, and answers the walk cache
     /// remembered for its address are stale.
     DInstantiate = 53 => "d_instantiate" ["dentry", "inode"];

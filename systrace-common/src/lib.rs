@@ -60,12 +60,28 @@ pub mod names {
     /// Two kernel addresses: `rename_lock` and `mount_lock`, whose sequences
     /// version the walk cache's answers (0: the cache is off).
     pub const SEQLOCKS: &str = "SEQLOCKS";
-    /// One u32 the agent bumps after changing the rules of a policy slot in
-    /// force: the walk cache's answers from before are stale.
+    /// u64s indexed by [`crate::generation`]: bumped after a change that
+    /// makes what a cache holds stale.
     pub const CACHE_GENERATION: &str = "CACHE_GENERATION";
     /// [`crate::AskKey`] -> [`crate::AskGrant`]: answers "permit once" given
     /// while `exec --ask` held a confined process's system call.
     pub const ASK_GRANTS: &str = "ASK_GRANTS";
+}
+
+/// Slots of [`names::CACHE_GENERATION`].
+pub mod generation {
+    /// The walk cache: bumped by the agent after it changes the rules of a
+    /// policy slot in force.
+    pub const WALK: u32 = 0;
+    /// The subject cache (cgroup -> policy), the kernel's part: bumped by the
+    /// cgroup tracepoints after they bind a cgroup (atomically).
+    pub const SUBJECTS: u32 = 1;
+    /// The subject cache, the agent's part: bumped around a switch of the
+    /// bindings in force. A slot of its own, as the agent's read-modify-write
+    /// could otherwise undo a tracepoint's bump made in between; the programs
+    /// use the sum of the two, which grows with either.
+    pub const SUBJECTS_AGENT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Key of `ASK_GRANTS`: one process's access to one file, under one policy.

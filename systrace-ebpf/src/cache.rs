@@ -20,7 +20,7 @@
 //!   is part of the key; the agent bumps [`CACHE_GENERATION`] after the only
 //!   change it makes to a slot in force (following a replaced file's inode).
 //!
-//! - age: an answer is trusted for at most a second ([`MAX_AGE_NS`]).
+//! - age: an answer is trusted for about a second at most ([`MAX_AGE_JIFFIES`]).
 //!
 //! Names being created (negative dentries) are never remembered.
 //!
@@ -42,12 +42,12 @@ use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
+    helpers::{bpf_get_current_task, generated::{bpf_jiffies64, bpf_probe_read_kernel}},
     macros::map,
     maps::{Array, PerCpuArray},
     programs::LsmContext,
 };
-use systrace_common::{Counter, Hook, Off};
+use systrace_common::{generation, Counter, Hook, Off};
 
 use crate::{
     hook::arg,
@@ -58,10 +58,13 @@ use crate::{
 
 /// Slots per CPU: a power of two.
 const SLOTS: u32 = 1024;
-/// How long an answer is trusted at most. The versions it is checked
-/// against are 32-bit counters a process could wrap given hours; a second
-/// leaves no such room, and files opened often are opened again well within it.
-const MAX_AGE_NS: u64 = 1_000_000_000;
+/// How long an answer is trusted at most, in jiffies: a second with Debian's
+/// HZ=250 (a quarter of one at HZ=1000, 2.5 s at HZ=100). The versions it is
+/// checked against are 32-bit counters a process could wrap given hours; this
+/// leaves no such room, and files opened often are opened again well within
+/// it. Jiffies, not `bpf_ktime_get_ns`: one load instead of a clock read, on
+/// every hit.
+const MAX_AGE_JIFFIES: u64 = 250;
 /// Buckets of dentry addresses, each with its own epoch: a power of two.
 const EPOCH_BUCKETS: u32 = 4096;
 
@@ -74,9 +77,10 @@ static SEQLOCKS: [u64; 2] = [0; 2];
 #[map(name = "DENTRY_EPOCHS")]
 static DENTRY_EPOCHS: Array<u32> = Array::with_max_entries(EPOCH_BUCKETS, 0);
 
-/// Slot 0: bumped by the agent after it changes rules of a policy slot in force.
+/// Indexed by [`systrace_common::generation`]: the walk cache's and the
+/// subject cache's (`subject.rs`).
 #[map(name = "CACHE_GENERATION")]
-static CACHE_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+static CACHE_GENERATION: Array<u64> = Array::with_max_entries(generation::COUNT, 0);
 
 /// What an answer is for, and the versions it was made under.
 #[repr(C)]
@@ -111,16 +115,6 @@ impl Stamp {
         self.ns
     }
 
-    /// The object's part of the key, for [`peek`].
-    #[inline(always)]
-    pub fn set_object(&mut self, dentry: u64, mnt: u64, ns: u64, inode: u64, ino: u64) {
-        self.dentry = dentry;
-        self.mnt = mnt;
-        self.ns = ns;
-        self.inode = inode;
-        self.ino = ino;
-    }
-
     /// Whether [`answer`] looked and found nothing: the walk's answer may be remembered.
     #[inline(always)]
     pub fn missed(&self) -> bool {
@@ -138,8 +132,8 @@ pub struct CacheSlot {
     /// The object is on an overlay: the walk noted its credentials, and a
     /// hit notes them again (see `overlay::note`).
     overlay: u64,
-    /// `bpf_ktime_get_ns` when the answer was stored (see [`MAX_AGE_NS`]).
-    made_ns: u64,
+    /// `bpf_jiffies64` when the answer was stored (see [`MAX_AGE_JIFFIES`]).
+    made: u64,
 }
 
 #[map(name = "WALK_CACHE")]
@@ -149,7 +143,7 @@ static WALK_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(SLOTS,
 /// backend has no fence instruction; an empty `asm!` that may touch memory
 /// is the barrier). The JIT does not reorder loads and stores.
 #[inline(always)]
-fn barrier() {
+pub fn barrier() {
     unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
 }
 
@@ -182,9 +176,24 @@ fn epoch(ino: u64) -> u32 {
     DENTRY_EPOCHS.get(epoch_bucket(ino)).map(|e| unsafe { core::ptr::read_volatile(e) }).unwrap_or(0)
 }
 
+/// The current generation of cache `which` ([`systrace_common::generation`]).
+#[inline(always)]
+pub fn generation_of(which: u32) -> u64 {
+    CACHE_GENERATION.get(which).map(|g| unsafe { core::ptr::read_volatile(g) }).unwrap_or(0)
+}
+
 #[inline(always)]
 fn generation() -> u32 {
-    CACHE_GENERATION.get(0).map(|g| unsafe { core::ptr::read_volatile(g) }).unwrap_or(0)
+    // The walk cache's answers also expire (MAX_AGE_JIFFIES): 32 bits do.
+    generation_of(generation::WALK) as u32
+}
+
+/// Makes what cache `which` holds stale; called after the change it follows.
+#[inline(always)]
+pub fn bump_generation(which: u32) {
+    if let Some(g) = CACHE_GENERATION.get_ptr_mut(which) {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(g, 1) };
+    }
 }
 
 #[inline(always)]
@@ -271,10 +280,16 @@ fn set_request(out: &mut Stamp, policy: u32, requested: u32, how: u32, inode_rul
         return false;
     }
     out.policy = policy;
-    out.asked = requested | (how << 24) | ((inode_rules as u32) << 28);
+    out.asked = asked(requested, how, inode_rules);
     out.epoch = epoch(out.ino);
     out.generation = generation();
     true
+}
+
+/// [`Stamp::asked`].
+#[inline(always)]
+fn asked(requested: u32, how: u32, inode_rules: bool) -> u32 {
+    requested | (how << 24) | ((inode_rules as u32) << 28)
 }
 
 #[inline(always)]
@@ -301,9 +316,9 @@ fn lookup(stamp: &Stamp, res: &mut Resolution) -> Option<bool> {
     let slot = WALK_CACHE.get_ptr_mut(index(stamp.ino, stamp.policy, stamp.asked))?;
     let before = unsafe { core::ptr::read_volatile(&raw const (*slot).seq) };
     barrier();
-    let made = unsafe { core::ptr::read_volatile(&raw const (*slot).made_ns) };
-    let fresh = unsafe { bpf_ktime_get_ns() }.wrapping_sub(made) < MAX_AGE_NS;
-    let hit = before & 1 == 0 && fresh && same(unsafe { &(*slot).stamp }, stamp);
+    let hit = before & 1 == 0
+        && same(unsafe { &(*slot).stamp }, stamp)
+        && unsafe { bpf_jiffies64().wrapping_sub(core::ptr::read_volatile(&raw const (*slot).made)) } < MAX_AGE_JIFFIES;
     if hit {
         unsafe {
             res.allowed = (*slot).res.allowed;
@@ -344,31 +359,41 @@ pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
         return;
     };
     unsafe {
-        if atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).busy, 1) != 0 {
-            return;
-        }
-        let seq = core::ptr::read_volatile(&raw const (*slot).seq);
-        core::ptr::write_volatile(&raw mut (*slot).seq, seq | 1);
-        barrier();
-        // Word by word, the words [`same`] compares: all of the key and versions.
-        let (to, from) = (&raw mut (*slot).stamp as *mut u64, stamp as *const Stamp as *const u64);
-        for i in 0..STAMP_WORDS {
-            core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i)));
-        }
-        (*slot).res.allowed = res.allowed;
-        (*slot).res.denied = res.denied;
-        (*slot).res.audited = res.audited;
-        (*slot).res.unresolved = res.unresolved;
-        (*slot).res.undecided = res.undecided;
-        (*slot).res.anchored = res.anchored;
-        (*slot).res.id = res.id;
-        (*slot).res.mnt = res.mnt;
-        (*slot).overlay = overlay as u64;
-        (*slot).made_ns = bpf_ktime_get_ns();
-        barrier();
-        core::ptr::write_volatile(&raw mut (*slot).seq, (seq | 1) + 1);
-        core::ptr::write_volatile(&raw mut (*slot).busy, 0);
+        write_slot(&raw mut (*slot).busy, &raw mut (*slot).seq, || {
+            // Word by word, the words [`same`] compares: all of the key and versions.
+            let (to, from) = (&raw mut (*slot).stamp as *mut u64, stamp as *const Stamp as *const u64);
+            for i in 0..STAMP_WORDS {
+                core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i)));
+            }
+            (*slot).res.allowed = res.allowed;
+            (*slot).res.denied = res.denied;
+            (*slot).res.audited = res.audited;
+            (*slot).res.unresolved = res.unresolved;
+            (*slot).res.undecided = res.undecided;
+            (*slot).res.anchored = res.anchored;
+            (*slot).res.id = res.id;
+            (*slot).res.mnt = res.mnt;
+            (*slot).overlay = overlay as u64;
+            (*slot).made = bpf_jiffies64();
+        });
     }
+}
+
+/// Fills a per-CPU slot with `fill` under its `busy` flag and sequence `seq`
+/// (see the module's notes): nothing happens while another program on this
+/// CPU writes it; readers see the sequence odd meanwhile, and changed after.
+#[inline(always)]
+pub unsafe fn write_slot(busy: *mut u64, seq: *mut u64, fill: impl FnOnce()) {
+    if atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(busy, 1) != 0 {
+        return;
+    }
+    let before = core::ptr::read_volatile(seq);
+    core::ptr::write_volatile(seq, before | 1);
+    barrier();
+    fill();
+    barrier();
+    core::ptr::write_volatile(seq, (before | 1) + 1);
+    core::ptr::write_volatile(busy, 0);
 }
 
 /// The fast path of `file_open` (see `files::open_fast`): the remembered
@@ -376,9 +401,45 @@ pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
 /// loads, copied to `res`. `key` is filled here but for `dentry`, `mnt`,
 /// `ns`, `inode` and `ino`, which the caller set. Uses only comparisons on
 /// those pointers: the verifier refuses arithmetic on them.
+///
+/// The key is built whole, each field from a value, as [`set_request`]
+/// fills the slow path's stamp from the same functions: zeros stored field
+/// by field would be merged into a call of the BPF target's `memset`, a loop
+/// of one-byte stores costing a third of a confined open.
 #[inline(always)]
-pub fn peek(key: &mut Stamp, policy: u32, requested: u32, inode_rules: bool, res: &mut Resolution) -> bool {
-    set_request(key, policy, requested, crate::walk::OWN_INODE, inode_rules) && matches!(lookup(key, res), Some(false))
+#[allow(clippy::too_many_arguments)]
+pub fn peek(
+    dentry: u64,
+    mnt: u64,
+    ns: u64,
+    inode: u64,
+    ino: u64,
+    policy: u32,
+    requested: u32,
+    inode_rules: bool,
+    res: &mut Resolution,
+) -> bool {
+    let mut seqs = [0u32; 2];
+    if !seqlock(0, &raw mut seqs[0]) || !seqlock(1, &raw mut seqs[1]) {
+        return false;
+    }
+    let key = Stamp {
+        dentry,
+        mnt,
+        ns,
+        policy,
+        asked: asked(requested, crate::walk::OWN_INODE, inode_rules),
+        inode,
+        ino,
+        rename_seq: seqs[0],
+        mount_seq: seqs[1],
+        epoch: epoch(ino),
+        generation: generation(),
+        found: MISSED,
+        _pad: 0,
+        now: seqs,
+    };
+    matches!(lookup(&key, res), Some(false))
 }
 
 /// Every dentry that gets an inode: a new name, or a dentry's memory reused

@@ -19,7 +19,7 @@ use crate::{
     decision::report_bound,
     kernel,
     maps::{count, BINDINGS, TARGETS, UNITS},
-    subject::{active_half, current_subject},
+    subject::{active_half, bindings_changed, current_subject},
 };
 
 /// Levels above a unit's cgroup searched for its manager (`user@UID.service`).
@@ -31,6 +31,7 @@ const NONE: u64 = u64::MAX;
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     let cgrp: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
+    // A new cgroup's id was never looked up; no other answer changes.
     let _ = unsafe { appeared(cgrp, path) };
     0
 }
@@ -44,6 +45,7 @@ pub fn cgroup_rename(ctx: BtfTracePointContext) -> i32 {
         unbind(id);
     }
     let _ = unsafe { appeared(cgrp, path) };
+    bindings_changed();
     0
 }
 
@@ -53,6 +55,7 @@ pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
     if let Ok(Some((id, _))) = unsafe { v2_cgroup(cgrp) } {
         unbind(id);
     }
+    // An empty cgroup whose id is never used again: no answer to forget.
     0
 }
 

@@ -166,11 +166,10 @@ fn open_fast(subject: &Subject, file: FilePtr) -> bool {
         if ns.is_null() {
             return false;
         }
-        let mut key: cache::Stamp = core::mem::zeroed();
-        key.set_object(dentry as u64, mnt as u64, ns as u64, inode as u64, btf_load(inode, off(Off::INODE_I_INO)));
+        let ino: u64 = btf_load(inode, off(Off::INODE_I_INO));
         let mut res = Resolution::default();
         let inode_rules = subject.info.flags & systrace_common::policy_flags::INODE_RULES != 0;
-        if !cache::peek(&mut key, subject.policy, requested, inode_rules, &mut res) {
+        if !cache::peek(dentry as u64, mnt as u64, ns as u64, inode as u64, ino, subject.policy, requested, inode_rules, &mut res) {
             return false;
         }
         let allowed = !res.undecided && crate::decision::verdict(subject, &res) == Verdict::Allowed;

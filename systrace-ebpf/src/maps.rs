@@ -18,8 +18,9 @@ pub const MAX_POLICIES: u32 = 4096;
 pub const MAX_NAME_RULES: u32 = 524_288;
 pub const MAX_INODE_RULES: u32 = 65_536;
 pub const MAX_TARGETS: u32 = 2048;
-/// 8 MiB: about 24,000 events before the agent must drain.
-pub const EVENTS_BYTES: u32 = 8 << 20;
+/// The event ring's size in the object; the agent sets the size it loads
+/// with from the number of CPUs (`enforcer::ring_bytes`).
+pub const EVENTS_BYTES: u32 = 4 << 20;
 const NO_PREALLOC: u32 = 1;
 
 #[map(name = "BINDINGS")]

@@ -259,6 +259,13 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 let fd = pre.fd?;
                 rc(libc::write(fd, b"x".as_ptr().cast(), 1) as libc::c_long)
             }
+            "fd-pull" => {
+                // fd-pull PID: write PID to the descriptor held from before the
+                // cgroup, a cgroup.procs: moves that process into its cgroup.
+                let fd = pre.fd?;
+                let pid = operands.first()?.as_bytes();
+                rc(libc::write(fd, pid.as_ptr().cast(), pid.len()) as libc::c_long)
+            }
             "fd-read" => {
                 let fd = pre.fd?;
                 let mut buf = [0u8; 16];

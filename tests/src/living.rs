@@ -78,6 +78,9 @@ pub fn main(args: &[String]) -> ExitCode {
     if let Err(e) = walk_cache(agent, &mut r) {
         r.fail("walk_cache_setup", e);
     }
+    if let Err(e) = move_check(agent, &mut r) {
+        r.fail("move_check_setup", e);
+    }
     r.finish()
 }
 
@@ -699,4 +702,129 @@ fn walk_cache(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     });
     agent.stop()?;
     Ok(())
+}
+
+/// The cgroup of process `pid`, as /proc says (`0::/PATH`).
+fn cgroup_of(pid: u32) -> Result<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string).context("no cgroup v2 line")
+}
+
+/// The cgroup move check (`inode_permission`) is attached only once a policy
+/// in force could write a cgroup's process list. A policy that writes nothing
+/// still cannot pull a process in from outside, even through a descriptor of
+/// its cgroup.procs held from before it was confined: the write is refused at
+/// `file_permission`. A reload that grants that write attaches the check
+/// (pinned, like the others) before the policy is in force, and the same pull
+/// is refused there. From then on it stays, across a reload that takes the
+/// grant away and into the next agent after this one is killed: a write
+/// allowed before may still be on its way to the kernel's check. For the
+/// same reason a cgroup that holds processes when it is bound attaches it.
+fn move_check(agent_bin: &Path, r: &mut Runner) -> Result<()> {
+    let policies = Path::new(ROOT).join("move-policies");
+    let _ = fs::remove_dir_all(&policies);
+    fs::create_dir_all(&policies)?;
+    let cg_name = "systrace-moves";
+    let cg = cgroup(cg_name)?;
+    let outside = cgroup("systrace-moves-outside")?;
+    let procs = cg.join("cgroup.procs");
+    let policy = |extra: &str| {
+        format!(
+            "name = \"moves\"\ncgroup = \"{cg_name}\"\nmode = \"enforce\"\ndefault = \"deny\"\n\
+             [[file]]\npath = \"/sys/fs/cgroup/**\"\naccess = [\"read\"]\n{extra}"
+        )
+    };
+    let write_own_procs = format!("[[file]]\npath = \"{}\"\naccess = [\"write\"]\n", procs.display());
+    write_atomically(&policies.join("moves.toml"), &policy(""))?;
+    // The process a confined one would pull in: outside, in a cgroup of its own.
+    let mut sibling = Command::new("sleep").arg("600").spawn()?;
+    let sibling_pid = sibling.id();
+    fs::write(outside.join("cgroup.procs"), sibling_pid.to_string())?;
+    let outside_path = cgroup_of(sibling_pid)?;
+    let mut agent = Agent::start_args(agent_bin, &["--policy-dir".as_ref(), policies.as_os_str()])?;
+    let pin_of = |agent: &Agent| Path::new("/sys/fs/bpf/systrace").join(agent.pid().to_string()).join("inode_permission");
+    let pin = pin_of(&agent);
+    let attached = |agent: &mut Agent| -> Result<bool> {
+        agent.forget();
+        agent.signal(libc::SIGUSR1);
+        let stats = agent.wait_for(Duration::from_secs(30), |v| v["type"] == "stats")?;
+        stats["move_check_attached"].as_bool().with_context(|| format!("no move_check_attached in {stats}"))
+    };
+    // The pull through a descriptor of our cgroup.procs opened before joining:
+    // refused with `errno`, reported by `hook` for that process, and the
+    // sibling still outside.
+    let pull = |agent: &mut Agent, errno: i32, hook: &str| -> Result<()> {
+        agent.forget();
+        // Events from before this step do not count.
+        let start = crate::suite::boot_ns();
+        let pre = format!("{}:w", procs.display());
+        let pid = sibling_pid.to_string();
+        let out = op::run_args(Some(&cg), &["--pre-open".as_ref(), pre.as_ref(), "fd-pull".as_ref(), pid.as_ref()])?;
+        ensure!(out.errno == errno, "the pull gave errno {}, expected {errno}", out.errno);
+        ensure!(cgroup_of(sibling_pid)? == outside_path, "the sibling was moved to {}", cgroup_of(sibling_pid)?);
+        let (op_pid, tgid) = (out.pid, out.tgid);
+        agent.wait_for(Duration::from_secs(30), |v| {
+            v["type"] == "event"
+                && v["policy"] == "moves"
+                && v["verdict"] == "denied"
+                && v["hook"] == hook
+                && (v["pid"] == op_pid || v["tgid"] == tgid)
+                && v["boot_ns"].as_u64().is_some_and(|t| t >= start)
+        })?;
+        Ok(())
+    };
+    let reload = |agent: &mut Agent, text: &str| -> Result<()> {
+        agent.forget();
+        write_atomically(&policies.join("moves.toml"), text)?;
+        agent.wait_for(Duration::from_secs(60), |v| v["type"] == "status" && v["state"] == "reloaded")?;
+        Ok(())
+    };
+
+    r.case("move_check_detached_while_no_policy_writes", || {
+        ensure!(!attached(&mut agent)?, "attached for a policy that grants no write");
+        ensure!(!pin.exists(), "{} is pinned", pin.display());
+        pull(&mut agent, EACCES, "file_permission")
+    });
+    r.case("move_check_attached_by_a_reload_that_grants_a_write", || {
+        reload(&mut agent, &policy(&write_own_procs))?;
+        ensure!(attached(&mut agent)?, "not attached for a policy that may write its cgroup.procs");
+        ensure!(pin.exists(), "{} is not pinned", pin.display());
+        pull(&mut agent, libc::EPERM, "inode_permission")
+    });
+    r.case("move_check_kept_after_a_reload_that_takes_the_grant_away", || {
+        reload(&mut agent, &policy(""))?;
+        ensure!(attached(&mut agent)?, "detached");
+        ensure!(pin.exists(), "{} is no longer pinned", pin.display());
+        pull(&mut agent, EACCES, "file_permission")
+    });
+    // Killed, its pins stay; the next agent, whose policies write nothing,
+    // takes the check over before it removes them.
+    agent.kill_hard()?;
+    let mut agent = Agent::start_args(agent_bin, &["--policy-dir".as_ref(), policies.as_os_str()])?;
+    r.case("move_check_kept_by_the_next_agent", || {
+        ensure!(attached(&mut agent)?, "the next agent did not attach it");
+        let pin = pin_of(&agent);
+        ensure!(pin.exists(), "{} is not pinned", pin.display());
+        pull(&mut agent, EACCES, "file_permission")
+    });
+    agent.stop()?;
+    // A cgroup that holds processes when its policy comes in force: they were
+    // free to start such a write before. Stopped cleanly, the last agent left
+    // no pins to inherit the check from.
+    let mut resident = Command::new("sleep").arg("600").spawn()?;
+    fs::write(cg.join("cgroup.procs"), resident.id().to_string())?;
+    let step = (|| -> Result<()> {
+        let mut agent = Agent::start_args(agent_bin, &["--policy-dir".as_ref(), policies.as_os_str()])?;
+        r.case("move_check_attached_for_a_cgroup_confined_with_processes_in_it", || {
+            ensure!(attached(&mut agent)?, "not attached although the cgroup held a process when it was bound");
+            Ok(())
+        });
+        agent.stop()?;
+        Ok(())
+    })();
+    let _ = resident.kill();
+    let _ = resident.wait();
+    let _ = sibling.kill();
+    let _ = sibling.wait();
+    step
 }

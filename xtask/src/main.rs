@@ -54,6 +54,10 @@ enum Cmd {
         /// Kernel to boot (6.1 or 6.12).
         #[arg(long, default_value = "6.12")]
         kernel: String,
+        /// One vCPU in QEMU's icount mode, as the benchmark runs: guest time
+        /// counts instructions (for profiling with `kernel.bpf_stats_enabled`).
+        #[arg(long)]
+        counted: bool,
         /// Shell command, run by busybox sh as root after the mounts.
         command: String,
     },
@@ -97,7 +101,7 @@ fn main() -> ExitCode {
         Cmd::Build => setup::all().and_then(|()| build().map(|_| ())),
         Cmd::Test { kernel, vm_only, scenario } => test(kernel.as_deref(), vm_only, scenario.as_deref()),
         Cmd::Demo { kernel } => demo(&kernel),
-        Cmd::Vm { kernel, command } => vm_command(&kernel, &command),
+        Cmd::Vm { kernel, counted, command } => vm_command(&kernel, counted, &command),
         Cmd::Bench { kernel } => bench(kernel.as_deref()),
     };
     match result {
@@ -184,13 +188,14 @@ fn vm_payload(bins: &Binaries, kernel: &setup::Kernel, script: String) -> vm::Pa
     vm::Payload { files, script }
 }
 
-fn vm_command(kernel: &str, command: &str) -> Result<()> {
+fn vm_command(kernel: &str, counted: bool, command: &str) -> Result<()> {
     let spec = setup::kernel_spec(kernel)?;
     setup::all()?;
     let bins = build()?;
     let kernel = setup::kernel(spec)?;
     let initrd = vm::initramfs("command", &vm_payload(&bins, &kernel, command.to_string()))?;
-    if !vm::boot(&kernel, spec.cmdline, &initrd, vm::Cpu::Fast, Duration::from_secs(1800), |line| println!("{line}"))? {
+    let cpu = if counted { vm::Cpu::Counted } else { vm::Cpu::Fast };
+    if !vm::boot(&kernel, spec.cmdline, &initrd, cpu, Duration::from_secs(1800), |line| println!("{line}"))? {
         bail!("the VM did not finish");
     }
     Ok(())

@@ -112,6 +112,35 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Resul
 }
 
 impl Compiled {
+    /// Whether this policy's processes could ever write a cgroup v2
+    /// `cgroup.procs` or `cgroup.threads` and have the kernel move a process,
+    /// so the move check on `inode_permission` must be attached from before it
+    /// is in force. That program runs once per path component of every lookup on
+    /// the system (a tenth of an open's cost on 6.12), so it is attached only
+    /// when some policy needs it.
+    ///
+    /// Every write to an open file passes `file_permission` first, which decides
+    /// it by the file rules (descriptors inherited from before confinement and
+    /// received ones too), and CLONE_INTO_CGROUP is refused at `task_alloc`. So
+    /// a policy that enforces and grants `write` or `append` to no path, by
+    /// default or by any rule, never reaches the kernel's move. Where
+    /// cgroupfs is mounted does not matter then; for a policy that writes
+    /// somewhere it would (cgroupfs can be mounted anywhere), so any write
+    /// grant keeps the check.
+    ///
+    /// With the `cgroup` protection off the check refuses nothing now, but a
+    /// write this policy lets through may still be on its way when a reload
+    /// puts one in force that switches it on: the protection does not count.
+    pub fn needs_move_check(&self) -> bool {
+        const WRITES: u32 = access::WRITE | access::APPEND;
+        let enforces = self.info.mode == systrace_common::Mode::Enforce as u8;
+        let by_default = self.info.default == systrace_common::Default::Allow as u8;
+        let by_rule = self.tree.entries.values().any(|n| {
+            [n.rule.exact, n.rule.children, n.rule.subtree].iter().any(|s| (s.allow | s.audit) & WRITES != 0)
+        });
+        !enforces || by_default || by_rule
+    }
+
     /// Marks that inode rules were installed for this policy.
     pub fn with_inode_rules(mut self, any: bool) -> Self {
         if any {

@@ -356,6 +356,30 @@ ports = 443
     }
 
     #[test]
+    fn move_check_only_where_a_write_could_reach_a_cgroup_file() {
+        let links = Links(vec![]);
+        let needs = |text: &str| compile(&parse_str(text).unwrap(), &links, KEY).unwrap().needs_move_check();
+        let read = "[[file]]\npath = \"/srv/**\"\naccess = [\"read\"]\n";
+        // Enforcing, and nothing may be written anywhere: every write is refused
+        // at file_permission before the kernel could move a process.
+        assert!(!needs(&format!("{HEAD}{read}")));
+        // A deny rule for writes grants nothing.
+        assert!(!needs(&format!("{HEAD}{read}[[file]]\npath = \"/etc/**\"\naccess = [\"write\"]\nverdict = \"deny\"\n")));
+        // Any grant of write or append, by rule, by audit rule or by default.
+        assert!(needs(&format!("{HEAD}[[file]]\npath = \"/var/log/x/*\"\naccess = [\"append\"]\n")));
+        assert!(needs(&format!("{HEAD}[[file]]\npath = \"/tmp/**\"\naccess = [\"write\"]\nverdict = \"audit\"\n")));
+        assert!(needs(&HEAD.replace("deny", "allow")));
+        // Not enforcing: what the rules refuse is let through.
+        assert!(needs(&format!("{}{read}", HEAD.replace("enforce", "audit"))));
+        assert!(needs(&format!("{}{read}", HEAD.replace("enforce", "learn"))));
+        // Moves allowed now, but a write it lets through may still be on its
+        // way after a reload switches the protection on.
+        let off = "[protection_off]\ncgroup = \"manages its own cgroups\"\n";
+        assert!(needs(&format!("{}{off}", HEAD.replace("deny", "allow"))));
+        assert!(!needs(&format!("{HEAD}{read}{off}")));
+    }
+
+    #[test]
     fn protections_are_on_unless_switched_off_with_a_reason() {
         let p = parse_str(HEAD).unwrap();
         assert_eq!(p.protections, protect::ALL);
