@@ -547,9 +547,10 @@ impl Enforcer {
     }
 
     /// Attaches the cgroup move check now (when every program is) and keeps
-    /// it until the agent stops, whatever the policies say: for `exec --ask`,
-    /// where a "permit once" can allow a write no rule grants, and when taking
-    /// over from an agent that had it (see the `move_check_kept` field).
+    /// it until the agent stops, whatever later policies say: for a policy
+    /// set that needs it (see [`Enforcer::install`]), for `exec --ask`, where
+    /// a "permit once" can allow a write no rule grants, and when taking over
+    /// from an agent that had it (see the `move_check_kept` field).
     pub fn keep_move_check(&mut self) -> Result<()> {
         self.move_check_kept = true;
         if self.all_attached {
@@ -616,10 +617,7 @@ impl Enforcer {
             let move_check = policies.iter().any(Compiled::needs_move_check)
                 || bound.iter().any(|(_, id, path)| self.newly_confined_with_processes(cgroup_root, *id, path));
             if move_check {
-                self.move_check_kept = true;
-                if self.all_attached {
-                    self.set_move_check(true).context("attaching the cgroup move check")?;
-                }
+                self.keep_move_check()?;
             }
             Ok(bound)
         });

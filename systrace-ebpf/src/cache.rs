@@ -405,7 +405,7 @@ pub unsafe fn write_slot(busy: *mut u64, seq: *mut u64, fill: impl FnOnce()) {
 /// The key is built whole, each field from a value, as [`set_request`]
 /// fills the slow path's stamp from the same functions: zeros stored field
 /// by field would be merged into a call of the BPF target's `memset`, a loop
-/// of one-byte stores costing a third of a confined open.
+/// of one-byte stores costing a quarter of a confined open.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn peek(
