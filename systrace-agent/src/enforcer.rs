@@ -31,7 +31,7 @@ use systrace_agent::{
 
 use crate::watch::Names;
 use systrace_common::{
-    generation, names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo,
+    generation, names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyEntry, PolicyInfo,
     ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, ANY_MINOR, CGROUP_PATH_LEN,
     RAW_DEVICE_SLOTS, UNIT_NAME_LEN, kernel_dev,
 };
@@ -97,6 +97,20 @@ struct Slot {
     net: Vec<LpmKey<NetKey>>,
     sockets: Vec<SocketKey>,
     unix: Vec<UnixKey>,
+}
+
+/// The next slot after `next` (which it advances) whose `POLICIES` index
+/// none of the slots `taken` has.
+fn next_free_slot(next: &mut u32, taken: &[u32]) -> Result<u32> {
+    use systrace_common::{policy_index, POLICY_INDEXES};
+    for _ in 0..POLICY_INDEXES {
+        let slot = *next;
+        *next = next.checked_add(1).context("policy slots exhausted")?;
+        if !taken.iter().any(|&t| policy_index(t) == policy_index(slot)) {
+            return Ok(slot);
+        }
+    }
+    bail!("too many policies: {} in force or being loaded, at most {POLICY_INDEXES} in all", taken.len())
 }
 
 /// A set of policies written under its slots, not yet (or no longer) in force.
@@ -446,9 +460,8 @@ impl Enforcer {
     /// cgroup bindings (the kernel adds to them as cgroups appear), caches.
     /// Counted key by key (one system call each): call it rarely.
     pub fn map_fill(&self) -> Vec<(&'static str, u64, u32)> {
-        const MAPS: [&str; 9] = [
+        const MAPS: [&str; 8] = [
             names::BINDINGS,
-            names::POLICIES,
             names::NAME_RULES,
             names::INODE_RULES,
             names::NET_RULES,
@@ -468,6 +481,8 @@ impl Enforcer {
                 let max = info.max_entries();
                 Some((name, count_keys(data.fd().as_fd(), info.key_size() as usize, u64::from(max) * 2), max))
             })
+            // An array is always full: the slots in force are what it holds.
+            .chain([(names::POLICIES, self.in_force.slots.len() as u64, systrace_common::POLICY_INDEXES)])
             .collect()
     }
 
@@ -718,8 +733,7 @@ impl Enforcer {
         self.clear_half(half);
         let mut slots = Vec::new();
         for (policy, ids) in policies.iter().zip(identities) {
-            let slot = self.next_slot;
-            self.next_slot = self.next_slot.checked_add(1).context("policy slots exhausted")?;
+            let slot = self.new_slot(written)?;
             written.slots.push(Slot {
                 slot,
                 info: policy.info,
@@ -761,6 +775,25 @@ impl Enforcer {
             bindings.insert(BindingKey { half, _pad: 0, cgroup_id: id }, slots[i], 0).context("binding a cgroup")?;
         }
         Ok(found)
+    }
+
+    /// A slot never used before whose `POLICIES` index no slot in force and
+    /// none of `written` has: a reload writes its set beside the one in force.
+    fn new_slot(&mut self, written: &Written) -> Result<u32> {
+        let taken: Vec<u32> = self.in_force.slots.iter().chain(&written.slots).map(|s| s.slot).collect();
+        next_free_slot(&mut self.next_slot, &taken)
+    }
+
+    /// The `POLICIES` array.
+    fn policies(&mut self) -> Result<Array<&mut MapData, PolicyEntry>> {
+        let map = self.bpf.map_mut(names::POLICIES).ok_or_else(|| anyhow!("map {} missing", names::POLICIES))?;
+        Ok(Array::try_from(map)?)
+    }
+
+    /// Writes a slot's settings where the programs look for them.
+    fn set_policy_info(&mut self, slot: u32, info: PolicyInfo) -> Result<()> {
+        let entry = PolicyEntry { slot, _pad: 0, info };
+        self.policies()?.set(systrace_common::policy_index(slot), entry, 0).context("policy settings")
     }
 
     fn write_policy(
@@ -831,7 +864,7 @@ impl Enforcer {
             }
         }
         // Last: a slot without its info is never looked at by the programs.
-        self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
+        self.set_policy_info(slot, info)?;
         record.info = info;
         Ok(())
     }
@@ -915,7 +948,7 @@ impl Enforcer {
             let info = self.in_force.slots[i].info;
             if info.flags & systrace_common::policy_flags::INODE_RULES == 0 {
                 let info = PolicyInfo { flags: info.flags | systrace_common::policy_flags::INODE_RULES, ..info };
-                self.map::<u32, PolicyInfo>(names::POLICIES)?.insert(slot, info, 0).context("policy settings")?;
+                self.set_policy_info(slot, info)?;
                 self.in_force.slots[i].info = info;
             }
             // After both the rule and the flag that makes the walk look at it.
@@ -959,8 +992,12 @@ impl Enforcer {
 
     fn remove_written(&mut self, written: &Written) {
         for slot in &written.slots {
-            if let Ok(mut policies) = self.map::<u32, PolicyInfo>(names::POLICIES) {
-                let _ = policies.remove(&slot.slot);
+            if let Ok(mut policies) = self.policies() {
+                let index = systrace_common::policy_index(slot.slot);
+                if policies.get(&index, 0).is_ok_and(|e| e.slot == slot.slot) {
+                    let none = PolicyEntry::default();
+                    let _ = policies.set(index, none, 0);
+                }
             }
             if let Ok(mut map) = self.map::<NameKey, NameNode>(names::NAME_RULES) {
                 for key in &slot.names {
@@ -1205,6 +1242,20 @@ mod tests {
         assert_eq!(ring_bytes(6), 8 << 20);
         assert_eq!(ring_bytes(64), 64 << 20);
         assert_eq!(ring_bytes(512), 64 << 20);
+    }
+
+    #[test]
+    fn a_new_policy_slot_never_shares_an_index_with_one_in_force() {
+        use systrace_common::{policy_index, POLICY_INDEXES};
+        // Failed reloads burned slots until the next one wraps onto slot 5's index.
+        let mut next = POLICY_INDEXES + 5;
+        let slot = next_free_slot(&mut next, &[5, 6]).unwrap();
+        assert_eq!(slot, POLICY_INDEXES + 7);
+        assert_eq!(next, slot + 1);
+        assert!(policy_index(slot) != policy_index(5) && policy_index(slot) != policy_index(6));
+        // Every index taken: refused, not reused.
+        let all: Vec<u32> = (1..=POLICY_INDEXES).collect();
+        assert!(next_free_slot(&mut next, &all).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod names {
     pub const BINDINGS: &str = "BINDINGS";
     /// One u32: the half of the binding tables in force (0 or 1).
     pub const ACTIVE: &str = "ACTIVE";
-    /// policy slot (u32) -> [`crate::PolicyInfo`].
+    /// Array: [`crate::policy_index`] of a policy slot -> [`crate::PolicyEntry`].
     pub const POLICIES: &str = "POLICIES";
     /// [`crate::NameKey`] -> [`crate::NameNode`]: file rules by path name.
     pub const NAME_RULES: &str = "NAME_RULES";
@@ -269,9 +269,33 @@ pub struct UnitTarget {
     pub manager: [u8; 32],
 }
 
-/// Per-policy settings, value of the `POLICIES` map.
+/// Entries of the `POLICIES` array: a power of two. Policy slots are never
+/// reused, so a slot's entry is at [`policy_index`] and says which slot it
+/// holds; the agent gives a new slot an index no slot in force has.
+pub const POLICY_INDEXES: u32 = 4096;
+
+/// Where slot `slot`'s settings are in the `POLICIES` array.
+#[inline(always)]
+pub const fn policy_index(slot: u32) -> u32 {
+    slot & (POLICY_INDEXES - 1)
+}
+
+/// A value of the `POLICIES` array: an array, not a hash map, because every
+/// decision of a confined process reads it, and the kernel inlines an array
+/// lookup into the program (a hash lookup is a call that hashes the key and
+/// walks a bucket).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyEntry {
+    /// The slot whose settings these are; 0 (never a slot): none.
+    pub slot: u32,
+    pub _pad: u32,
+    pub info: PolicyInfo,
+}
+
+/// Per-policy settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyInfo {
     /// [`Mode`] as u8.
     pub mode: u8,
@@ -876,6 +900,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, hold no pointers, and every bit pattern
     // is valid for them (enums are stored as plain integers).
     unsafe impl aya::Pod for super::PolicyInfo {}
+    unsafe impl aya::Pod for super::PolicyEntry {}
     unsafe impl aya::Pod for super::AskKey {}
     unsafe impl aya::Pod for super::AskGrant {}
     unsafe impl aya::Pod for super::BindingKey {}

@@ -7,14 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use systrace_common::{
-    AskGrant, AskKey, BindingKey, Event, FileRule, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyInfo, ProbeRequest, ProbeResult,
+    AskGrant, AskKey, BindingKey, Event, FileRule, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyEntry, ProbeRequest, ProbeResult,
     SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, COUNTER_SLOTS,
 };
 
 /// Upper bounds; the agent refuses policies that would not fit. Tables the
 /// agent fills for a reload hold both halves while it switches.
 pub const MAX_CGROUPS: u32 = 8192;
-pub const MAX_POLICIES: u32 = 4096;
 pub const MAX_NAME_RULES: u32 = 524_288;
 pub const MAX_INODE_RULES: u32 = 65_536;
 pub const MAX_TARGETS: u32 = 2048;
@@ -30,7 +29,7 @@ pub static BINDINGS: HashMap<BindingKey, u32> = HashMap::with_max_entries(MAX_CG
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "POLICIES")]
-pub static POLICIES: HashMap<u32, PolicyInfo> = HashMap::with_max_entries(MAX_POLICIES, 0);
+pub static POLICIES: Array<PolicyEntry> = Array::with_max_entries(systrace_common::POLICY_INDEXES, 0);
 
 /// BPF_F_NO_PREALLOC: 100,000-rule policies should not cost memory for slots never used.
 #[map(name = "NAME_RULES")]

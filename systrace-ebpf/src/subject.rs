@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use systrace_common::{generation, BindingKey, PolicyInfo};
+use systrace_common::{generation, policy_index, BindingKey, PolicyInfo};
 
 use crate::{
     cache::{self, barrier},
@@ -52,7 +52,7 @@ pub fn active_half() -> u32 {
 /// processes): an answer is used
 /// only under the generation and half read before it was looked up. Cgroup
 /// ids are never reused. The policy's settings are still read from
-/// `POLICIES` (one lookup, confined processes only).
+/// `POLICIES` (an array lookup the kernel inlines; confined processes only).
 ///
 /// All of it inline, in scalars: a call of its own would make the subject
 /// live in the caller's stack frame for the whole program, and the deepest
@@ -78,7 +78,12 @@ pub fn current_subject() -> Option<Subject> {
         return None;
     }
     let policy = policy as u32;
-    let info = *unsafe { POLICIES.get(&policy) }?;
+    let entry = POLICIES.get(policy_index(policy))?;
+    if entry.slot != policy {
+        // Removed (a program that looked its binding up before a reload).
+        return None;
+    }
+    let info = entry.info;
     if overlay::acting_for_overlay() {
         return None;
     }
