@@ -30,6 +30,47 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
 }
 
+/// Writes `data` to `fd` through the system call `how` names (see `fd-pull`):
+/// 0 or the errno. Each reaches the kernel's write by another way.
+unsafe fn pull_with(fd: i32, data: &[u8], how: &[u8]) -> i32 {
+    let iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    match how {
+        b"write" => rc(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long),
+        b"writev" => rc(libc::writev(fd, &iov, 1) as libc::c_long),
+        b"pwritev2" => rc(libc::pwritev2(fd, &iov, 1, -1, 0) as libc::c_long),
+        b"sendfile" => {
+            let src = libc::memfd_create(c"pull".as_ptr(), 0);
+            if src < 0 || libc::write(src, data.as_ptr().cast(), data.len()) != data.len() as isize {
+                return libc::EIO;
+            }
+            let mut off: libc::off_t = 0;
+            rc(libc::sendfile(fd, src, &mut off, data.len()) as libc::c_long)
+        }
+        b"uring" => {
+            let mut ring = match io_uring::IoUring::new(4) {
+                Ok(r) => r,
+                Err(e) => return e.raw_os_error().unwrap_or(-1),
+            };
+            let entry = io_uring::opcode::Write::new(io_uring::types::Fd(fd), data.as_ptr(), data.len() as u32)
+                .offset(u64::MAX)
+                .build();
+            if ring.submission().push(&entry).is_err() {
+                return libc::EBUSY;
+            }
+            if let Err(e) = ring.submit_and_wait(1) {
+                return e.raw_os_error().unwrap_or(-1);
+            }
+            let result = ring.completion().next().map(|cqe| cqe.result());
+            match result {
+                Some(r) if r < 0 => -r,
+                Some(_) => 0,
+                None => libc::EIO,
+            }
+        }
+        _ => libc::EINVAL,
+    }
+}
+
 fn rc(r: libc::c_long) -> i32 {
     if r < 0 {
         errno()
@@ -260,11 +301,15 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 rc(libc::write(fd, b"x".as_ptr().cast(), 1) as libc::c_long)
             }
             "fd-pull" => {
-                // fd-pull PID: write PID to the descriptor held from before the
-                // cgroup, a cgroup.procs: moves that process into its cgroup.
+                // fd-pull PID [HOW]: write PID to the descriptor held from
+                // before the cgroup, a cgroup.procs: moves that process into
+                // its cgroup. HOW is the system call: write (the default),
+                // writev, pwritev2, sendfile (from a memfd) or uring
+                // (IORING_OP_WRITE).
                 let fd = pre.fd?;
                 let pid = operands.first()?.as_bytes();
-                rc(libc::write(fd, pid.as_ptr().cast(), pid.len()) as libc::c_long)
+                let how = operands.get(1).map(|h| h.as_bytes()).unwrap_or(b"write");
+                pull_with(fd, pid, how)
             }
             "fd-read" => {
                 let fd = pre.fd?;

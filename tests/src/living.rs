@@ -753,14 +753,15 @@ fn move_check(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     // The pull through a descriptor of our cgroup.procs opened before joining:
     // refused with `errno`, reported by `hook` for that process, and the
     // sibling still outside.
-    let pull = |agent: &mut Agent, errno: i32, hook: &str| -> Result<()> {
+    let pull_with = |agent: &mut Agent, errno: i32, hook: &str, how: &str| -> Result<()> {
         agent.forget();
         // Events from before this step do not count.
         let start = crate::suite::boot_ns();
         let pre = format!("{}:w", procs.display());
         let pid = sibling_pid.to_string();
-        let out = op::run_args(Some(&cg), &["--pre-open".as_ref(), pre.as_ref(), "fd-pull".as_ref(), pid.as_ref()])?;
-        ensure!(out.errno == errno, "the pull gave errno {}, expected {errno}", out.errno);
+        let args = ["--pre-open", pre.as_str(), "fd-pull", pid.as_str(), how];
+        let out = op::run_args(Some(&cg), &args.map(std::ffi::OsStr::new))?;
+        ensure!(out.errno == errno, "the pull by {how} gave errno {}, expected {errno}", out.errno);
         ensure!(cgroup_of(sibling_pid)? == outside_path, "the sibling was moved to {}", cgroup_of(sibling_pid)?);
         let (op_pid, tgid) = (out.pid, out.tgid);
         agent.wait_for(Duration::from_secs(30), |v| {
@@ -770,9 +771,13 @@ fn move_check(agent_bin: &Path, r: &mut Runner) -> Result<()> {
                 && v["hook"] == hook
                 && (v["pid"] == op_pid || v["tgid"] == tgid)
                 && v["boot_ns"].as_u64().is_some_and(|t| t >= start)
+                // The write to cgroup.procs itself, not to some other file on
+                // the way (inode_permission's events name no path).
+                && (hook != "file_permission" || v["path"].as_str().is_some_and(|p| p.ends_with("/cgroup.procs")))
         })?;
         Ok(())
     };
+    let pull = |agent: &mut Agent, errno: i32, hook: &str| pull_with(agent, errno, hook, "write");
     let reload = |agent: &mut Agent, text: &str| -> Result<()> {
         agent.forget();
         write_atomically(&policies.join("moves.toml"), text)?;
@@ -785,6 +790,13 @@ fn move_check(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         ensure!(!pin.exists(), "{} is pinned", pin.display());
         pull(&mut agent, EACCES, "file_permission")
     });
+    // Every way to write reaches `file_permission` (rw_verify_area) first:
+    // the reason the move check may stay detached.
+    for how in ["writev", "pwritev2", "sendfile", "uring"] {
+        r.case(&format!("move_check_detached_and_a_pull_by_{how}_still_refused"), || {
+            pull_with(&mut agent, EACCES, "file_permission", how)
+        });
+    }
     r.case("move_check_attached_by_a_reload_that_grants_a_write", || {
         reload(&mut agent, &policy(&write_own_procs))?;
         ensure!(attached(&mut agent)?, "not attached for a policy that may write its cgroup.procs");
