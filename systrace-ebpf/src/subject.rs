@@ -78,16 +78,17 @@ pub fn current_subject() -> Option<Subject> {
         return None;
     }
     let policy = policy as u32;
+    // Before the settings are read: the call would make them be kept across
+    // it, copied once more on the stack.
+    if overlay::acting_for_overlay() {
+        return None;
+    }
     let entry = POLICIES.get(policy_index(policy))?;
     if entry.slot != policy {
         // Removed (a program that looked its binding up before a reload).
         return None;
     }
-    let info = entry.info;
-    if overlay::acting_for_overlay() {
-        return None;
-    }
-    Some(Subject { cgroup_id, anchor, policy, info })
+    Some(Subject { cgroup_id, anchor, policy, info: entry.info })
 }
 
 /// Slots per CPU: a power of two.
