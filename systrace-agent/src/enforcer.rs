@@ -101,14 +101,17 @@ struct Slot {
 
 /// The next slot after `next` (which it advances) whose `POLICIES` index
 /// none of the slots `taken` has.
+/// Slots skipped for their index are used up; nothing is when none is free.
 fn next_free_slot(next: &mut u32, taken: &[u32]) -> Result<u32> {
     use systrace_common::{policy_index, POLICY_INDEXES};
+    let mut slot = *next;
     for _ in 0..POLICY_INDEXES {
-        let slot = *next;
-        *next = next.checked_add(1).context("policy slots exhausted")?;
+        let after = slot.checked_add(1).context("policy slots exhausted")?;
         if !taken.iter().any(|&t| policy_index(t) == policy_index(slot)) {
+            *next = after;
             return Ok(slot);
         }
+        slot = after;
     }
     bail!("too many policies: {} in force or being loaded, at most {POLICY_INDEXES} in all", taken.len())
 }
@@ -994,9 +997,12 @@ impl Enforcer {
         for slot in &written.slots {
             if let Ok(mut policies) = self.policies() {
                 let index = systrace_common::policy_index(slot.slot);
-                if policies.get(&index, 0).is_ok_and(|e| e.slot == slot.slot) {
-                    let none = PolicyEntry::default();
-                    let _ = policies.set(index, none, 0);
+                if let Some(entry) = policies.get(&index, 0).ok().filter(|e| e.slot == slot.slot) {
+                    // Only the slot changes: a program that compared the slot
+                    // just before this write and copies the settings after
+                    // it still gets the settings it matched, not zeros (which
+                    // would turn every protection off).
+                    let _ = policies.set(index, PolicyEntry { slot: 0, ..entry }, 0);
                 }
             }
             if let Ok(mut map) = self.map::<NameKey, NameNode>(names::NAME_RULES) {
@@ -1253,9 +1259,11 @@ mod tests {
         assert_eq!(slot, POLICY_INDEXES + 7);
         assert_eq!(next, slot + 1);
         assert!(policy_index(slot) != policy_index(5) && policy_index(slot) != policy_index(6));
-        // Every index taken: refused, not reused.
+        // Every index taken: refused, not reused, and no slot used up.
         let all: Vec<u32> = (1..=POLICY_INDEXES).collect();
+        let before = next;
         assert!(next_free_slot(&mut next, &all).is_err());
+        assert_eq!(next, before);
     }
 
     #[test]

@@ -37,14 +37,17 @@ unsafe fn pull_with(fd: i32, data: &[u8], how: &[u8]) -> i32 {
     match how {
         b"write" => rc(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long),
         b"writev" => rc(libc::writev(fd, &iov, 1) as libc::c_long),
-        b"pwritev2" => rc(libc::pwritev2(fd, &iov, 1, -1, 0) as libc::c_long),
+        // A positioned write (offset -1 would be writev's path again).
+        b"pwritev2" => rc(libc::pwritev2(fd, &iov, 1, 0, 0) as libc::c_long),
         b"sendfile" => {
             let src = libc::memfd_create(c"pull".as_ptr(), 0);
             if src < 0 || libc::write(src, data.as_ptr().cast(), data.len()) != data.len() as isize {
                 return libc::EIO;
             }
             let mut off: libc::off_t = 0;
-            rc(libc::sendfile(fd, src, &mut off, data.len()) as libc::c_long)
+            let result = rc(libc::sendfile(fd, src, &mut off, data.len()) as libc::c_long);
+            libc::close(src);
+            result
         }
         b"uring" => {
             let mut ring = match io_uring::IoUring::new(4) {

@@ -794,6 +794,7 @@ fn move_check(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     // the reason the move check may stay detached.
     for how in ["writev", "pwritev2", "sendfile", "uring"] {
         r.case(&format!("move_check_detached_and_a_pull_by_{how}_still_refused"), || {
+            ensure!(!attached(&mut agent)?, "attached for a policy that grants no write");
             pull_with(&mut agent, EACCES, "file_permission", how)
         });
     }
