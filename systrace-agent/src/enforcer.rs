@@ -99,9 +99,9 @@ struct Slot {
     unix: Vec<UnixKey>,
 }
 
-/// The next slot after `next` (which it advances) whose `POLICIES` index
-/// none of the slots `taken` has.
-/// Slots skipped for their index are used up; nothing is when none is free.
+/// The first slot from `next` on whose `POLICIES` index none of the slots
+/// `taken` has; `next` moves past it. Slots skipped for their index are used
+/// up; none is when no index is free.
 fn next_free_slot(next: &mut u32, taken: &[u32]) -> Result<u32> {
     use systrace_common::{policy_index, POLICY_INDEXES};
     let mut slot = *next;

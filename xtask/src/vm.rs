@@ -237,7 +237,15 @@ pub fn boot_with_memory(
         Cpu::Fast => &["-smp", "2"],
         Cpu::Counted => &["-smp", "1", "-icount", "shift=0,sleep=off,align=off"],
     };
-    let cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {extra_cmdline}");
+    // A soft lockup stops the VM at once with every CPU's stack, as the
+    // initramfs's /init also asks; on a systemd boot (rdinit=/sbin/init)
+    // nothing else would, and the stacks need the console at level 5: they
+    // are how a lockup in the kernel's own code patching is told apart (and
+    // its scenario run again) from one of ours.
+    let loglevel = if extra_cmdline.contains("rdinit=/sbin/init") { 5 } else { 3 };
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 quiet loglevel={loglevel} {extra_cmdline}"
+    );
     say(&format!(
         "booting Linux {} ({}) in QEMU [{}] (software emulation, {}, {memory} of memory; the boot takes about 10 s{})",
         kernel.release,
