@@ -57,18 +57,8 @@ unsafe fn pull_with(fd: i32, data: &[u8], how: &[u8]) -> i32 {
             let entry = io_uring::opcode::Write::new(io_uring::types::Fd(fd), data.as_ptr(), data.len() as u32)
                 .offset(u64::MAX)
                 .build();
-            if ring.submission().push(&entry).is_err() {
-                return libc::EBUSY;
-            }
-            if let Err(e) = ring.submit_and_wait(1) {
-                return e.raw_os_error().unwrap_or(-1);
-            }
-            let result = ring.completion().next().map(|cqe| cqe.result());
-            match result {
-                Some(r) if r < 0 => -r,
-                Some(_) => 0,
-                None => libc::EIO,
-            }
+            // SAFETY: `data` outlives the call.
+            crate::op::uring_errno(crate::op::uring_once(&mut ring, &entry))
         }
         _ => libc::EINVAL,
     }

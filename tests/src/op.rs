@@ -847,18 +847,30 @@ pub fn uring_personality_setxattr(path: &CString) -> i32 {
     let entry = io_uring::opcode::SetXattr::new(name.as_ptr(), value.as_ptr().cast(), path.as_ptr(), value.len() as u32)
         .build()
         .personality(personality);
-    // SAFETY: the name, value and path outlive the wait below.
-    if unsafe { ring.submission().push(&entry) }.is_err() {
-        return libc::EBUSY;
+    // SAFETY: the name, value and path outlive the call.
+    uring_errno(unsafe { uring_once(&mut ring, &entry) })
+}
+
+/// Submits `entry` on `ring` and waits for its completion: the completion's
+/// result (a negative errno when the operation failed), or the errno of
+/// submitting it.
+///
+/// # Safety
+/// Whatever `entry` points at must stay valid until this returns.
+pub unsafe fn uring_once(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -> Result<i32, i32> {
+    if ring.submission().push(entry).is_err() {
+        return Err(libc::EBUSY);
     }
-    if let Err(e) = ring.submit_and_wait(1) {
-        return e.raw_os_error().unwrap_or(-1);
-    }
-    let result = ring.completion().next().map(|cqe| cqe.result());
-    match result {
-        Some(r) if r < 0 => -r,
-        Some(_) => 0,
-        None => libc::EIO,
+    ring.submit_and_wait(1).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    ring.completion().next().map(|cqe| cqe.result()).ok_or(libc::EIO)
+}
+
+/// A [`uring_once`] outcome as 0 or an errno.
+pub fn uring_errno(outcome: Result<i32, i32>) -> i32 {
+    match outcome {
+        Ok(r) if r < 0 => -r,
+        Ok(_) => 0,
+        Err(e) => e,
     }
 }
 
@@ -871,22 +883,13 @@ fn uring_open(path: &CString) -> i32 {
     let entry = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
         .flags(libc::O_RDONLY | libc::O_CLOEXEC)
         .build();
-    // SAFETY: the path outlives the submission, which completes before we return.
-    if unsafe { ring.submission().push(&entry) }.is_err() {
-        return -1;
-    }
-    if let Err(e) = ring.submit_and_wait(1) {
-        return e.raw_os_error().unwrap_or(-1);
-    }
-    let Some(done) = ring.completion().next() else {
-        return -1;
-    };
-    let fd = done.result();
-    if fd >= 0 {
-        // SAFETY: the descriptor io_uring opened for us.
-        unsafe { libc::close(fd) };
-        0
-    } else {
-        -fd
+    // SAFETY: the path outlives the call.
+    match unsafe { uring_once(&mut ring, &entry) } {
+        Ok(fd) if fd >= 0 => {
+            // SAFETY: the descriptor io_uring opened for us.
+            unsafe { libc::close(fd) };
+            0
+        }
+        outcome => uring_errno(outcome),
     }
 }
