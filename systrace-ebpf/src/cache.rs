@@ -1,4 +1,4 @@
-//! The walk's answers, remembered for every CPU.
+//! The walk's answers, remembered per CPU.
 //!
 //! A confined process opens the same few files again and again, and every
 //! time the walk climbs the path and descends the rule tree: about 40 kernel
@@ -28,23 +28,11 @@
 //! (loads are not reordered with other loads there); the programs are built
 //! and tested for x86-64 only.
 //!
-//! The cache is one direct-mapped table all CPUs share: a file one CPU opened
-//! is a hit on the others (a daemon's threads move between CPUs), and the
-//! kernel keeps one table (4,096 slots, 672 KiB) where it kept one of 1,024
-//! per CPU (168 KiB each). A lookup costs what a per-CPU one did (measured:
-//! the same instructions per open on both kernels). What sharing costs:
-//! files (and processes of different policies) on different CPUs now
-//! compete for the same slots, and a miss's write takes the slot's cache
-//! line from the CPUs reading it; hence four times the slots of one CPU's
-//! table. A slot is written only on a miss;
-//! hits only read it, so CPUs opening the same file share its cache line.
-//! Writers take the slot's `busy` flag with an atomic exchange (another
-//! writer, on this CPU or another, leaves the slot alone), make its sequence
-//! odd, fill it and make the sequence even again; readers accept a slot only
-//! if its sequence was even and unchanged around their copy. On x86-64 stores
-//! become visible in program order and loads are not reordered with loads, so
-//! that is the kernel's own seqcount protocol. A slot that is busy, torn or
-//! stale is a miss: the walk runs as it always did.
+//! The cache is per CPU, direct-mapped, so no other CPU writes a slot while
+//! this one reads it. A program preempted on the same CPU can be: writers take
+//! the slot's `busy` flag, and readers accept a slot only if its sequence was
+//! even and unchanged around their copy. A slot that is busy, torn or stale
+//! is a miss: the walk runs as it always did.
 //!
 //! The addresses of the two seqlocks come from /proc/kallsyms; without them
 //! (a kernel without the symbols, addresses hidden) the cache is off.
@@ -56,7 +44,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{bpf_get_current_task, generated::{bpf_jiffies64, bpf_probe_read_kernel}},
     macros::map,
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::LsmContext,
 };
 use systrace_common::{generation, Counter, Hook, Off};
@@ -68,8 +56,8 @@ use crate::{
     walk::{Request, Resolution},
 };
 
-/// Slots: a power of two.
-const SLOTS: u32 = 4096;
+/// Slots per CPU: a power of two.
+const SLOTS: u32 = 1024;
 /// How long an answer is trusted at most, in jiffies: a second with Debian's
 /// HZ=250 (a quarter of one at HZ=1000, 2.5 s at HZ=100). The versions it is
 /// checked against are 32-bit counters a process could wrap given hours; this
@@ -149,7 +137,7 @@ pub struct CacheSlot {
 }
 
 #[map(name = "WALK_CACHE")]
-static WALK_CACHE: Array<CacheSlot> = Array::with_max_entries(SLOTS, 0);
+static WALK_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Keeps the compiler from moving memory accesses across it (the BPF
 /// backend has no fence instruction; an empty `asm!` that may touch memory
@@ -350,15 +338,14 @@ fn lookup(stamp: &Stamp, res: &mut Resolution) -> Option<bool> {
         return Some(overlay);
     }
     if hit {
-        // Torn by a writer (on another CPU, or one that preempted this
-        // program): not an answer.
+        // Torn by a writer that preempted this program: not an answer.
         *res = Resolution::default();
     }
     None
 }
 
 /// Remembers `res`, the walk's answer for `stamp`, if neither seqlock moved
-/// while the walk ran and no other program is writing the slot.
+/// while the walk ran and no other program on this CPU is writing the slot.
 /// A call of its own, like [`answer`].
 #[inline(never)]
 pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
@@ -392,9 +379,9 @@ pub fn remember(stamp: &mut Stamp, res: &Resolution, overlay: bool) {
     }
 }
 
-/// Fills a shared slot with `fill` under its `busy` flag and sequence `seq`
-/// (see the module's notes): nothing happens while another program, on any
-/// CPU, writes it; readers see the sequence odd meanwhile, and changed after.
+/// Fills a per-CPU slot with `fill` under its `busy` flag and sequence `seq`
+/// (see the module's notes): nothing happens while another program on this
+/// CPU writes it; readers see the sequence odd meanwhile, and changed after.
 #[inline(always)]
 pub unsafe fn write_slot(busy: *mut u64, seq: *mut u64, fill: impl FnOnce()) {
     if atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(busy, 1) != 0 {

@@ -5,7 +5,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::map,
-    maps::Array,
+    maps::PerCpuArray,
 };
 use systrace_common::{generation, policy_index, BindingKey, PolicyInfo};
 
@@ -43,9 +43,9 @@ pub fn active_half() -> u32 {
 /// (see [`crate::overlay`]).
 ///
 /// Every hook of every process asks this first, most of them unconfined, so
-/// which binding applies to a cgroup is remembered for the cgroups whose
-/// processes ran last ([`SUBJECTS`]): one helper call and one slot read
-/// instead of a hash lookup per cgroup level. That answer changes only
+/// which binding applies to a cgroup is remembered per CPU for the cgroups
+/// whose processes ran there last ([`SUBJECTS`]): one helper call and one slot
+/// read instead of a hash lookup per cgroup level. That answer changes only
 /// when the bindings in force change, and whatever changes them bumps the
 /// subject generation afterwards (the agent around a switch of halves; the
 /// rename tracepoint, which binds and unbinds cgroups that may hold
@@ -91,8 +91,8 @@ pub fn current_subject() -> Option<Subject> {
     Some(Subject { cgroup_id, anchor, policy, info: entry.info })
 }
 
-/// Slots, shared by all CPUs: a power of two.
-const SUBJECT_SLOTS: u32 = 1024;
+/// Slots per CPU: a power of two.
+const SUBJECT_SLOTS: u32 = 64;
 
 /// Which binding applies to one cgroup, and the subject generation it was
 /// looked up under.
@@ -111,13 +111,8 @@ pub struct SubjectSlot {
     policy: u64,
 }
 
-/// One table for all CPUs, as the walk cache (see `cache.rs`, which also
-/// argues the slots' protocol and what sharing costs): a cgroup looked up on
-/// one CPU is a hit on the others. Slots are written only on a miss; 1,024 of
-/// them (48 KiB), sixteen times one CPU's 64 before, for the cgroups of all
-/// CPUs.
 #[map(name = "SUBJECTS")]
-static SUBJECTS: Array<SubjectSlot> = Array::with_max_entries(SUBJECT_SLOTS, 0);
+static SUBJECTS: PerCpuArray<SubjectSlot> = PerCpuArray::with_max_entries(SUBJECT_SLOTS, 0);
 
 /// What [`recall`] returns for a cgroup it holds no answer for.
 const MISSED: u64 = u64::MAX - 1;
@@ -128,9 +123,9 @@ fn subject_index(cgroup_id: u64) -> u32 {
 }
 
 /// The remembered (anchor, policy) of `cgroup_id` under `generation`; the
-/// policy is [`MISSED`] when there is none. Another program, on this CPU or
-/// another, may write the slot meanwhile: its sequence must be even and the
-/// same before and after the copy (as in the walk cache).
+/// policy is [`MISSED`] when there is none. Per CPU, so only a program
+/// preempted on this CPU can write the slot meanwhile: the slot's sequence
+/// must be even and the same before and after the copy (as in the walk cache).
 #[inline(always)]
 fn recall(cgroup_id: u64, generation: u64) -> (u64, u64) {
     let Some(slot) = SUBJECTS.get_ptr_mut(subject_index(cgroup_id)) else {
@@ -156,7 +151,7 @@ fn recall(cgroup_id: u64, generation: u64) -> (u64, u64) {
 }
 
 /// Remembers (anchor, policy) for `cgroup_id`, looked up under `generation`,
-/// unless another program is writing the slot.
+/// unless another program on this CPU is writing the slot.
 #[inline(always)]
 fn remember(cgroup_id: u64, generation: u64, anchor: u64, policy: u64) {
     let Some(slot) = SUBJECTS.get_ptr_mut(subject_index(cgroup_id)) else {
