@@ -65,8 +65,18 @@ fn cargo_nightly() -> Command {
 /// The lines of cargo's output that are not its progress (`Compiling x`,
 /// `Finished ...`, downloads, locks): the compiler's diagnostics.
 fn diagnostics(stderr: &str) -> impl Iterator<Item = &str> {
-    const PROGRESS: &[&str] =
-        &["Compiling", "Finished", "Updating", "Downloading", "Downloaded", "Blocking", "Locking", "Adding", "Fresh", "Checking"];
+    const PROGRESS: &[&str] = &[
+        "Compiling",
+        "Finished",
+        "Updating",
+        "Downloading",
+        "Downloaded",
+        "Blocking",
+        "Locking",
+        "Adding",
+        "Fresh",
+        "Checking",
+    ];
     stderr.lines().filter(|line| {
         let first = line.split_whitespace().next().unwrap_or("");
         !line.trim().is_empty() && !PROGRESS.contains(&first)

@@ -43,7 +43,14 @@ pub const SOCKET_DIR: &str = "/run/systrace";
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// x86_64 system call numbers that are notified.
-const NOTIFIED: [u32; 6] = [2 /* open */, 257 /* openat */, 437 /* openat2 */, 85 /* creat */, 59 /* execve */, 322 /* execveat */];
+const NOTIFIED: [u32; 6] = [
+    2,   /* open */
+    257, /* openat */
+    437, /* openat2 */
+    85,  /* creat */
+    59,  /* execve */
+    322, /* execveat */
+];
 
 /// Installs the notifying filter in the calling process (between fork and
 /// exec) and returns the listener. Async-signal-safe: no allocation.
@@ -345,7 +352,12 @@ pub fn serve(
         let args = notif.data.args;
         let (operation, name, dirfd, flags) = match notif.data.nr {
             2 => ("open", read_string(pid, args[0]), libc::AT_FDCWD as i64, args[1]),
-            85 => ("open", read_string(pid, args[0]), libc::AT_FDCWD as i64, (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64),
+            85 => (
+                "open",
+                read_string(pid, args[0]),
+                libc::AT_FDCWD as i64,
+                (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
+            ),
             257 => ("open", read_string(pid, args[1]), args[0] as i64, args[2]),
             437 => ("open", read_string(pid, args[1]), args[0] as i64, read_u64(pid, args[2]).unwrap_or(0)),
             59 => ("exec", read_string(pid, args[0]), libc::AT_FDCWD as i64, 0),
@@ -468,7 +480,9 @@ impl Desk {
     ) -> io::Result<(Desk, tokio::sync::mpsc::UnboundedSender<Held>)> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         match std::fs::symlink_metadata(SOCKET_DIR) {
-            Ok(m) if m.file_type().is_dir() => std::fs::set_permissions(SOCKET_DIR, std::fs::Permissions::from_mode(0o700))?,
+            Ok(m) if m.file_type().is_dir() => {
+                std::fs::set_permissions(SOCKET_DIR, std::fs::Permissions::from_mode(0o700))?
+            }
             Ok(_) => return Err(io::Error::other(format!("{SOCKET_DIR} is not a directory (a link?)"))),
             Err(_) => std::fs::DirBuilder::new().mode(0o700).create(SOCKET_DIR)?,
         }
@@ -499,7 +513,9 @@ impl Desk {
         let peer = stream.peer_cred().ok().and_then(|c| c.pid());
         let inside = peer.is_none_or(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_or(true, |cg| {
-                cg.lines().filter_map(|l| l.strip_prefix("0::")).any(|p| p == self.confined || p.starts_with(&format!("{}/", self.confined)))
+                cg.lines()
+                    .filter_map(|l| l.strip_prefix("0::"))
+                    .any(|p| p == self.confined || p.starts_with(&format!("{}/", self.confined)))
             })
         });
         if inside {

@@ -53,9 +53,16 @@ struct Proposal {
     existing: Option<String>,
 }
 
-fn propose(files: &[PathBuf], output: &Path, name: Option<String>, collapse: usize, from_denials: bool) -> Result<Proposal, String> {
+fn propose(
+    files: &[PathBuf],
+    output: &Path,
+    name: Option<String>,
+    collapse: usize,
+    from_denials: bool,
+) -> Result<Proposal, String> {
     let mut obs = read_observations(files, from_denials)?;
-    let name = name.unwrap_or_else(|| output.file_stem().map_or("learned".into(), |s| s.to_string_lossy().into_owned()));
+    let name =
+        name.unwrap_or_else(|| output.file_stem().map_or("learned".into(), |s| s.to_string_lossy().into_owned()));
     let mut sensitive = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         sensitive.push(exe.display().to_string());
@@ -92,7 +99,13 @@ fn fail(message: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
-pub fn generate(files: &[PathBuf], output: &Path, name: Option<String>, collapse: usize, from_denials: bool) -> ExitCode {
+pub fn generate(
+    files: &[PathBuf],
+    output: &Path,
+    name: Option<String>,
+    collapse: usize,
+    from_denials: bool,
+) -> ExitCode {
     let p = match propose(files, output, name, collapse, from_denials) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -156,10 +169,17 @@ pub fn replay(policy_file: &Path, files: &[PathBuf]) -> ExitCode {
     for (seen, ev) in &obs.seen {
         if let Some(why) = learn::replay::decide(&policy, seen, ev).why() {
             refused += 1;
-            println!("{}", json!({"type": "would-deny", "access": format!("{seen:?}"), "why": why, "count": ev.count, "programs": ev.programs}));
+            println!(
+                "{}",
+                json!({"type": "would-deny", "access": format!("{seen:?}"), "why": why, "count": ev.count, "programs": ev.programs})
+            );
         }
     }
-    eprintln!("systrace-agent: {} would refuse {refused} of {} distinct recorded accesses", policy.name, obs.seen.len());
+    eprintln!(
+        "systrace-agent: {} would refuse {refused} of {} distinct recorded accesses",
+        policy.name,
+        obs.seen.len()
+    );
     if refused > 0 {
         ExitCode::FAILURE
     } else {

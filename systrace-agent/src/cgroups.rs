@@ -95,7 +95,8 @@ pub fn find(root: &Path, targets: &[Target]) -> Vec<(usize, u64, String)> {
     while let Some((dir, relative)) = stack.pop() {
         if !relative.is_empty() {
             let by_path = targets.iter().position(|t| matches!(t, Target::Cgroup(_)) && matches(t, &relative));
-            let hit = by_path.or_else(|| targets.iter().position(|t| matches!(t, Target::Unit { .. }) && matches(t, &relative)));
+            let hit = by_path
+                .or_else(|| targets.iter().position(|t| matches!(t, Target::Unit { .. }) && matches(t, &relative)));
             if let Some(i) = hit {
                 // On cgroup2 the directory's inode number is the cgroup id.
                 if let Ok(meta) = std::fs::metadata(&dir) {

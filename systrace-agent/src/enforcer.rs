@@ -31,9 +31,9 @@ use systrace_agent::{
 
 use crate::watch::Names;
 use systrace_common::{
-    generation, names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyEntry, PolicyInfo,
-    ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, ANY_MINOR, CGROUP_PATH_LEN,
-    RAW_DEVICE_SLOTS, UNIT_NAME_LEN, kernel_dev,
+    generation, kernel_dev, names, net, BindingKey, Counter, FileId, FileRule, Hook, InodeKey, NameKey, NameNode,
+    NetKey, NetRule, PolicyEntry, PolicyInfo, ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget,
+    UnixKey, ANY_MINOR, CGROUP_PATH_LEN, RAW_DEVICE_SLOTS, UNIT_NAME_LEN,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/systrace"));
@@ -272,7 +272,8 @@ impl Enforcer {
         loader.override_global(names::NAME_KEY, &name_key, true);
         let raw = raw_devices(&std::fs::read_to_string("/proc/devices").unwrap_or_default());
         loader.override_global(names::RAW_DEVICES, &raw, true);
-        let seqlocks = crate::offsets::seqlock_addresses(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
+        let seqlocks =
+            crate::offsets::seqlock_addresses(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
         let seqlock_global = seqlocks.unwrap_or([0; 2]);
         loader.override_global(names::SEQLOCKS, &seqlock_global, true);
         // Online, not possible: cloud machines list many hotplug slots.
@@ -428,7 +429,8 @@ impl Enforcer {
             self.move_check = Some(MoveCheck::Pinned(self.pin_move_check(link)?));
         }
         for (name, link) in self.links.drain(..) {
-            let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            let program: &mut Lsm =
+                self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             let link = program.take_link(link)?;
             let fd_link = aya::programs::links::FdLink::from(link);
             if let Ok(info) = fd_link.info() {
@@ -528,7 +530,8 @@ impl Enforcer {
         self.set_move_check(false)?;
         self.all_attached = false;
         for (name, link) in self.links.drain(..) {
-            let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            let program: &mut Lsm =
+                self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             program.detach(link)?;
         }
         let names: Vec<(&'static str, &'static str)> = match attachment {
@@ -542,7 +545,8 @@ impl Enforcer {
             Attachment::NoopLookup => BENCH_NOOP.iter().copied().chain([BENCH_NOOP_LOOKUP]).collect(),
         };
         for (name, hook) in names {
-            let program: &mut Lsm = self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            let program: &mut Lsm =
+                self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             if program.fd().is_err() {
                 let btf = Btf::from_sys_fs()?;
                 program.load(hook, &btf)?;
@@ -584,7 +588,8 @@ impl Enforcer {
         if on == self.move_check.is_some() || !self.layout.has(hook) {
             return Ok(());
         }
-        let program: &mut Lsm = self.bpf.program_mut(hook.name()).context("the move check program is missing")?.try_into()?;
+        let program: &mut Lsm =
+            self.bpf.program_mut(hook.name()).context("the move check program is missing")?.try_into()?;
         if on {
             let link = program.attach()?;
             self.move_check = Some(match self.pin_dir {
@@ -680,7 +685,9 @@ impl Enforcer {
             bound,
             inode_paths: identities
                 .into_iter()
-                .map(|ids| ids.into_iter().filter(|(_, a, _)| a.extension == 0).map(|(id, a, _)| (id, a.path)).collect())
+                .map(|ids| {
+                    ids.into_iter().filter(|(_, a, _)| a.extension == 0).map(|(id, a, _)| (id, a.path)).collect()
+                })
                 .collect(),
         })
     }
@@ -837,8 +844,10 @@ impl Enforcer {
         {
             let mut trie = self.net_map()?;
             for (&(op, family, proto, addr, prefix), rule) in &policy.net {
-                let key =
-                    LpmKey::new(net::FIXED_PREFIX_BITS + prefix, NetKey { policy: slot, op, family, proto, _pad: 0, addr });
+                let key = LpmKey::new(
+                    net::FIXED_PREFIX_BITS + prefix,
+                    NetKey { policy: slot, op, family, proto, _pad: 0, addr },
+                );
                 trie.insert(&key, *rule, 0).context("network rule")?;
                 record.net.push(key);
             }
@@ -906,7 +915,9 @@ impl Enforcer {
             .slots
             .iter()
             .enumerate()
-            .flat_map(|(i, slot)| followed(&slot.anchors, &slot.extension_denies).into_iter().map(move |(a, r)| (i, a, r)))
+            .flat_map(|(i, slot)| {
+                followed(&slot.anchors, &slot.extension_denies).into_iter().map(move |(a, r)| (i, a, r))
+            })
             .collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -1063,7 +1074,9 @@ impl Enforcer {
             .map(|anchors| {
                 anchors
                     .into_iter()
-                    .filter_map(|(anchor, rule)| paths.get(&anchor.path).copied().flatten().map(|id| (id, anchor, rule)))
+                    .filter_map(|(anchor, rule)| {
+                        paths.get(&anchor.path).copied().flatten().map(|id| (id, anchor, rule))
+                    })
                     .collect()
             })
             .collect())
@@ -1109,7 +1122,14 @@ impl Enforcer {
     /// Lets process `tgid` have `access` to the file at `path` under policy
     /// `slot` for `ttl`: a person's "permit once". False when there is no such
     /// file (nothing to grant).
-    pub fn grant_once(&mut self, slot: u32, tgid: u32, path: &Path, access: u32, ttl: std::time::Duration) -> Result<bool> {
+    pub fn grant_once(
+        &mut self,
+        slot: u32,
+        tgid: u32,
+        path: &Path,
+        access: u32,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
         self.ensure_probe()?;
         let Some(id) = self.identity(path)? else {
             return Ok(false);
@@ -1119,7 +1139,8 @@ impl Enforcer {
         let grant = systrace_common::AskGrant { expires_ns: now + ttl.as_nanos() as u64, access, _pad: 0 };
         let mut map = self.map::<systrace_common::AskKey, systrace_common::AskGrant>(names::ASK_GRANTS)?;
         // Expired answers go first: the map is small and they are no use.
-        let stale: Vec<_> = map.iter().filter_map(Result::ok).filter(|(_, g)| g.expires_ns < now).map(|(k, _)| k).collect();
+        let stale: Vec<_> =
+            map.iter().filter_map(Result::ok).filter(|(_, g)| g.expires_ns < now).map(|(k, _)| k).collect();
         for k in stale {
             let _ = map.remove(&k);
         }
@@ -1167,7 +1188,12 @@ fn count_keys(fd: std::os::fd::BorrowedFd<'_>, key_size: usize, limit: u64) -> u
         };
         // SAFETY: attr points to key_size-byte buffers that outlive the call.
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const NextKeyAttr, std::mem::size_of::<NextKeyAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const NextKeyAttr,
+                std::mem::size_of::<NextKeyAttr>(),
+            )
         };
         if rc != 0 {
             break;

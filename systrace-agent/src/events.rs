@@ -234,8 +234,13 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
     });
     let hook = Hook::from_u16(event.hook);
     // Socket kinds: creation, or a socket received or used that no address rule decides.
-    let socket_event = event.flags & event_flags::NOT_FILE != 0 && event.protection == 0 && event.net_family == 0
-        && matches!(hook, Some(Hook::SocketCreate | Hook::FileReceive | Hook::SocketBind | Hook::SocketConnect | Hook::SocketSendmsg));
+    let socket_event = event.flags & event_flags::NOT_FILE != 0
+        && event.protection == 0
+        && event.net_family == 0
+        && matches!(
+            hook,
+            Some(Hook::SocketCreate | Hook::FileReceive | Hook::SocketBind | Hook::SocketConnect | Hook::SocketSendmsg)
+        );
     EventJson {
         kind: "event",
         time: rfc3339(clock.unix_ns(event.boot_ns)),
@@ -280,8 +285,11 @@ pub fn to_json(event: &Event, clock: &Clock, names: &PolicyNames) -> EventJson {
         signal: matches!(hook, Some(Hook::TaskKill | Hook::FileSendSigiotask)).then_some(event.detail),
         target_pid: matches!(hook, Some(Hook::TaskKill | Hook::PtraceAccessCheck | Hook::FileSendSigiotask))
             .then_some(event.target),
-        ptrace_mode: (hook == Some(Hook::PtraceAccessCheck))
-            .then_some(if event.detail & 0x02 != 0 { "attach" } else { "read" }),
+        ptrace_mode: (hook == Some(Hook::PtraceAccessCheck)).then_some(if event.detail & 0x02 != 0 {
+            "attach"
+        } else {
+            "read"
+        }),
         socket_family: socket_event.then(|| name_or_number(&socket::FAMILIES, event.detail)),
         socket_type: socket_event.then(|| name_or_number(&socket::TYPES, event.target & 0xffff)),
         socket_protocol: socket_event.then(|| protocol_name(event.target >> 16)),
@@ -320,12 +328,7 @@ pub fn rfc3339(unix_ns: i128) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian calendar

@@ -5,7 +5,10 @@
 //! links), delivers what was reported before its own programs were attached,
 //! and says in one status record what it could and could not account for.
 
-use std::{path::Path, time::{Duration, Instant}};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use serde_json::{json, Value};
@@ -34,9 +37,11 @@ pub struct Previous {
 impl Previous {
     /// Opens what the agent that pinned `dir` left; before `dir` is removed.
     pub fn open(dir: &Path) -> Previous {
-        let ring = MapData::from_pin(dir.join(pins::EVENTS_PIN)).ok().and_then(|m| RingBuf::try_from(Map::RingBuf(m)).ok());
-        let counters =
-            MapData::from_pin(dir.join(pins::COUNTERS_PIN)).ok().and_then(|m| PerCpuArray::try_from(Map::PerCpuArray(m)).ok());
+        let ring =
+            MapData::from_pin(dir.join(pins::EVENTS_PIN)).ok().and_then(|m| RingBuf::try_from(Map::RingBuf(m)).ok());
+        let counters = MapData::from_pin(dir.join(pins::COUNTERS_PIN))
+            .ok()
+            .and_then(|m| PerCpuArray::try_from(Map::PerCpuArray(m)).ok());
         Previous {
             name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             ring,

@@ -4,9 +4,9 @@
 
 pub mod cgroups;
 pub mod events;
+pub mod homes;
+pub mod learn;
 pub mod offsets;
 pub mod policy;
 pub mod review;
 pub mod telemetry;
-pub mod homes;
-pub mod learn;

@@ -25,13 +25,16 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use systrace_agent::{
     cgroups::cgroup2_root,
-    telemetry::{self, config::Config, Telemetry},
     events::{self, Clock, PolicyNames, Record},
     offsets,
     policy::{self, Compiled, Diagnostic, Host, Policy, Severity, SystemResolver},
+    telemetry::{self, config::Config, Telemetry},
 };
 use systrace_common::Counter;
-use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
 
 use crate::enforcer::{Enforcer, LoadFailure};
 
@@ -196,7 +199,9 @@ fn main() -> ExitCode {
         Command::Prompt { socket } => prompt::main(socket),
         Command::Learn { policy, output, cgroup, unit, duration, verifier_log, command } => {
             let subject = match (cgroup, unit) {
-                (Some(c), _) => session::Subject::Target(policy::Target::Cgroup(format!("/{}", c.trim_start_matches('/')))),
+                (Some(c), _) => {
+                    session::Subject::Target(policy::Target::Cgroup(format!("/{}", c.trim_start_matches('/'))))
+                }
                 (None, Some(u)) => session::Subject::Target(policy::Target::Unit { name: u, user: None }),
                 (None, None) if !command.is_empty() => session::Subject::Command(command),
                 (None, None) => {
@@ -242,7 +247,11 @@ fn main() -> ExitCode {
             let dir = policy_dir.or_else(|| from_file.filter(|_| policies.is_empty()).map(|c| c.policy_dir.clone()));
             let sources = Sources { files: policies, dir };
             let options = Options {
-                stats_interval: if stats_interval > 0 { stats_interval } else { from_file.map_or(0, |c| c.stats_interval) },
+                stats_interval: if stats_interval > 0 {
+                    stats_interval
+                } else {
+                    from_file.map_or(0, |c| c.stats_interval)
+                },
                 verifier_log,
                 handover: handover || from_file.is_some_and(|c| c.handover),
                 bench_detach_signal,
@@ -264,7 +273,10 @@ fn detach() -> ExitCode {
         if pins::owner_alive(&dir) {
             // Its programs stay attached through its descriptors anyway; stopping
             // it (SIGTERM) is how its enforcement ends.
-            eprintln!("systrace-agent: {} belongs to a running agent; left alone (stop it with SIGTERM)", dir.display());
+            eprintln!(
+                "systrace-agent: {} belongs to a running agent; left alone (stop it with SIGTERM)",
+                dir.display()
+            );
             continue;
         }
         ids.extend(pins::program_ids(&dir));
@@ -378,7 +390,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
                     }
                 }
                 if policy.target == policy::Target::Cgroup(NO_TARGET.into()) {
-                    println!("{}: ok ({} file rules; no target: for `exec` and `learn` only)", file.display(), policy.files.len());
+                    println!(
+                        "{}: ok ({} file rules; no target: for `exec` and `learn` only)",
+                        file.display(),
+                        policy.files.len()
+                    );
                     continue;
                 }
                 if let policy::Target::Cgroup(path) = &policy.target {
@@ -529,10 +545,9 @@ fn explain(failure: &LoadFailure) -> String {
         Some(libc::EPERM) => "the kernel refused to load a BPF LSM program (EPERM) although running as root \
              with the BPF LSM active: this kernel or sandbox forbids BPF LSM programs"
             .into(),
-        Some(libc::EINVAL) if failure.verifier_log.is_some() => format!(
-            "the verifier rejected a program ({:#}); run with --verifier-log for details",
-            failure.error
-        ),
+        Some(libc::EINVAL) if failure.verifier_log.is_some() => {
+            format!("the verifier rejected a program ({:#}); run with --verifier-log for details", failure.error)
+        }
         _ => format!("{:#}", failure.error),
     }
 }
@@ -729,8 +744,12 @@ fn apply(enforcer: &mut Enforcer, compiled: &[Compiled], names: &mut PolicyNames
         names.by_slot.insert(installed.slots[i], c.name.clone());
         let paths = installed.inode_paths[i].iter().map(|(id, p)| ((id.dev, id.ino), p.clone())).collect();
         paths_by_name.insert(c.name.clone(), paths);
-        let bound: Vec<String> =
-            installed.bound.iter().filter(|(p, _, _)| *p == i).map(|(_, id, path)| format!("{path} (id {id})")).collect();
+        let bound: Vec<String> = installed
+            .bound
+            .iter()
+            .filter(|(p, _, _)| *p == i)
+            .map(|(_, id, path)| format!("{path} (id {id})"))
+            .collect();
         eprintln!(
             "systrace-agent: policy {} confines {}: {} path nodes, {} inode rules; bound now: {}",
             c.name,
@@ -784,7 +803,8 @@ fn policies_json(compiled: &[Compiled], installed: &enforcer::Installed) -> serd
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let off: Vec<_> = c.protections_off.iter().map(|(n, why)| json!({"protection": n, "reason": why})).collect();
+                let off: Vec<_> =
+                    c.protections_off.iter().map(|(n, why)| json!({"protection": n, "reason": why})).collect();
                 let bound: Vec<_> = installed
                     .bound
                     .iter()
@@ -829,10 +849,8 @@ fn pin(enforcer: &mut Enforcer) -> Result<(Option<PathBuf>, Vec<gap::Previous>)>
     let mut previous = Vec::new();
     // A failure here has taken links out of the program: fatal, not a warning.
     enforcer.pin(&own)?;
-    let others: Vec<PathBuf> = pins::others(root, Some(&own))
-        .into_iter()
-        .filter(|dir| !(is_session(dir) && pins::owner_alive(dir)))
-        .collect();
+    let others: Vec<PathBuf> =
+        pins::others(root, Some(&own)).into_iter().filter(|dir| !(is_session(dir) && pins::owner_alive(dir))).collect();
     // Before any of their pins goes: a write their policies allowed may still
     // be on its way to the kernel's move check (see `Enforcer::keep_move_check`).
     if others.iter().any(|dir| dir.join(systrace_common::Hook::InodePermission.name()).exists()) {
@@ -902,11 +920,8 @@ async fn serve(
     // SIGUSR1: a stats line now. SIGUSR2 (benchmarks only): detach / re-attach.
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
-    let missing: Vec<_> = enforcer
-        .missing_hooks()
-        .iter()
-        .map(|h| json!({"hook": h.name(), "since": h.since()}))
-        .collect();
+    let missing: Vec<_> =
+        enforcer.missing_hooks().iter().map(|h| json!({"hook": h.name(), "since": h.since()})).collect();
     out.emit(&json!({
         "type": "status",
         "state": "enforcing",
@@ -934,7 +949,8 @@ async fn serve(
     let mut watchdog = tokio::time::interval(watchdog_period);
 
     let mut attachment = enforcer::Attachment::Enforcing;
-    let period = if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
+    let period =
+        if stats_interval == 0 { Duration::from_secs(3600 * 24 * 365) } else { Duration::from_secs(stats_interval) };
     let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let stats = |enforcer: &Enforcer, delivered: u64, telemetry: &Telemetry| -> Result<serde_json::Value> {
         let mut line = json!({
@@ -955,7 +971,15 @@ async fn serve(
     // recovered after a takeover (those go out the same way, not counted as read).
     let emit_record = |out: &mut Output, record: Record, read_here: bool| match record {
         Record::Event(e) => {
-            if out.telemetry.admit_event(e.cgroup_id, e.policy_id, &e.policy, e.hook, e.verdict, events::boot_ns(), read_here) {
+            if out.telemetry.admit_event(
+                e.cgroup_id,
+                e.policy_id,
+                &e.policy,
+                e.hook,
+                e.verdict,
+                events::boot_ns(),
+                read_here,
+            ) {
                 out.emit(&e);
             }
         }
@@ -1182,16 +1206,60 @@ fn kernel_release() -> String {
 /// record's key, and the metric's name and help (none: not a metric).
 type Metric = Option<(&'static str, &'static str)>;
 const KERNEL_COUNTERS: [(Counter, &str, Metric); 10] = [
-    (Counter::Reported, "events_reported", Some(("systrace_events_reported_total", "Events the programs produced (denials, audits, learned accesses)."))),
-    (Counter::RingFull, "ring_full_drops", Some(("systrace_events_ring_full_total", "Events lost in the kernel: the ring buffer was full (the verdict stood)."))),
-    (Counter::ScratchBusy, "scratch_busy_drops", Some(("systrace_events_scratch_busy_total", "Events lost in the kernel: the per-CPU scratch space was busy (the verdict stood)."))),
+    (
+        Counter::Reported,
+        "events_reported",
+        Some(("systrace_events_reported_total", "Events the programs produced (denials, audits, learned accesses).")),
+    ),
+    (
+        Counter::RingFull,
+        "ring_full_drops",
+        Some((
+            "systrace_events_ring_full_total",
+            "Events lost in the kernel: the ring buffer was full (the verdict stood).",
+        )),
+    ),
+    (
+        Counter::ScratchBusy,
+        "scratch_busy_drops",
+        Some((
+            "systrace_events_scratch_busy_total",
+            "Events lost in the kernel: the per-CPU scratch space was busy (the verdict stood).",
+        )),
+    ),
     (Counter::Denied, "denied", Some(("systrace_kernel_denied_total", "Operations the programs denied."))),
-    (Counter::WalkUndecided, "walk_undecided", Some(("systrace_walk_undecided_total", "Decisions made without the file's path (deny rules assumed to apply)."))),
-    (Counter::CgroupsBound, "cgroups_bound", Some(("systrace_cgroups_bound_total", "Cgroups bound to a policy as they appeared."))),
-    (Counter::BindFailed, "cgroups_bind_failed", Some(("systrace_cgroups_bind_failed_total", "Cgroups a policy names that could not be bound as they appeared."))),
+    (
+        Counter::WalkUndecided,
+        "walk_undecided",
+        Some((
+            "systrace_walk_undecided_total",
+            "Decisions made without the file's path (deny rules assumed to apply).",
+        )),
+    ),
+    (
+        Counter::CgroupsBound,
+        "cgroups_bound",
+        Some(("systrace_cgroups_bound_total", "Cgroups bound to a policy as they appeared.")),
+    ),
+    (
+        Counter::BindFailed,
+        "cgroups_bind_failed",
+        Some((
+            "systrace_cgroups_bind_failed_total",
+            "Cgroups a policy names that could not be bound as they appeared.",
+        )),
+    ),
     (Counter::LearnRepeats, "learn_repeats", None),
-    (Counter::WalkCacheHits, "walk_cache_hits", Some(("systrace_walk_cache_hits_total", "File decisions answered from the walk cache."))),
-    (Counter::WalkCacheMisses, "walk_cache_misses", Some(("systrace_walk_cache_misses_total", "File decisions that walked the path (nothing valid remembered)."))),
+    (
+        Counter::WalkCacheHits,
+        "walk_cache_hits",
+        Some(("systrace_walk_cache_hits_total", "File decisions answered from the walk cache.")),
+    ),
+    (
+        Counter::WalkCacheMisses,
+        "walk_cache_misses",
+        Some(("systrace_walk_cache_misses_total", "File decisions that walked the path (nothing valid remembered).")),
+    ),
 ];
 
 fn kernel_counters(enforcer: &Enforcer) -> Vec<telemetry::metrics::KernelCounter> {
@@ -1223,7 +1291,9 @@ impl RingFill {
         let map = |offset: usize| {
             // SAFETY: a fresh read-only shared mapping of one page of the ring
             // buffer's descriptor; the kernel allows it for both positions' pages.
-            let p = unsafe { libc::mmap(std::ptr::null_mut(), page, libc::PROT_READ, libc::MAP_SHARED, fd, offset as libc::off_t) };
+            let p = unsafe {
+                libc::mmap(std::ptr::null_mut(), page, libc::PROT_READ, libc::MAP_SHARED, fd, offset as libc::off_t)
+            };
             (p != libc::MAP_FAILED).then_some(p as *const u64)
         };
         let consumer = map(0)?;

@@ -47,7 +47,8 @@ pub fn seqlock_addresses(kallsyms: &str) -> Option<[u64; 2]> {
     let mut out = [0u64; 2];
     for line in kallsyms.lines() {
         let mut words = line.split_whitespace();
-        let (Some(addr), Some(kind), Some(name), None) = (words.next(), words.next(), words.next(), words.next()) else {
+        let (Some(addr), Some(kind), Some(name), None) = (words.next(), words.next(), words.next(), words.next())
+        else {
             continue;
         };
         // Data symbols of the kernel itself (a module's lines have a fourth word).
@@ -103,7 +104,12 @@ pub fn resolve(btf_path: &Path) -> Result<KernelLayout> {
         hook_args[slot] = params.len() as u8;
         for (k, wanted) in hook.args().iter().enumerate() {
             let position = params.iter().position(|p| p == wanted).ok_or_else(|| {
-                anyhow!("LSM hook {} has no argument {wanted} in {} (it has: {})", hook.name(), btf_path.display(), params.join(", "))
+                anyhow!(
+                    "LSM hook {} has no argument {wanted} in {} (it has: {})",
+                    hook.name(),
+                    btf_path.display(),
+                    params.join(", ")
+                )
             })?;
             hook_args[slot + 1 + k] = position as u8;
         }
@@ -153,7 +159,9 @@ pub fn hook_params(btf: &Btf, hook: &str) -> Result<Vec<String>> {
         })
         .ok_or_else(|| anyhow!("{name} is not a function"))?;
     match btf.resolve_chained_type(&func).map_err(|e| anyhow!("{e}"))? {
-        Type::FuncProto(proto) => Ok(proto.parameters.iter().map(|p| btf.resolve_name(p).unwrap_or_default()).collect()),
+        Type::FuncProto(proto) => {
+            Ok(proto.parameters.iter().map(|p| btf.resolve_name(p).unwrap_or_default()).collect())
+        }
         other => bail!("{name} has a {} instead of a prototype", other.name()),
     }
 }

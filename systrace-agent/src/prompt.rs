@@ -76,7 +76,10 @@ async fn run(socket: PathBuf) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut from_agent = BufReader::new(read).lines();
     let mut keys = BufReader::new(tokio::io::stdin()).lines();
-    println!("systrace: answering for {} (o: permit once, a/g/G: permit always, d: deny once, D: deny always)", socket.display());
+    println!(
+        "systrace: answering for {} (o: permit once, a/g/G: permit always, d: deny once, D: deny always)",
+        socket.display()
+    );
     let mut current: Option<Question> = None;
     loop {
         tokio::select! {

@@ -51,7 +51,11 @@ pub struct Item {
 
 impl Item {
     fn value(&self, key: &str) -> Option<String> {
-        self.rule.body.iter().find(|(k, _)| k == key).map(|(_, v)| serde_json::from_str(v).unwrap_or_else(|_| v.clone()))
+        self.rule
+            .body
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| serde_json::from_str(v).unwrap_or_else(|_| v.clone()))
     }
 
     /// The file rule's path pattern.
@@ -247,7 +251,8 @@ impl Review {
                 Key::Esc => self.editing = None,
                 Key::Enter => {
                     let text = text.clone();
-                    let checked = text.strip_prefix(HOME_VARIABLE).map_or(text.clone(), |rest| format!("/home/x{rest}"));
+                    let checked =
+                        text.strip_prefix(HOME_VARIABLE).map_or(text.clone(), |rest| format!("/home/x{rest}"));
                     match parse_pattern(&checked) {
                         Ok(_) => {
                             if let Some(item) = self.items.get_mut(self.selected) {
@@ -266,10 +271,9 @@ impl Review {
         }
         match key {
             Key::Up | Key::Char('k') => self.selected = self.selected.saturating_sub(1),
-            Key::Down | Key::Char('j')
-                if self.selected + 1 < self.items.len() => {
-                    self.selected += 1;
-                }
+            Key::Down | Key::Char('j') if self.selected + 1 < self.items.len() => {
+                self.selected += 1;
+            }
             Key::Char('a') => self.decide(Decision::Allow),
             Key::Char('d') => self.decide(Decision::Deny),
             Key::Char('i') => self.decide(Decision::Ignore),
@@ -312,7 +316,9 @@ impl Review {
         };
         let learned = item.narrower.first().cloned().unwrap_or_else(|| p.clone());
         match extension_glob(&learned) {
-            None => self.message = format!("{learned} has no extension a rule can name (1 to 15 bytes after its last dot)"),
+            None => {
+                self.message = format!("{learned} has no extension a rule can name (1 to 15 bytes after its last dot)")
+            }
             Some(w) if w == p => self.message = "already by extension".into(),
             Some(w) => match covers_sensitive(&w) {
                 Some(s) => self.message = format!("{w} would cover {s}: not widened (edit with e to insist)"),
@@ -396,7 +402,9 @@ impl Review {
             detail.push(Line::from(format!("capabilities used: {}", caps.join(", "))));
         }
         f.render_widget(
-            Paragraph::new(detail).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title("rule")),
+            Paragraph::new(detail)
+                .wrap(Wrap { trim: false })
+                .block(Block::default().borders(Borders::ALL).title("rule")),
             cols[1],
         );
         let help = match &self.editing {
@@ -486,7 +494,8 @@ mod tests {
         let d = r.decided();
         assert_eq!(d.files.len(), 2);
         assert!(d.files[1].body.contains(&("verdict".to_string(), "\"deny\"".to_string())));
-        let merged = crate::learn::merge::merge("name = \"web\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &d).unwrap();
+        let merged =
+            crate::learn::merge::merge("name = \"web\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &d).unwrap();
         assert!(merged.contains("path = \"/var/log/web/*\"\naccess = [\"append\"]\nverdict = \"deny\"\n"), "{merged}");
     }
 
@@ -542,7 +551,8 @@ mod tests {
         r.key(Key::Char('x'));
         assert_eq!(r.items[log].pattern().as_deref(), Some("/var/log/web/*.log"));
         // Never over keys.
-        r.selected = r.items.iter().position(|i| i.pattern().as_deref() == Some("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+        r.selected =
+            r.items.iter().position(|i| i.pattern().as_deref() == Some("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
         r.key(Key::Char('x'));
         assert!(r.message.contains("would cover"), "{}", r.message);
         let dir = std::env::temp_dir().join(format!("systrace-ext-{}", std::process::id()));

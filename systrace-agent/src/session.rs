@@ -16,12 +16,12 @@
 use std::{
     collections::HashSet,
     ffi::CString,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::{Arc, Mutex},
     io::{IsTerminal, Write as _},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -102,17 +102,28 @@ fn read_policy(session: &Session, target: &Target, home: Option<PathBuf>) -> Res
         Some(file) => crate::read_and_parse(file, &host).map_err(|d| d.to_string())?,
         None => {
             let name = match &session.subject {
-                Subject::Command(cmd) => Path::new(&cmd[0]).file_name().map_or("learned".into(), |n| n.to_string_lossy().into_owned()),
+                Subject::Command(cmd) => {
+                    Path::new(&cmd[0]).file_name().map_or("learned".into(), |n| n.to_string_lossy().into_owned())
+                }
                 Subject::Target(t) => t.to_string(),
             };
-            let name = name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect::<String>();
-            let text = format!("name = {}\nmode = \"learn\"\ndefault = \"deny\"\n", serde_json::to_string(&name).unwrap_or_default());
+            let name = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+                .collect::<String>();
+            let text = format!(
+                "name = {}\nmode = \"learn\"\ndefault = \"deny\"\n",
+                serde_json::to_string(&name).unwrap_or_default()
+            );
             policy::parse(Path::new("<learn>"), &text, &host).map_err(|d| d.to_string())?
         }
     };
     if policy.target != *target {
         if session.policy.is_some() && matches!(session.subject, Subject::Command(_)) {
-            eprintln!("systrace-agent: the policy names {}; this command is confined in its own cgroup instead", policy.target);
+            eprintln!(
+                "systrace-agent: the policy names {}; this command is confined in its own cgroup instead",
+                policy.target
+            );
         }
         policy.target = target.clone();
     }
@@ -192,14 +203,19 @@ async fn run(session: Session) -> ExitCode {
         }
         let installed = apply(&mut enforcer, &compiled, &mut names)?;
         let slot = installed[0]["policy_id"].as_u64().unwrap_or(0) as u32;
-        let pinned = match pins::prepare_named(Path::new(pins::PIN_ROOT), &format!("{}{}", pins::SESSION_PREFIX, std::process::id())) {
+        let pinned = match pins::prepare_named(
+            Path::new(pins::PIN_ROOT),
+            &format!("{}{}", pins::SESSION_PREFIX, std::process::id()),
+        ) {
             Ok(own) => {
                 enforcer.pin(&own)?;
                 Some(own)
             }
             // Unpinned, whatever the command left behind would run on unconfined
             // should this agent be killed: refuse instead.
-            Err(e) => return Err(e.context("cannot pin the programs, which keep the command confined if this agent dies")),
+            Err(e) => {
+                return Err(e.context("cannot pin the programs, which keep the command confined if this agent dies"))
+            }
         };
         // Whatever happens from here, the pins go at the end (a clean stop).
         let code = async {
@@ -326,7 +342,9 @@ async fn observe(
                 Subject::Target(_) => Vec::new(),
             },
             target: match (&session.subject, target) {
-                (Subject::Target(Target::Unit { name, user: None }), _) => Some(format!("unit = {}", serde_json::to_string(name)?)),
+                (Subject::Target(Target::Unit { name, user: None }), _) => {
+                    Some(format!("unit = {}", serde_json::to_string(name)?))
+                }
                 // Relative to the cgroup2 mount, as a policy names it.
                 (Subject::Target(Target::Cgroup(c)), _) => {
                     Some(format!("cgroup = {}", serde_json::to_string(c.trim_start_matches('/'))?))
@@ -355,10 +373,13 @@ async fn observe(
     }
     let child_pid = child.as_ref().and_then(|c| c.id());
     let what = if session.learn { "learning" } else { "confining" };
-    eprintln!("systrace-agent: {what} {}", match (&session.subject, child_pid) {
-        (Subject::Command(cmd), Some(pid)) => format!("{} (pid {pid}) in {}", cmd.join(" "), target),
-        _ => target.to_string(),
-    });
+    eprintln!(
+        "systrace-agent: {what} {}",
+        match (&session.subject, child_pid) {
+            (Subject::Command(cmd), Some(pid)) => format!("{} (pid {pid}) in {}", cmd.join(" "), target),
+            _ => target.to_string(),
+        }
+    );
     let clock = Clock::now();
     let mut tally = Tally { distinct: HashSet::new(), last_new: Instant::now(), delivered: 0, denied: 0 };
     let tty = std::io::stderr().is_terminal();
@@ -373,35 +394,39 @@ async fn observe(
     tokio::pin!(deadline);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let handle = |record: &[u8], out: &mut Option<std::io::BufWriter<std::fs::File>>, tally: &mut Tally, names: &PolicyNames| {
-        let Some(event) = events::decode(record) else { return };
-        let Record::Event(e) = events::render(&event, &clock, names) else { return };
-        tally.delivered += 1;
-        let value = serde_json::to_value(&*e).unwrap_or_default();
-        if e.verdict == "denied" {
-            tally.denied += 1;
-            eprintln!(
-                "systrace-agent: denied {} {} ({}, pid {})",
-                e.hook,
-                learn::generate::printable(
-                    &e.path.clone().or_else(|| e.address.clone().map(|a| format!("{a} port {}", e.port.unwrap_or(0)))).unwrap_or_default()
-                ),
-                learn::generate::printable(&e.comm),
-                e.tgid
-            );
-        }
-        if session.learn {
-            let mut one = learn::Observations::default();
-            if one.add_event(&value) {
-                for seen in one.seen.into_keys() {
-                    if tally.distinct.insert(seen) {
-                        tally.last_new = Instant::now();
+    let handle =
+        |record: &[u8], out: &mut Option<std::io::BufWriter<std::fs::File>>, tally: &mut Tally, names: &PolicyNames| {
+            let Some(event) = events::decode(record) else { return };
+            let Record::Event(e) = events::render(&event, &clock, names) else { return };
+            tally.delivered += 1;
+            let value = serde_json::to_value(&*e).unwrap_or_default();
+            if e.verdict == "denied" {
+                tally.denied += 1;
+                eprintln!(
+                    "systrace-agent: denied {} {} ({}, pid {})",
+                    e.hook,
+                    learn::generate::printable(
+                        &e.path
+                            .clone()
+                            .or_else(|| e.address.clone().map(|a| format!("{a} port {}", e.port.unwrap_or(0))))
+                            .unwrap_or_default()
+                    ),
+                    learn::generate::printable(&e.comm),
+                    e.tgid
+                );
+            }
+            if session.learn {
+                let mut one = learn::Observations::default();
+                if one.add_event(&value) {
+                    for seen in one.seen.into_keys() {
+                        if tally.distinct.insert(seen) {
+                            tally.last_new = Instant::now();
+                        }
                     }
                 }
             }
-        }
-        write(out, &value);
-    };
+            write(out, &value);
+        };
     let status: Option<std::process::ExitStatus> = loop {
         let ask_deadline = desk.as_ref().and_then(|d| d.pending.as_ref().map(|(_, at)| *at));
         tokio::select! {
@@ -634,7 +659,11 @@ async fn on_answer(
             match write_rule(file, rule).and_then(|_| reinstall(enforcer, session, state, target, home)) {
                 Ok(p) => {
                     *desk.policy.lock().unwrap_or_else(|e| e.into_inner()) = p;
-                    if deny { Reply::Fail(libc::EACCES) } else { Reply::Continue }
+                    if deny {
+                        Reply::Fail(libc::EACCES)
+                    } else {
+                        Reply::Continue
+                    }
                 }
                 Err(e) => {
                     eprintln!("systrace-agent: the answer could not be kept ({e:#}); this call is denied");

@@ -16,7 +16,6 @@ use std::{
     path::Path,
 };
 
-
 use anyhow::{bail, Result};
 
 /// The names in a directory a watch is about.

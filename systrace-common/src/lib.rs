@@ -14,7 +14,9 @@ mod hooks;
 mod siphash;
 
 pub use hooks::{Hook, HOOK_ARG_SLOTS, HOOK_SLOTS};
-pub use siphash::{extension, extension_hash, extension_hash_words, extension_words, name_hash, SipHasher13, MAX_EXTENSION};
+pub use siphash::{
+    extension, extension_hash, extension_hash_words, extension_words, name_hash, SipHasher13, MAX_EXTENSION,
+};
 
 /// Names of the maps and globals, written once so both sides agree.
 pub mod names {

@@ -97,7 +97,11 @@ lsm_program!(inode_removexattr = "inode_removexattr", Hook::InodeRemovexattr, |c
     on_dentry(&ctx, Hook::InodeRemovexattr, requested)
 });
 
-lsm_program!(inode_set_acl = "inode_set_acl", Hook::InodeSetAcl, |ctx| on_dentry(&ctx, Hook::InodeSetAcl, access::CHMOD));
+lsm_program!(inode_set_acl = "inode_set_acl", Hook::InodeSetAcl, |ctx| on_dentry(
+    &ctx,
+    Hook::InodeSetAcl,
+    access::CHMOD
+));
 lsm_program!(inode_remove_acl = "inode_remove_acl", Hook::InodeRemoveAcl, |ctx| {
     on_dentry(&ctx, Hook::InodeRemoveAcl, access::CHMOD)
 });

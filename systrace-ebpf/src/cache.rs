@@ -42,7 +42,10 @@ use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, generated::{bpf_jiffies64, bpf_probe_read_kernel}},
+    helpers::{
+        bpf_get_current_task,
+        generated::{bpf_jiffies64, bpf_probe_read_kernel},
+    },
     macros::map,
     maps::{Array, PerCpuArray},
     programs::LsmContext,

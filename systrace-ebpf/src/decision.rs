@@ -279,7 +279,8 @@ pub extern "C" fn systrace_check_file(check: *mut FileCheck) -> i32 {
         c.undecided = res.undecided as u32;
         // A person answered "permit once" for this process and file: what only
         // the default refused is allowed, and reported as such (audit-rule).
-        if v == Verdict::Denied && res.denied & requested == 0 && !res.undecided && answered(&c.subject, res, requested) {
+        if v == Verdict::Denied && res.denied & requested == 0 && !res.undecided && answered(&c.subject, res, requested)
+        {
             v = Verdict::AuditRule;
             c.granted |= requested;
             c.undecided = ANSWERED;

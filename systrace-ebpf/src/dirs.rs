@@ -14,7 +14,7 @@ use aya_ebpf::programs::LsmContext;
 use systrace_common::{access, Hook, Verdict};
 
 use crate::{
-    decision::{hook_return, run_check, denied_by_rule, systrace_report_file, FileCheck, EACCES, EPERM},
+    decision::{denied_by_rule, hook_return, run_check, systrace_report_file, FileCheck, EACCES, EPERM},
     guard::systrace_guard_dir,
     hook::{arg, lsm_program},
     kernel,
@@ -82,7 +82,11 @@ fn dir_entry(ctx: &LsmContext, hook: Hook, requested: u32) -> i32 {
 
 lsm_program!(path_mknod = "path_mknod", Hook::PathMknod, |ctx| dir_entry(&ctx, Hook::PathMknod, access::CREATE));
 lsm_program!(path_mkdir = "path_mkdir", Hook::PathMkdir, |ctx| dir_entry(&ctx, Hook::PathMkdir, access::CREATE));
-lsm_program!(path_symlink = "path_symlink", Hook::PathSymlink, |ctx| dir_entry(&ctx, Hook::PathSymlink, access::CREATE));
+lsm_program!(path_symlink = "path_symlink", Hook::PathSymlink, |ctx| dir_entry(
+    &ctx,
+    Hook::PathSymlink,
+    access::CREATE
+));
 lsm_program!(path_unlink = "path_unlink", Hook::PathUnlink, |ctx| dir_entry(&ctx, Hook::PathUnlink, access::DELETE));
 lsm_program!(path_rmdir = "path_rmdir", Hook::PathRmdir, |ctx| dir_entry(&ctx, Hook::PathRmdir, access::DELETE));
 

@@ -11,11 +11,11 @@ use systrace_common::{access, protect, Counter, Hook, Verdict};
 use crate::{
     cache,
     decision::{
-        check_file, check_file_protection, check_unreadable, granted, hook_return, run_check, systrace_report_file,
-        denied_by_rule, violation, Detail, FileCheck, ANSWERED, CHECK_REPORT, CHECK_UNREADABLE, EACCES, EPERM,
+        check_file, check_file_protection, check_unreadable, denied_by_rule, granted, hook_return, run_check,
+        systrace_report_file, violation, Detail, FileCheck, ANSWERED, CHECK_REPORT, CHECK_UNREADABLE, EACCES, EPERM,
     },
-    guard::systrace_guard_open,
     guard,
+    guard::systrace_guard_open,
     hook::{arg, lsm_program},
     kernel::{self, FilePtr},
     maps::{count, FileCacheEntry, FileCacheKey, FILE_CACHE},
@@ -169,7 +169,17 @@ fn open_fast(subject: &Subject, file: FilePtr) -> bool {
         let ino: u64 = btf_load(inode, off(Off::INODE_I_INO));
         let mut res = Resolution::default();
         let inode_rules = subject.info.flags & systrace_common::policy_flags::INODE_RULES != 0;
-        if !cache::peek(dentry as u64, mnt as u64, ns as u64, inode as u64, ino, subject.policy, requested, inode_rules, &mut res) {
+        if !cache::peek(
+            dentry as u64,
+            mnt as u64,
+            ns as u64,
+            inode as u64,
+            ino,
+            subject.policy,
+            requested,
+            inode_rules,
+            &mut res,
+        ) {
             return false;
         }
         let allowed = !res.undecided && crate::decision::verdict(subject, &res) == Verdict::Allowed;
@@ -234,11 +244,11 @@ fn permission(ctx: &LsmContext) -> i32 {
             return 0;
         }
     }
-    let (Ok((dentry, mnt)), Ok(mode), Ok(flags)) = (
-        unsafe { kernel::path_parts(kernel::file_path(file)) },
-        unsafe { kernel::file_mode(file) },
-        unsafe { kernel::file_flags(file) },
-    ) else {
+    let (Ok((dentry, mnt)), Ok(mode), Ok(flags)) =
+        (unsafe { kernel::path_parts(kernel::file_path(file)) }, unsafe { kernel::file_mode(file) }, unsafe {
+            kernel::file_flags(file)
+        })
+    else {
         return check_unreadable(&subject, Hook::FilePermission, access::READ, EACCES);
     };
     if mode & FMODE_EXEC != 0 || flags & __FMODE_EXEC != 0 {
@@ -429,7 +439,9 @@ lsm_program!(file_ioctl_compat = "file_ioctl_compat", Hook::FileIoctlCompat, |ct
 #[inline(always)]
 fn copies_trees(cmd: u32) -> bool {
     match (cmd >> 8) & 0xff {
-        BTRFS_IOCTL_MAGIC => matches!(cmd & 0xff, 1 | 10 | 11 | 14 | 15 | 17 | 19 | 23 | 24 | 26 | 35 | 36 | 37 | 38 | 50 | 53 | 59 | 63),
+        BTRFS_IOCTL_MAGIC => {
+            matches!(cmd & 0xff, 1 | 10 | 11 | 14 | 15 | 17 | 19 | 23 | 24 | 26 | 35 | 36 | 37 | 38 | 50 | 53 | 59 | 63)
+        }
         BCACHEFS_IOCTL_MAGIC => matches!(cmd & 0xff, 16 | 17),
         _ => false,
     }

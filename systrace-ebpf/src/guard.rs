@@ -24,9 +24,7 @@ use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
 use systrace_common::{access, protect, BindingKey, Hook, Verdict};
 
 use crate::{
-    decision::{
-        check_protection, denied_by_rule, hook_return, systrace_report_file, Detail, FileCheck, EPERM,
-    },
+    decision::{check_protection, denied_by_rule, hook_return, systrace_report_file, Detail, FileCheck, EPERM},
     hook::{arg, lsm_program},
     kernel::{self, DentryPtr, FilePtr, InodePtr},
     maps::BINDINGS,
@@ -57,8 +55,7 @@ pub const S_IFSOCK: u16 = 0o140_000;
 
 /// Names whose writes move a process or thread into the file's cgroup: the v2
 /// interface files and v1's `tasks`. NUL-padded to the buffer the name is read into.
-const MOVING_FILES: [[u8; 16]; 3] =
-    [*b"cgroup.procs\0\0\0\0", *b"cgroup.threads\0\0", *b"tasks\0\0\0\0\0\0\0\0\0\0\0"];
+const MOVING_FILES: [[u8; 16]; 3] = [*b"cgroup.procs\0\0\0\0", *b"cgroup.threads\0\0", *b"tasks\0\0\0\0\0\0\0\0\0\0\0"];
 
 const WRITES: u32 = access::WRITE | access::APPEND;
 
@@ -277,11 +274,13 @@ pub extern "C" fn systrace_guard_dir(check: *mut FileCheck) -> i32 {
     let c = unsafe { &mut *check };
     let refused = match unsafe { fs_of(c.dentry as DentryPtr) } {
         Ok((BPF_FS_MAGIC, _)) => protect::BPF,
-        Ok((CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC, inode)) => match unsafe { cgroup_file_inside(&c.subject, inode, true) } {
-            Ok(true) => 0,
-            Ok(false) => protect::CGROUP,
-            Err(_) => protect::CGROUP,
-        },
+        Ok((CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC, inode)) => {
+            match unsafe { cgroup_file_inside(&c.subject, inode, true) } {
+                Ok(true) => 0,
+                Ok(false) => protect::CGROUP,
+                Err(_) => protect::CGROUP,
+            }
+        }
         Ok(_) => 0,
         Err(_) => protect::SYSTEM,
     };

@@ -8,7 +8,8 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use systrace_common::{
-    Hook, Off, ANY_MINOR, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_ABSENT, OFFSET_COUNT, OVERLAYFS_SUPER_MAGIC, RAW_DEVICE_SLOTS,
+    Hook, Off, ANY_MINOR, HOOK_ARG_SLOTS, HOOK_SLOTS, OFFSET_ABSENT, OFFSET_COUNT, OVERLAYFS_SUPER_MAGIC,
+    RAW_DEVICE_SLOTS,
 };
 
 /// Byte offsets of kernel struct fields, indexed by [`Off`].

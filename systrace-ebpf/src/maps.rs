@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use systrace_common::{
-    AskGrant, AskKey, BindingKey, Event, FileRule, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyEntry, ProbeRequest, ProbeResult,
-    SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, COUNTER_SLOTS,
+    AskGrant, AskKey, BindingKey, Event, FileRule, InodeKey, NameKey, NameNode, NetKey, NetRule, PolicyEntry,
+    ProbeRequest, ProbeResult, SocketKey, TargetKey, UnitKey, UnitTarget, UnixKey, COUNTER_SLOTS,
 };
 
 /// Upper bounds; the agent refuses policies that would not fit. Tables the

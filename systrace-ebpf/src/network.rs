@@ -23,7 +23,10 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::LsmContext};
 use systrace_common::{net, policy_flags, socket, Hook, NetKey, SocketKey, Verdict};
 
 use crate::{
-    decision::{check_unreadable, hook_return, report_net, denied_by_rule, report_other, rule_decision, violation, Detail, NetTarget, EPERM},
+    decision::{
+        check_unreadable, denied_by_rule, hook_return, report_net, report_other, rule_decision, violation, Detail,
+        NetTarget, EPERM,
+    },
     hook::{arg, lsm_program},
     kernel,
     maps::{NET_RULES, SOCKET_RULES},
@@ -99,7 +102,14 @@ lsm_program!(
 
 /// Decides a bind, connect or send on the `struct socket` `sock`.
 #[inline(always)]
-fn decide_socket_address(subject: &Subject, hook: Hook, how: Use, sock: *const u8, sockaddr: *const u8, addrlen: i32) -> i32 {
+fn decide_socket_address(
+    subject: &Subject,
+    hook: Hook,
+    how: Use,
+    sock: *const u8,
+    sockaddr: *const u8,
+    addrlen: i32,
+) -> i32 {
     let Ok(sk) = (unsafe { kernel::socket_sock(sock) }) else {
         return check_unreadable(subject, hook, 0, EPERM);
     };
@@ -165,7 +175,11 @@ unsafe fn inet_address(
     }
     let proto = rule_protocol(sock_type, protocol);
     let v4 = family == net::AF_INET || given == net::AF_INET;
-    if !v4 && given == net::AF_UNSPEC && how == Use::Send && (proto == net::IPPROTO_UDP || proto == net::IPPROTO_UDPLITE) {
+    if !v4
+        && given == net::AF_UNSPEC
+        && how == Use::Send
+        && (proto == net::IPPROTO_UDP || proto == net::IPPROTO_UDPLITE)
+    {
         // IPv6 UDP ignores an AF_UNSPEC destination and sends to the connected peer.
         return Ok(Address::Nothing);
     }
@@ -233,7 +247,14 @@ fn decide(subject: &Subject, op: u8, target: &NetTarget) -> Verdict {
     }
     let mut key = Key::new(
         net::FIXED_PREFIX_BITS + 128,
-        NetKey { policy: subject.policy, op, family: target.family, proto: target.rule_proto, _pad: 0, addr: target.addr },
+        NetKey {
+            policy: subject.policy,
+            op,
+            family: target.family,
+            proto: target.rule_proto,
+            _pad: 0,
+            addr: target.addr,
+        },
     );
     let mut found = NET_RULES.get(&key);
     if found.is_none() && target.rule_proto != net::PROTO_ANY {
@@ -297,7 +318,8 @@ fn default_protocol(family: u16, sock_type: u16, protocol: u16) -> u16 {
 #[inline(always)]
 pub fn check_socket_kind(subject: &Subject, hook: Hook, family: u16, sock_type: u16, protocol: u16) -> i32 {
     let verdict = socket_verdict(subject, family, sock_type, protocol);
-    let detail = Detail { detail: family as u32, target: (sock_type as u32) | ((protocol as u32) << 16), protection: 0 };
+    let detail =
+        Detail { detail: family as u32, target: (sock_type as u32) | ((protocol as u32) << 16), protection: 0 };
     report_other(subject, hook, verdict, detail);
     hook_return(verdict, EPERM)
 }
@@ -407,7 +429,9 @@ extern "C" fn sctp_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let size: u32 = if given as u8 == net::AF_INET { 16 } else { 28 };
     let how = if w.op as u8 == net::OP_BIND { Use::Bind } else { Use::Connect };
     let rest = (w.addrlen - w.at) as i32;
-    match unsafe { inet_address(w.sk as *const u8, w.family as u8, w.sock_type as u16, w.protocol as u16, how, here, rest) } {
+    match unsafe {
+        inet_address(w.sk as *const u8, w.family as u8, w.sock_type as u16, w.protocol as u16, how, here, rest)
+    } {
         Ok(Address::Inet(target)) => {
             let verdict = decide(&w.subject, w.op as u8, &target);
             if verdict != Verdict::Allowed {

@@ -12,8 +12,8 @@ use systrace_common::{generation, policy_index, BindingKey, PolicyInfo};
 use crate::{
     cache::{self, barrier},
     kernel::{self, TaskPtr},
-    overlay,
     maps::{ACTIVE, BINDINGS, POLICIES},
+    overlay,
 };
 
 /// Deeper cgroup trees than this are not searched for an ancestor's policy.

@@ -430,11 +430,7 @@ unsafe fn descend(w: &mut Walk) -> Result<bool, i64> {
     }
     let level = w.levels - w.depth;
     // Depth 0 is the root: `{parent: 0, hash: 0}`.
-    let hash = if w.depth == 0 {
-        0
-    } else {
-        name_hash(w, w.ring[(level as usize) & (RING - 1)] as DentryPtr)?
-    };
+    let hash = if w.depth == 0 { 0 } else { name_hash(w, w.ring[(level as usize) & (RING - 1)] as DentryPtr)? };
     w.key = NameKey { policy: w.policy, parent: w.node, hash };
     let Some(node) = NAME_RULES.get_ptr(&w.key) else {
         return Ok(false);

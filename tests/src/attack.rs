@@ -2,11 +2,7 @@
 //! the `op` workload from inside its cgroup. Each returns 0 when the attack got
 //! through, or the errno that stopped it.
 
-use std::{
-    ffi::CString,
-    os::unix::ffi::OsStrExt,
-    path::Path,
-};
+use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
 
 use crate::op::Outcome;
 
@@ -334,7 +330,8 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 // fd-map: map the submission queue of the io_uring ring held
                 // from before the cgroup (an inherited descriptor).
                 let fd = pre.fd?;
-                let map = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+                let map =
+                    libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
                 if map == libc::MAP_FAILED {
                     errno()
                 } else {
@@ -356,19 +353,32 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
             "utimes" => rc(libc::utimensat(libc::AT_FDCWD, arg(0)?.as_ptr(), std::ptr::null(), 0) as libc::c_long),
             "setxattr" => {
                 let value = operands.get(2).map_or(&b"v"[..], |v| v.as_bytes());
-                rc(libc::setxattr(arg(0)?.as_ptr(), arg(1)?.as_ptr(), value.as_ptr().cast(), value.len(), 0) as libc::c_long)
+                rc(libc::setxattr(arg(0)?.as_ptr(), arg(1)?.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+                    as libc::c_long)
             }
             "removexattr" => rc(libc::removexattr(arg(0)?.as_ptr(), arg(1)?.as_ptr()) as libc::c_long),
             "setacl" => {
                 // setacl PATH: a POSIX access ACL granting the owner, group and
                 // others read, and user 1000 read-write.
                 let mut acl: Vec<u8> = 2u32.to_le_bytes().to_vec();
-                for (tag, perm, id) in [(0x01u16, 6u16, u32::MAX), (0x02, 6, 1000), (0x04, 4, u32::MAX), (0x10, 6, u32::MAX), (0x20, 4, u32::MAX)] {
+                for (tag, perm, id) in [
+                    (0x01u16, 6u16, u32::MAX),
+                    (0x02, 6, 1000),
+                    (0x04, 4, u32::MAX),
+                    (0x10, 6, u32::MAX),
+                    (0x20, 4, u32::MAX),
+                ] {
                     acl.extend_from_slice(&tag.to_le_bytes());
                     acl.extend_from_slice(&perm.to_le_bytes());
                     acl.extend_from_slice(&id.to_le_bytes());
                 }
-                rc(libc::setxattr(arg(0)?.as_ptr(), c"system.posix_acl_access".as_ptr(), acl.as_ptr().cast(), acl.len(), 0) as libc::c_long)
+                rc(libc::setxattr(
+                    arg(0)?.as_ptr(),
+                    c"system.posix_acl_access".as_ptr(),
+                    acl.as_ptr().cast(),
+                    acl.len(),
+                    0,
+                ) as libc::c_long)
             }
             "chattr" => {
                 // chattr PATH: set FS_NODUMP_FL through FS_IOC_SETFLAGS.
@@ -410,12 +420,18 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 // place), and a rename of A to B inside it; the same directory
                 // entries as through DIR itself.
                 const OPEN_TREE_CLONE: libc::c_uint = 1;
-                let tree = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, arg(0)?.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint);
+                let tree = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    arg(0)?.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+                );
                 if tree < 0 {
                     return Some(errno());
                 }
                 outcome.rounds = 1;
-                let e = rc(libc::renameat(tree as i32, arg(1)?.as_ptr(), tree as i32, arg(2)?.as_ptr()) as libc::c_long);
+                let e =
+                    rc(libc::renameat(tree as i32, arg(1)?.as_ptr(), tree as i32, arg(2)?.as_ptr()) as libc::c_long);
                 libc::close(tree as i32);
                 e
             }
@@ -424,7 +440,8 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 // cgroup (--pre-read) on the mount held open (--pre-dir).
                 let bytes = pre.bytes.as_ref()?;
                 let dir = pre.dir?;
-                let fd = libc::syscall(libc::SYS_open_by_handle_at, dir, bytes.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                let fd =
+                    libc::syscall(libc::SYS_open_by_handle_at, dir, bytes.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 if fd >= 0 {
                     libc::close(fd as i32);
                 }
@@ -438,7 +455,8 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                     return Some(errno());
                 }
                 let sa = sockaddr_in(libc::AF_UNSPEC, std::net::Ipv4Addr::UNSPECIFIED, port);
-                let e = rc(libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                let e = rc(libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32)
+                    as libc::c_long);
                 libc::close(fd);
                 e
             }
@@ -451,7 +469,14 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                     return Some(errno());
                 }
                 let sa = sockaddr_in(libc::AF_UNSPEC, ip, port);
-                let e = rc(libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                let e = rc(libc::sendto(
+                    fd,
+                    b"x".as_ptr().cast(),
+                    1,
+                    0,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as u32,
+                ) as libc::c_long);
                 libc::close(fd);
                 e
             }
@@ -468,7 +493,14 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 // Type 8 (echo request), code 0, checksum of the rest, id 1, sequence 1.
                 let packet: [u8; 8] = [8, 0, 0xf7, 0xfd, 0, 1, 0, 1];
                 let sa = sockaddr_in(libc::AF_INET, ip, 0);
-                let e = rc(libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                let e = rc(libc::sendto(
+                    fd,
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as u32,
+                ) as libc::c_long);
                 libc::close(fd);
                 e
             }
@@ -508,7 +540,9 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 }
                 outcome.rounds = 1;
                 let sa = sockaddr_in(libc::AF_INET, ip, port);
-                let e = rc(libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                let e =
+                    rc(libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32)
+                        as libc::c_long);
                 libc::close(fd);
                 e
             }
@@ -524,7 +558,13 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 }
                 outcome.rounds = 1;
                 let sa = sockaddr_in(libc::AF_INET, ip, port);
-                let e = rc(libc::setsockopt(fd, SOL_SCTP, SCTP_SOCKOPT_CONNECTX, &sa as *const _ as *const libc::c_void, std::mem::size_of_val(&sa) as u32) as libc::c_long);
+                let e = rc(libc::setsockopt(
+                    fd,
+                    SOL_SCTP,
+                    SCTP_SOCKOPT_CONNECTX,
+                    &sa as *const _ as *const libc::c_void,
+                    std::mem::size_of_val(&sa) as u32,
+                ) as libc::c_long);
                 libc::close(fd);
                 e
             }
@@ -549,7 +589,8 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
             }
             "clone-parent" => {
                 // clone-parent: a child that is our parent's, whose exit signal goes there.
-                let child = libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
+                let child =
+                    libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
                 if child == 0 {
                     libc::_exit(0);
                 }
@@ -617,7 +658,9 @@ pub fn file_handle(path: &Path) -> std::io::Result<Vec<u8>> {
     buf[..4].copy_from_slice(&128u32.to_ne_bytes());
     let mut mount_id = 0i32;
     // SAFETY: buf holds a file_handle with room for 128 bytes of handle.
-    let r = unsafe { libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, cpath.as_ptr(), buf.as_mut_ptr(), &mut mount_id, 0) };
+    let r = unsafe {
+        libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, cpath.as_ptr(), buf.as_mut_ptr(), &mut mount_id, 0)
+    };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }

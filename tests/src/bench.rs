@@ -99,7 +99,8 @@ impl BenchAgent {
             let skip = self.lines().len();
             self.signal(libc::SIGUSR2);
             let line = self.wait_line_after(skip, Duration::from_secs(60), |v| {
-                v["type"] == "status" && ["attached", "detached", "noop", "noop_lookup"].iter().any(|s| v["state"] == *s)
+                v["type"] == "status"
+                    && ["attached", "detached", "noop", "noop_lookup"].iter().any(|s| v["state"] == *s)
             })?;
             if line["state"] == want {
                 return Ok(());
@@ -188,7 +189,11 @@ fn load_apparmor_profile() -> Result<()> {
     let file = Path::new(ROOT).join("apparmor.profile");
     fs::write(&file, profile)?;
     // -r: load (or replace); -K: no cache to write.
-    let out = Command::new("/sbin/apparmor_parser").args(["-r", "-K"]).arg(&file).output().context("running apparmor_parser")?;
+    let out = Command::new("/sbin/apparmor_parser")
+        .args(["-r", "-K"])
+        .arg(&file)
+        .output()
+        .context("running apparmor_parser")?;
     ensure!(out.status.success(), "apparmor_parser: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
@@ -224,7 +229,10 @@ fn profile(agent: &BenchAgent, cg: &dyn Fn(&str) -> PathBuf, allowed: &Path, ker
         for (variant, cgroup) in [("b_agent_unconfined", "bench-none"), ("c_confined_10_rules", "bench-r10")] {
             workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), "500"])?;
             let before = by_name(&agent.stats()?);
-            workload(Some(&cg(cgroup)), &["bench-open", &allowed.display().to_string(), &PROFILE_ITERATIONS.to_string()])?;
+            workload(
+                Some(&cg(cgroup)),
+                &["bench-open", &allowed.display().to_string(), &PROFILE_ITERATIONS.to_string()],
+            )?;
             let after = by_name(&agent.stats()?);
             for (name, (count, ns)) in &after {
                 let (count0, ns0) = before.get(name).copied().unwrap_or((0, 0));
@@ -317,11 +325,13 @@ fn run(agent_bin: &Path) -> Result<()> {
     };
     let read = |cgroup: &str| -> Result<f64> {
         workload(Some(&cg(cgroup)), &["bench-read", &allowed.display().to_string(), "500"])?;
-        let v = workload(Some(&cg(cgroup)), &["bench-read", &allowed.display().to_string(), &READ_ITERATIONS.to_string()])?;
+        let v =
+            workload(Some(&cg(cgroup)), &["bench-read", &allowed.display().to_string(), &READ_ITERATIONS.to_string()])?;
         v["ns_per_op"].as_f64().context("ns_per_op")
     };
     let fork_exec = |cgroup: &str| -> Result<f64> {
-        let v = workload(Some(&cg(cgroup)), &["bench-exec", &exec.display().to_string(), &EXEC_ITERATIONS.to_string()])?;
+        let v =
+            workload(Some(&cg(cgroup)), &["bench-exec", &exec.display().to_string(), &EXEC_ITERATIONS.to_string()])?;
         v["ns_per_op"].as_f64().context("ns_per_op")
     };
 
@@ -378,7 +388,9 @@ fn run(agent_bin: &Path) -> Result<()> {
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / connect_base, "samples_ns": samples}));
     }
     let read_base = median(read_ns[0].clone());
-    for (name, samples) in ["a_no_agent", "a0_noop_program_floor", "b_agent_unconfined", "c_confined_10_rules"].iter().zip(&read_ns) {
+    for (name, samples) in
+        ["a_no_agent", "a0_noop_program_floor", "b_agent_unconfined", "c_confined_10_rules"].iter().zip(&read_ns)
+    {
         let ns = median(samples.clone());
         emit(json!({"case": "read_4k", "name": name, "kernel": kernel, "iterations": READ_ITERATIONS,
             "rounds": ROUNDS, "ns_per_op": ns, "ratio_vs_baseline": ns / read_base, "samples_ns": samples}));
@@ -395,21 +407,22 @@ fn run(agent_bin: &Path) -> Result<()> {
     // Violation throughput: denials as fast as a confined process can make them.
     eprintln!("bench: violation flood for {FLOOD_SECONDS} s");
     let before = agent.stats()?;
-    let flood = workload(Some(&cg("bench-r10")), &["flood", &denied.display().to_string(), &FLOOD_SECONDS.to_string()])?;
+    let flood =
+        workload(Some(&cg("bench-r10")), &["flood", &denied.display().to_string(), &FLOOD_SECONDS.to_string()])?;
     // Wait until the agent has drained the ring: every report written or dropped.
     let deadline = Instant::now() + Duration::from_secs(120);
     let after = loop {
         let s = agent.stats()?;
-        let settled = s["events_reported"].as_u64() == Some(
-            s["events_delivered"].as_u64().unwrap_or(0) + s["ring_full_drops"].as_u64().unwrap_or(0),
-        );
+        let settled = s["events_reported"].as_u64()
+            == Some(s["events_delivered"].as_u64().unwrap_or(0) + s["ring_full_drops"].as_u64().unwrap_or(0));
         if settled || Instant::now() > deadline {
             break s;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
-    let (produced, delivered, dropped) = (delta("events_reported"), delta("events_delivered"), delta("ring_full_drops"));
+    let (produced, delivered, dropped) =
+        (delta("events_reported"), delta("events_delivered"), delta("ring_full_drops"));
     let attempts = flood["rounds"].as_u64().unwrap_or(0);
     emit(json!({"case": "violation_throughput", "name": "denials", "kernel": kernel, "seconds": FLOOD_SECONDS,
         "attempts": attempts, "produced": produced, "delivered": delivered, "dropped": dropped,

@@ -470,12 +470,18 @@ fn setup() -> Result<()> {
         fs::create_dir_all(p(d))?;
     }
     fs::write(p("ovl-upper/f.txt"), "overlay file\n")?;
-    let options = format!("lowerdir={},upperdir={},workdir={}", p("ovl-lower").display(), p("ovl-upper").display(), p("ovl-work").display());
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        p("ovl-lower").display(),
+        p("ovl-upper").display(),
+        p("ovl-work").display()
+    );
     let mounted = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(p("ro-ovl")).status()?;
     ensure!(mounted.success(), "mounting the overlay failed");
     // binfmt_misc, where interpreters are registered.
     if !Path::new("/proc/sys/fs/binfmt_misc/register").exists() {
-        let status = Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]).status()?;
+        let status =
+            Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]).status()?;
         ensure!(status.success(), "mounting binfmt_misc failed");
     }
     for cg in ["/sys/fs/cgroup/systrace-bypass-deny", "/sys/fs/cgroup/systrace-bypass-allow", ELSEWHERE, AGENT_CGROUP] {
@@ -538,10 +544,13 @@ fn cases() -> Vec<Case> {
     let mut v: Vec<Case> = Vec::new();
     macro_rules! case {
         ($name:literal, |$c:ident, $f:ident| $body:expr) => {
-            v.push(($name, Box::new(move |$c: &mut Ctx, $f: &Fixtures| -> Result<Outcome> {
-                let _ = &$f;
-                $body
-            })));
+            v.push((
+                $name,
+                Box::new(move |$c: &mut Ctx, $f: &Fixtures| -> Result<Outcome> {
+                    let _ = &$f;
+                    $body
+                }),
+            ));
         };
     }
 
@@ -595,7 +604,10 @@ fn cases() -> Vec<Case> {
     });
     case!("extension_exchange", |c, f| {
         // Exchanged with a plain file, the key would bear a name without .key.
-        c.attack(&["renameat2", "/tmp/bp/allowed/keys/host.key", "/tmp/bp/allowed/keys/decoy.txt", "2"], file("path_rename"))
+        c.attack(
+            &["renameat2", "/tmp/bp/allowed/keys/host.key", "/tmp/bp/allowed/keys/decoy.txt", "2"],
+            file("path_rename"),
+        )
     });
     case!("extension_directory_moved", |c, f| {
         let to = format!("/tmp/bp/allowed/keys-{}", c.style);
@@ -605,7 +617,8 @@ fn cases() -> Vec<Case> {
         // Bound elsewhere by someone else after the policy loaded, and a key
         // made after that: the rule follows the directory.
         fs::create_dir_all(p("allowed/keys-alias"))?;
-        let status = Command::new("mount").args(["--bind", "/tmp/bp/allowed/keys"]).arg(p("allowed/keys-alias")).status()?;
+        let status =
+            Command::new("mount").args(["--bind", "/tmp/bp/allowed/keys"]).arg(p("allowed/keys-alias")).status()?;
         ensure!(status.success(), "unconfined bind mount failed");
         let made = format!("made-after-{}.key", c.style);
         fs::write(p("allowed/keys").join(&made), "key\n")?;
@@ -672,7 +685,10 @@ fn cases() -> Vec<Case> {
     });
     case!("core_dump_into_denied_dir", |c, f| {
         fs::write("/proc/sys/kernel/core_pattern", "core")?;
-        c.attack(&["core-dump", "/tmp/bp/secret"], Expect { errno: EACCES, hooks: vec!["path_mknod", "file_open"], protection: None, by: By::Pid })
+        c.attack(
+            &["core-dump", "/tmp/bp/secret"],
+            Expect { errno: EACCES, hooks: vec!["path_mknod", "file_open"], protection: None, by: By::Pid },
+        )
     });
     case!("o_trunc_read_only", |c, f| {
         let before = fs::metadata(p("readonly.txt"))?.len();
@@ -685,7 +701,11 @@ fn cases() -> Vec<Case> {
     case!("inherited_fd_write", |c, f| {
         c.attack_pre(&["--pre-open", "/tmp/bp/readonly.txt:rw"], &["fd-write", "-"], file("file_permission"))
     });
-    case!("inherited_fd_read", |c, f| c.attack_pre(&["--pre-open", "/tmp/bp/secret/secret.txt:r"], &["fd-read", "-"], file("file_permission")));
+    case!("inherited_fd_read", |c, f| c.attack_pre(
+        &["--pre-open", "/tmp/bp/secret/secret.txt:r"],
+        &["fd-read", "-"],
+        file("file_permission")
+    ));
     case!("inherited_fd_ftruncate", |c, f| {
         let e = Expect { errno: EACCES, hooks: vec!["file_truncate", "path_truncate"], protection: None, by: By::Pid };
         c.attack_pre(&["--pre-open", "/tmp/bp/readonly.txt:rw"], &["fd-ftruncate", "-"], e)
@@ -699,8 +719,10 @@ fn cases() -> Vec<Case> {
     case!("chmod_setuid", |c, f| c.attack(&["chmod", "/tmp/bp/readonly.txt", "4777"], file("path_chmod")));
     case!("chown", |c, f| c.attack(&["chown", "/tmp/bp/readonly.txt", "1000", "1000"], file("path_chown")));
     case!("timestamps", |c, f| c.attack(&["utimes", "/tmp/bp/readonly.txt"], file("inode_setattr")));
-    case!("setxattr", |c, f| c.attack(&["setxattr", "/tmp/bp/readonly.txt", "trusted.evil", "x"], file("inode_setxattr")));
-    case!("removexattr", |c, f| c.attack(&["removexattr", "/tmp/bp/readonly.txt", "trusted.systrace"], file("inode_removexattr")));
+    case!("setxattr", |c, f| c
+        .attack(&["setxattr", "/tmp/bp/readonly.txt", "trusted.evil", "x"], file("inode_setxattr")));
+    case!("removexattr", |c, f| c
+        .attack(&["removexattr", "/tmp/bp/readonly.txt", "trusted.systrace"], file("inode_removexattr")));
     case!("posix_acl", |c, f| {
         let e = Expect { errno: EACCES, hooks: vec!["inode_setxattr", "inode_set_acl"], protection: None, by: By::Pid };
         c.attack(&["setacl", "/tmp/bp/readonly.txt"], e)
@@ -783,7 +805,10 @@ fn cases() -> Vec<Case> {
     case!("proc_kcore", |c, f| c.attack(&["open", "/proc/kcore", "r"], protected("file_open", "system")));
     case!("btrfs_snapshot", |c, f| {
         let name = format!("snap-{}", c.style);
-        c.attack(&["btrfs-snapshot", "/tmp/bp/allowed/btrfs", "/tmp/bp/allowed/btrfs", &name], protected("file_ioctl", "system"))
+        c.attack(
+            &["btrfs-snapshot", "/tmp/bp/allowed/btrfs", "/tmp/bp/allowed/btrfs", &name],
+            protected("file_ioctl", "system"),
+        )
     });
     case!("binfmt_misc_register", |c, f| {
         // An interpreter the kernel would run, as root, for every matching file.
@@ -800,7 +825,10 @@ fn cases() -> Vec<Case> {
     });
     case!("unshare_then_access", |c, f| c.attack(&["unshare-open", s], protected("userns_create", "namespace")));
     case!("pivot_root", |c, f| {
-        c.attack(&["pivot-root", "/tmp/bp/allowed/newroot", "/tmp/bp/allowed/newroot/old"], protected("sb_pivotroot", "mount"))
+        c.attack(
+            &["pivot-root", "/tmp/bp/allowed/newroot", "/tmp/bp/allowed/newroot/old"],
+            protected("sb_pivotroot", "mount"),
+        )
     });
     case!("ptrace_sibling", |c, f| {
         let pid = f.sibling.id().to_string();
@@ -870,8 +898,7 @@ fn bypass_suite(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     setup()?;
     serve_descriptors()?;
     let udp = std::net::UdpSocket::bind("127.0.0.1:5000")?;
-    let listeners =
-        vec![std::net::TcpListener::bind("127.0.0.1:7001")?, std::net::TcpListener::bind("[::1]:7001")?];
+    let listeners = vec![std::net::TcpListener::bind("127.0.0.1:7001")?, std::net::TcpListener::bind("[::1]:7001")?];
     let sysfs_file = ["/sys/kernel/mm/transparent_hugepage/enabled", "/sys/kernel/mm/ksm/run", "/sys/power/pm_async"]
         .iter()
         .map(PathBuf::from)

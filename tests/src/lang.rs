@@ -268,7 +268,10 @@ fn language(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         // target, but the file may not be read where it is: under its new name it
         // could be, so the rename is refused.
         expect(&cg, "rename", &[&p("www/private/secret"), &p("linkable/moved-secret")], EACCES)?;
-        ensure!(p("www/private/secret").exists() && !p("linkable/moved-secret").exists(), "the refused rename moved the file");
+        ensure!(
+            p("www/private/secret").exists() && !p("linkable/moved-secret").exists(),
+            "the refused rename moved the file"
+        );
         Ok(())
     });
     r.case("precedence_most_specific_first_then_deny", || {
@@ -508,10 +511,26 @@ fn check_diagnostics(agent: &Path) -> Result<()> {
     let head = "cgroup = \"systrace-lang\"\nmode = \"enforce\"\ndefault = \"deny\"\n";
     let cases: [(&str, String, &str); 6] = [
         ("unknown-key.toml", format!("{head}colour = \"blue\"\n"), "4:1: error: unknown field `colour`"),
-        ("bad-access.toml", format!("{head}[[file]]\npath = \"/etc\"\naccess = [\"read\", \"chmodd\"]\n"), "6:19: error: unknown variant `chmodd`"),
-        ("bad-glob.toml", format!("{head}[[file]]\npath = \"/var/**/x\"\naccess = [\"read\"]\n"), "5:14: error: bad glob"),
-        ("wrong-type.toml", "cgroup = 42\nmode = \"enforce\"\ndefault = \"deny\"\n".into(), "1:10: error: invalid type"),
-        ("bad-mode.toml", "cgroup = \"x\"\nmode = \"enforcing\"\ndefault = \"deny\"\n".into(), "2:8: error: unknown variant `enforcing`"),
+        (
+            "bad-access.toml",
+            format!("{head}[[file]]\npath = \"/etc\"\naccess = [\"read\", \"chmodd\"]\n"),
+            "6:19: error: unknown variant `chmodd`",
+        ),
+        (
+            "bad-glob.toml",
+            format!("{head}[[file]]\npath = \"/var/**/x\"\naccess = [\"read\"]\n"),
+            "5:14: error: bad glob",
+        ),
+        (
+            "wrong-type.toml",
+            "cgroup = 42\nmode = \"enforce\"\ndefault = \"deny\"\n".into(),
+            "1:10: error: invalid type",
+        ),
+        (
+            "bad-mode.toml",
+            "cgroup = \"x\"\nmode = \"enforcing\"\ndefault = \"deny\"\n".into(),
+            "2:8: error: unknown variant `enforcing`",
+        ),
         ("zz-duplicate.toml", format!("# same target as ok.toml\n{head}"), "2:10: error: duplicate target"),
     ];
     fs::write(dir.join("ok.toml"), head)?;
@@ -533,7 +552,10 @@ fn check_diagnostics(agent: &Path) -> Result<()> {
     let out = Command::new(agent).arg("check").arg(&warn).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success(), "a warning failed the check: {stderr}");
-    ensure!(stderr.contains(&format!("{}:5:8: warning: /nonexistent/file", warn.display())), "warning missing: {stderr}");
+    ensure!(
+        stderr.contains(&format!("{}:5:8: warning: /nonexistent/file", warn.display())),
+        "warning missing: {stderr}"
+    );
     Ok(())
 }
 
@@ -747,7 +769,8 @@ fn network(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         expect_net("connect", "127.0.0.2", 8080, "tcp", EPERM)?;
         let pid = out.pid;
         let ev = agent.wait_for(Duration::from_secs(10), |v| v["type"] == "event" && v["pid"] == pid)?;
-        for (k, want) in [("hook", "socket_connect"), ("address", "127.0.0.1"), ("protocol", "tcp"), ("family", "inet")] {
+        for (k, want) in [("hook", "socket_connect"), ("address", "127.0.0.1"), ("protocol", "tcp"), ("family", "inet")]
+        {
             ensure!(ev[k] == want, "event {k} = {} (expected {want}): {ev}", ev[k]);
         }
         ensure!(ev["port"] == 8081, "event port {}", ev["port"]);

@@ -196,14 +196,20 @@ fn httpd(r: &mut Runner, agent: &Path) {
             "httpd's own exec was not recorded"
         );
         ensure!(learned.iter().any(|v| v["path"] == "/srv/www/about.html"), "a page read was not recorded");
-        ensure!(learned.iter().any(|v| v["hook"] == "socket_bind" && v["port"] == HTTPD_PORT), "the bind was not recorded");
+        ensure!(
+            learned.iter().any(|v| v["hook"] == "socket_bind" && v["port"] == HTTPD_PORT),
+            "the bind was not recorded"
+        );
         Ok(())
     });
     r.case("httpd_policy_generated_with_one_docroot_rule", || {
         let (code, out) = run_agent(agent, &["generate", &observations, "-o", &policy])?;
         ensure!(code == 0, "generate exited {code}: {out}");
         let text = std::fs::read_to_string(&policy)?;
-        ensure!(text.contains("path = \"/srv/www/**\"\naccess = [\"read\"]"), "no subtree rule for the docroot:\n{text}");
+        ensure!(
+            text.contains("path = \"/srv/www/**\"\naccess = [\"read\"]"),
+            "no subtree rule for the docroot:\n{text}"
+        );
         for page in ["/srv/www/index.html", "/srv/www/about.html", "/srv/www/docs/a.html"] {
             ensure!(!text.contains(&format!("path = \"{page}\"")), "a rule per file ({page}):\n{text}");
         }
@@ -338,7 +344,8 @@ fn python(r: &mut Runner, agent: &Path) {
         ensure!(text.contains("${HOME}/site/"), "no ${{HOME}} rule for the site:\n{text}");
         ensure!(text.contains("path = \"/tmp/*\""), "the temporary file did not become /tmp/*:\n{text}");
         // The standard library: the libraries include, or one subtree rule; never a rule per module.
-        let per_module = text.lines().filter(|l| l.starts_with("path = \"/usr/lib/python3.") && !l.ends_with("/**\"")).count();
+        let per_module =
+            text.lines().filter(|l| l.starts_with("path = \"/usr/lib/python3.") && !l.ends_with("/**\"")).count();
         ensure!(per_module == 0, "{per_module} rules for single modules:\n{text}");
         println!("generated policy:\n{text}");
         Ok(())
@@ -346,7 +353,8 @@ fn python(r: &mut Runner, agent: &Path) {
     r.case("python_enforced_with_another_home_and_other_names_no_denials", || {
         let (home, random) = python_home("bob")?;
         let events = format!("{WORK}/py-bob-enforced.jsonl");
-        let args = ["exec", policy.as_str(), "--events", events.as_str(), "--", "/usr/bin/python3", "-B", "-c", PY_SERVER];
+        let args =
+            ["exec", policy.as_str(), "--events", events.as_str(), "--", "/usr/bin/python3", "-B", "-c", PY_SERVER];
         let mut s = Session::start(agent, &args, &[("HOME", &home), ("TMPDIR", "/tmp")], "python")?;
         wait_port(PY_PORT, &mut s.child)?;
         let outcome = python_traffic(&random);
@@ -357,7 +365,8 @@ fn python(r: &mut Runner, agent: &Path) {
         Ok(())
     });
     r.case("python_learned_again_leaves_the_edited_policy_byte_identical", || {
-        let edited = std::fs::read_to_string(&policy)?.replacen("mode = ", "# checked by hand on the test VM\nmode = ", 1);
+        let edited =
+            std::fs::read_to_string(&policy)?.replacen("mode = ", "# checked by hand on the test VM\nmode = ", 1);
         std::fs::write(&policy, &edited)?;
         let again = format!("{WORK}/py-carol.jsonl");
         python_learn(agent, "carol", &again)?;
@@ -406,7 +415,9 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         let service_pins = Path::new("/sys/fs/bpf/systrace").join(service.pid().to_string()).exists();
         let (code, _) = service.stop()?;
         ensure!(out.status.code() == Some(1), "cat under exec exited {:?}", out.status.code());
-        let denied = denials(&lines(&events)?).into_iter().any(|d| d["hook"] == "file_open" && d["path"] == format!("{WORK}/secret"));
+        let denied = denials(&lines(&events)?)
+            .into_iter()
+            .any(|d| d["hook"] == "file_open" && d["path"] == format!("{WORK}/secret"));
         ensure!(denied, "no denial by the exec agent beside the service agent");
         ensure!(service_pins, "the service agent's pins went away");
         ensure!(code == 0, "the service agent exited {code}");
@@ -415,7 +426,12 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
     r.case("learn_a_cgroup_records_what_its_processes_do", || {
         let cg = Path::new("/sys/fs/cgroup/learned-service");
         let out = format!("{WORK}/cgroup.jsonl");
-        let s = Session::start(agent, &["learn", "--cgroup", "learned-service", "--duration", "20", "-o", &out], &[], "learn-cgroup")?;
+        let s = Session::start(
+            agent,
+            &["learn", "--cgroup", "learned-service", "--duration", "20", "-o", &out],
+            &[],
+            "learn-cgroup",
+        )?;
         wait_until("learning to start", Duration::from_secs(120), || {
             Ok(std::fs::read_to_string(&s.stderr).unwrap_or_default().contains("learning"))
         })?;
@@ -425,9 +441,15 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         ensure!(seen.errno == 0, "learning refused the open: errno {}", seen.errno);
         let (_, stderr) = s.stop()?;
         let all = lines(&out)?;
-        ensure!(all.first().is_some_and(|h| h["type"] == "learn" && h["target"] == "cgroup = \"learned-service\""), "header: {:?}", all.first());
+        ensure!(
+            all.first().is_some_and(|h| h["type"] == "learn" && h["target"] == "cgroup = \"learned-service\""),
+            "header: {:?}",
+            all.first()
+        );
         ensure!(all.first().is_some_and(|h| h["home"].is_null()), "a cgroup's learning took the agent's $HOME");
-        let found = all.iter().any(|v| v["verdict"] == "learned" && v["tgid"] == seen.tgid && v["path"] == format!("{WORK}/secret"));
+        let found = all
+            .iter()
+            .any(|v| v["verdict"] == "learned" && v["tgid"] == seen.tgid && v["path"] == format!("{WORK}/secret"));
         ensure!(found, "the open was not recorded: {stderr}");
         Ok(())
     });
@@ -437,7 +459,12 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         let slice = Path::new("/sys/fs/cgroup/system.slice");
         let cg = slice.join("learnme.service");
         let out = format!("{WORK}/unit.jsonl");
-        let s = Session::start(agent, &["learn", "--unit", "learnme.service", "--duration", "20", "-o", &out], &[], "learn-unit")?;
+        let s = Session::start(
+            agent,
+            &["learn", "--unit", "learnme.service", "--duration", "20", "-o", &out],
+            &[],
+            "learn-unit",
+        )?;
         wait_until("learning to start", Duration::from_secs(120), || {
             Ok(std::fs::read_to_string(&s.stderr).unwrap_or_default().contains("learning"))
         })?;
@@ -445,7 +472,8 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
         let mut tgids = Vec::new();
         for (start, file) in [(1, "secret"), (2, "public")] {
             std::fs::create_dir_all(&cg)?;
-            let seen = crate::op::run_args(Some(&cg), &["open".as_ref(), format!("{WORK}/{file}").as_ref(), "r".as_ref()])?;
+            let seen =
+                crate::op::run_args(Some(&cg), &["open".as_ref(), format!("{WORK}/{file}").as_ref(), "r".as_ref()])?;
             ensure!(seen.errno == 0, "start {start}: learning refused the open: errno {}", seen.errno);
             tgids.push((seen.tgid, file));
             std::fs::remove_dir(&cg).with_context(|| format!("removing {} after start {start}", cg.display()))?;
@@ -458,7 +486,9 @@ fn exec_basics(r: &mut Runner, agent: &Path) {
             all.first()
         );
         for (tgid, file) in tgids {
-            let found = all.iter().any(|v| v["verdict"] == "learned" && v["tgid"] == tgid && v["path"] == format!("{WORK}/{file}"));
+            let found = all
+                .iter()
+                .any(|v| v["verdict"] == "learned" && v["tgid"] == tgid && v["path"] == format!("{WORK}/{file}"));
             ensure!(found, "the open of {file} by {tgid} was not recorded: {stderr}");
         }
         Ok(())
@@ -532,7 +562,15 @@ fn asking(r: &mut Runner, agent: &Path) {
         for d in ["/srv/ask/sub", "/srv/other"] {
             std::fs::create_dir_all(d)?;
         }
-        for f in ["/srv/ask/a.txt", "/srv/ask/b.txt", "/srv/ask/c.txt", "/srv/ask/sub/d.txt", "/srv/other/x.txt", "/srv/other/y.txt", "/srv/other/z.txt"] {
+        for f in [
+            "/srv/ask/a.txt",
+            "/srv/ask/b.txt",
+            "/srv/ask/c.txt",
+            "/srv/ask/sub/d.txt",
+            "/srv/other/x.txt",
+            "/srv/other/y.txt",
+            "/srv/other/z.txt",
+        ] {
             std::fs::write(f, "content\n")?;
         }
         std::fs::write(
@@ -588,17 +626,23 @@ fn asking(r: &mut Runner, agent: &Path) {
         let _ = tmux(&["kill-server"]);
         tmux(&["new-session", "-d", "-s", "ask", "-x", "200", "-y", "50", &format!("{} prompt", agent.display())])?;
         ask("/srv/ask/a.txt")?;
-        wait_until("the question on screen", Duration::from_secs(30), || Ok(screen().contains("wants to open /srv/ask/a.txt")))
-            .with_context(|| {
-                format!(
-                    "agent: {}\nopener: {}\nscreen: {}",
-                    std::fs::read_to_string(&stderr_file).unwrap_or_default(),
-                    std::fs::read_to_string(&out_file).unwrap_or_default(),
-                    screen()
-                )
-            })?;
+        wait_until("the question on screen", Duration::from_secs(30), || {
+            Ok(screen().contains("wants to open /srv/ask/a.txt"))
+        })
+        .with_context(|| {
+            format!(
+                "agent: {}\nopener: {}\nscreen: {}",
+                std::fs::read_to_string(&stderr_file).unwrap_or_default(),
+                std::fs::read_to_string(&out_file).unwrap_or_default(),
+                screen()
+            )
+        })?;
         std::thread::sleep(Duration::from_millis(1500));
-        ensure!(results("/srv/ask/a.txt").is_empty(), "the open went on before an answer: {:?}", results("/srv/ask/a.txt"));
+        ensure!(
+            results("/srv/ask/a.txt").is_empty(),
+            "the open went on before an answer: {:?}",
+            results("/srv/ask/a.txt")
+        );
         ensure!(screen().contains("permit always: /srv/ask/*"), "no glob offered:\n{}", screen());
         tmux(&["send-keys", "-t", "ask", "g", "Enter"])?;
         wait_until("the open's result", Duration::from_secs(30), || Ok(!results("/srv/ask/a.txt").is_empty()))?;
@@ -646,19 +690,30 @@ fn asking(r: &mut Runner, agent: &Path) {
         std::os::unix::fs::symlink("/srv/secret.txt", "/srv/swap/decoy")?;
         tmux(&["send-keys", "-t", "ask", "o", "Enter"])?;
         wait_until("the result", Duration::from_secs(30), || Ok(!results("/srv/swap/decoy").is_empty()))?;
-        ensure!(results("/srv/swap/decoy") == ["denied"], "the swapped name was opened: {:?}", results("/srv/swap/decoy"));
+        ensure!(
+            results("/srv/swap/decoy") == ["denied"],
+            "the swapped name was opened: {:?}",
+            results("/srv/swap/decoy")
+        );
         Ok(())
     });
     r.case("ask_timeout_denies_within_its_bound", || {
         ask("/srv/other/y.txt")?;
         let took = wait_until("the timeout", Duration::from_secs(30), || Ok(!results("/srv/other/y.txt").is_empty()))?;
         ensure!(results("/srv/other/y.txt") == ["denied"], "unanswered: {:?}", results("/srv/other/y.txt"));
-        ensure!(took >= Duration::from_millis(3500) && took <= Duration::from_secs(9), "denied after {took:?} with a 4 s timeout");
+        ensure!(
+            took >= Duration::from_millis(3500) && took <= Duration::from_secs(9),
+            "denied after {took:?} with a 4 s timeout"
+        );
         Ok(())
     });
     r.case("ask_agent_killed_mid_prompt_grants_nothing", || {
         ask("/srv/other/z.txt")?;
-        wait_until("the question", Duration::from_secs(30), || Ok(screen().contains("wants to open /srv/other/z.txt")))?;
+        wait_until(
+            "the question",
+            Duration::from_secs(30),
+            || Ok(screen().contains("wants to open /srv/other/z.txt")),
+        )?;
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(agent_pid as i32, libc::SIGKILL) };
         let _ = exec.wait();
@@ -700,7 +755,10 @@ fn reviewing(r: &mut Runner, agent: &Path) {
         let before = crate::op::run_args(Some(cg), &["open".as_ref(), "/srv/review/page.html".as_ref(), "r".as_ref()])?;
         ensure!(before.errno == libc::EACCES, "the open was not denied first: errno {}", before.errno);
         let event = service.wait_for(Duration::from_secs(30), |v| {
-            v["type"] == "event" && v["verdict"] == "denied" && v["path"] == "/srv/review/page.html" && v["tgid"] == before.tgid
+            v["type"] == "event"
+                && v["verdict"] == "denied"
+                && v["path"] == "/srv/review/page.html"
+                && v["tgid"] == before.tgid
         })?;
         let events = format!("{WORK}/review-events.jsonl");
         std::fs::write(&events, format!("{event}\n"))?;
@@ -708,8 +766,12 @@ fn reviewing(r: &mut Runner, agent: &Path) {
         let cmd = format!("{} review {events} -o {policy} --from-denials", agent.display());
         tmux(&["new-session", "-d", "-s", "review", "-x", "160", "-y", "40", &cmd])?;
         let screen = || tmux(&["capture-pane", "-p", "-t", "review"]).unwrap_or_default();
-        wait_until("the proposal on screen", Duration::from_secs(30), || Ok(screen().contains("/srv/review/page.html")))
-            .with_context(screen)?;
+        wait_until(
+            "the proposal on screen",
+            Duration::from_secs(30),
+            || Ok(screen().contains("/srv/review/page.html")),
+        )
+        .with_context(screen)?;
         ensure!(screen().contains("would allow 1 existing names now"), "no preview:\n{}", screen());
         tmux(&["send-keys", "-t", "review", "a"])?;
         tmux(&["send-keys", "-t", "review", "w"])?;

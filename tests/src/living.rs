@@ -25,7 +25,12 @@ const CYCLES: usize = 20;
 
 fn run(cmd: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
-    ensure!(out.status.success(), "{cmd} {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -163,7 +168,8 @@ fn make_tree(root: &Path) -> Result<()> {
 }
 
 fn replaced_files_policy(roots: &[(&str, PathBuf)]) -> String {
-    let mut text = String::from("name = \"living\"\ncgroup = \"systrace-living\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
+    let mut text =
+        String::from("name = \"living\"\ncgroup = \"systrace-living\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
     for (_, root) in roots {
         let r = root.display();
         text.push_str(&format!(
@@ -294,7 +300,9 @@ fn replaced_files(agent_bin: &Path, r: &mut Runner) -> Result<()> {
 
 /// Waits for the kernel's report that `policy` bound a cgroup after `since`.
 fn bound_after(agent: &mut Agent, policy: &str, cgroup_id: u64) -> Result<Value> {
-    agent.wait_for(Duration::from_secs(10), |v| v["type"] == "bound" && v["policy"] == policy && v["cgroup_id"] == cgroup_id)
+    agent.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "bound" && v["policy"] == policy && v["cgroup_id"] == cgroup_id
+    })
 }
 
 fn cgroup_id(path: &Path) -> Result<u64> {
@@ -340,9 +348,13 @@ fn restarted_units(agent_bin: &Path, r: &mut Runner) -> Result<()> {
                 let out = op::run_args(None, &["spawn-into".as_ref(), path.as_os_str(), secret.as_os_str()])?;
                 if out.errno != EACCES {
                     wrong += 1;
-                    eprintln!("living: {policy} cycle {cycle}: the first open in the new cgroup gave errno {}", out.errno);
+                    eprintln!(
+                        "living: {policy} cycle {cycle}: the first open in the new cgroup gave errno {}",
+                        out.errno
+                    );
                 }
-                bound_after(&mut agent, policy, id).with_context(|| format!("cycle {cycle}: no bound event for {policy}"))?;
+                bound_after(&mut agent, policy, id)
+                    .with_context(|| format!("cycle {cycle}: no bound event for {policy}"))?;
             }
             ensure!(wrong == 0, "{wrong} of {CYCLES} new cgroups were not confined from their first instruction");
             Ok(())
@@ -447,7 +459,10 @@ fn reloads(agent_bin: &Path, r: &mut Runner) -> Result<()> {
             match i % 5 {
                 // Rename a policy.
                 0 => {
-                    write_atomically(&dir.join("a.toml"), &reload_policy(&format!("a{i}"), if forward { x } else { y }, ""))?;
+                    write_atomically(
+                        &dir.join("a.toml"),
+                        &reload_policy(&format!("a{i}"), if forward { x } else { y }, ""),
+                    )?;
                     reached(&mut agent, "reloaded")
                 }
                 // Swap the two policies' cgroups.
@@ -473,7 +488,9 @@ fn reloads(agent_bin: &Path, r: &mut Runner) -> Result<()> {
                     let b_cgroup = if forward { x } else { y };
                     let mut extra = String::new();
                     for n in 0..5000 {
-                        extra.push_str(&format!("[[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"/run/s{n}\"\n"));
+                        extra.push_str(&format!(
+                            "[[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"/run/s{n}\"\n"
+                        ));
                     }
                     write_atomically(&dir.join("b.toml"), &reload_policy("b", b_cgroup, &extra))?;
                     reached(&mut agent, "reload-failed")?;
@@ -571,7 +588,10 @@ fn counter(agent: &mut Agent, key: &str) -> Result<u64> {
 
 /// MS_MOVE of the mount at `from` to `to`.
 fn move_mount(from: &Path, to: &Path) -> Result<()> {
-    let (f, t) = (std::ffi::CString::new(from.as_os_str().as_encoded_bytes())?, std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?);
+    let (f, t) = (
+        std::ffi::CString::new(from.as_os_str().as_encoded_bytes())?,
+        std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?,
+    );
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(f.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) };
     ensure!(rc == 0, "moving the mount at {}: {}", from.display(), std::io::Error::last_os_error());
@@ -607,7 +627,8 @@ fn walk_cache(agent_bin: &Path, r: &mut Runner) -> Result<()> {
             allowed.display()
         )
     };
-    let deny_secret = format!("[[file]]\npath = \"{}\"\naccess = [\"read\"]\nverdict = \"deny\"\n", allowed.join("secret").display());
+    let deny_secret =
+        format!("[[file]]\npath = \"{}\"\naccess = [\"read\"]\nverdict = \"deny\"\n", allowed.join("secret").display());
     write_atomically(&policies.join("cache.toml"), &policy(&deny_secret))?;
     let cg = cgroup(cg_name)?;
     let mut agent = Agent::start_args(agent_bin, &["--policy-dir".as_ref(), policies.as_os_str()])?;
@@ -633,7 +654,11 @@ fn walk_cache(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         let pid = out.pid;
         let name = path(file);
         agent.wait_for(Duration::from_secs(30), |v| {
-            v["type"] == "event" && v["policy"] == "cache" && v["verdict"] == "denied" && v["pid"] == pid && v["path"] == name.as_str()
+            v["type"] == "event"
+                && v["policy"] == "cache"
+                && v["verdict"] == "denied"
+                && v["pid"] == pid
+                && v["path"] == name.as_str()
         })?;
         Ok(())
     };
@@ -649,10 +674,13 @@ fn walk_cache(agent_bin: &Path, r: &mut Runner) -> Result<()> {
 
     r.case("walk_cache_rename_exchange_takes_effect", || {
         expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "before")?;
-        let (a, b) = (std::ffi::CString::new(path(&allowed.join("d")))?, std::ffi::CString::new(path(&other.join("e")))?);
+        let (a, b) =
+            (std::ffi::CString::new(path(&allowed.join("d")))?, std::ffi::CString::new(path(&other.join("e")))?);
         let exchange = |a: &std::ffi::CString, b: &std::ffi::CString| -> Result<()> {
             // SAFETY: valid C strings; renameat2 with RENAME_EXCHANGE (2).
-            let rc = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), 2u32) };
+            let rc = unsafe {
+                libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), 2u32)
+            };
             ensure!(rc == 0, "renameat2: {}", std::io::Error::last_os_error());
             Ok(())
         };
@@ -695,7 +723,10 @@ fn walk_cache(agent_bin: &Path, r: &mut Runner) -> Result<()> {
 
     r.case("walk_cache_reload_takes_effect", || {
         expect(&cg, &["open", &path(&allowed.join("d/f")), "r"], 0, "before")?;
-        let deny_d = format!("[[file]]\npath = \"{}/**\"\naccess = [\"read\"]\nverdict = \"deny\"\n", allowed.join("d").display());
+        let deny_d = format!(
+            "[[file]]\npath = \"{}/**\"\naccess = [\"read\"]\nverdict = \"deny\"\n",
+            allowed.join("d").display()
+        );
         write_atomically(&policies.join("cache.toml"), &policy(&deny_d))?;
         agent.wait_for(Duration::from_secs(60), |v| v["type"] == "status" && v["state"] == "reloaded")?;
         refused(&mut agent, &allowed.join("d/f"), "after a reload that denies it")
@@ -742,7 +773,8 @@ fn move_check(agent_bin: &Path, r: &mut Runner) -> Result<()> {
     fs::write(outside.join("cgroup.procs"), sibling_pid.to_string())?;
     let outside_path = cgroup_of(sibling_pid)?;
     let mut agent = Agent::start_args(agent_bin, &["--policy-dir".as_ref(), policies.as_os_str()])?;
-    let pin_of = |agent: &Agent| Path::new("/sys/fs/bpf/systrace").join(agent.pid().to_string()).join("inode_permission");
+    let pin_of =
+        |agent: &Agent| Path::new("/sys/fs/bpf/systrace").join(agent.pid().to_string()).join("inode_permission");
     let pin = pin_of(&agent);
     let attached = |agent: &mut Agent| -> Result<bool> {
         agent.forget();

@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         Some("systemd") => service::main(&args[1..]),
         Some("opener") => learning::opener(),
         _ => {
-            eprintln!("usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a");
+            eprintln!(
+                "usage: systrace-vmtest suite|lang|bypass|refusal|bench AGENT | op [--cgroup DIR] open PATH r|w|a"
+            );
             ExitCode::from(2)
         }
     }

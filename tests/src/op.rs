@@ -50,7 +50,8 @@ pub fn run_args(cgroup: Option<&Path>, args: &[&OsStr]) -> anyhow::Result<Outcom
     if !out.status.success() {
         anyhow::bail!("workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Like [`run_args`], with `fd` (a descriptor of ours) handed to the workload
@@ -71,7 +72,8 @@ pub fn run_args_inherit(cgroup: Option<&Path>, args: &[&OsStr], fd: i32) -> anyh
     if !out.status.success() {
         anyhow::bail!("workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("workload output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// `open PATH r|w|a` in `cgroup`.
@@ -195,7 +197,12 @@ pub fn clone_into_cgroup(dir: &CString, child: impl FnOnce() -> i32) -> Result<(
         if fd < 0 {
             return Err(errno_of(fd));
         }
-        let args = CloneArgs { flags: CLONE_INTO_CGROUP, exit_signal: libc::SIGCHLD as u64, cgroup: fd as u64, ..CloneArgs::default() };
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd as u64,
+            ..CloneArgs::default()
+        };
         let pid = libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>());
         if pid == 0 {
             libc::_exit(child());
@@ -226,7 +233,9 @@ fn open_errno(path: &CString, flags: libc::c_int) -> i32 {
 /// kernel's newest ABI knows is handled, and only reading (files and
 /// directories) under `dir` is allowed.
 fn landlock_read_only(dir: &str) -> anyhow::Result<()> {
-    use landlock::{Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI};
+    use landlock::{
+        Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+    };
     let abi = ABI::V5;
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))?
@@ -655,9 +664,9 @@ pub fn main(args: &[String]) -> ExitCode {
             };
             errno_of(rc as libc::c_int)
         }
-        "mount-tmpfs" => errno_of(unsafe {
-            libc::mount(c"none".as_ptr(), a.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
-        }),
+        "mount-tmpfs" => {
+            errno_of(unsafe { libc::mount(c"none".as_ptr(), a.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) })
+        }
         "bind-mount" => errno_of(unsafe {
             libc::mount(a.as_ptr(), need_b().as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
         }),
@@ -665,9 +674,7 @@ pub fn main(args: &[String]) -> ExitCode {
             // init_module of a buffer that is no module: the kernel refuses it as
             // malformed, unless an LSM refuses the load first.
             let junk = [0u8; 64];
-            let rc = unsafe {
-                libc::syscall(libc::SYS_init_module, junk.as_ptr(), junk.len(), c"".as_ptr())
-            };
+            let rc = unsafe { libc::syscall(libc::SYS_init_module, junk.as_ptr(), junk.len(), c"".as_ptr()) };
             errno_of(rc as libc::c_int)
         }
         "unshare-open" => {
@@ -719,9 +726,16 @@ pub fn main(args: &[String]) -> ExitCode {
             }
             const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
             const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-            let how = OpenHow { flags: libc::O_RDONLY as u64, mode: 0, resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+            let how =
+                OpenHow { flags: libc::O_RDONLY as u64, mode: 0, resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
             let fd = unsafe {
-                libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, a.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+                libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    a.as_ptr(),
+                    &how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
             } as libc::c_int;
             if fd >= 0 {
                 unsafe { libc::close(fd) };
@@ -844,9 +858,10 @@ pub fn uring_personality_setxattr(path: &CString) -> i32 {
     }
     let name = c("user.systrace");
     let value = b"x";
-    let entry = io_uring::opcode::SetXattr::new(name.as_ptr(), value.as_ptr().cast(), path.as_ptr(), value.len() as u32)
-        .build()
-        .personality(personality);
+    let entry =
+        io_uring::opcode::SetXattr::new(name.as_ptr(), value.as_ptr().cast(), path.as_ptr(), value.len() as u32)
+            .build()
+            .personality(personality);
     // SAFETY: the name, value and path outlive the call.
     uring_errno(unsafe { uring_once(&mut ring, &entry) })
 }

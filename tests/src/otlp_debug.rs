@@ -46,7 +46,12 @@ pub fn records(text: &str) -> Vec<BTreeMap<String, String>> {
                 _ => {}
             }
         } else if let Some(r) = &mut current {
-            for (prefix, key) in [("Body: ", "body"), ("SeverityText: ", "severity"), ("EventName: ", "event_name"), ("Timestamp: ", "timestamp")] {
+            for (prefix, key) in [
+                ("Body: ", "body"),
+                ("SeverityText: ", "severity"),
+                ("EventName: ", "event_name"),
+                ("Timestamp: ", "timestamp"),
+            ] {
                 if let Some(v) = trimmed.strip_prefix(prefix) {
                     r.insert(key.to_string(), value(v));
                 }

@@ -118,7 +118,8 @@ fn expect(cg: &Path, args: &[&str], errno: i32) -> Result<op::Outcome> {
 /// A process sleeping in `cg` (or outside any confined cgroup for `None`).
 fn sleeper(cg: Option<&Path>) -> Result<Child> {
     let join = cg.map_or(String::new(), |cg| format!("echo $$ > {}/cgroup.procs && ", cg.display()));
-    let child = Command::new("/bin/busybox").args(["sh", "-c", &format!("{join}exec /bin/busybox sleep 60")]).spawn()?;
+    let child =
+        Command::new("/bin/busybox").args(["sh", "-c", &format!("{join}exec /bin/busybox sleep 60")]).spawn()?;
     if let Some(cg) = cg {
         for _ in 0..100 {
             if fs::read_to_string(cg.join("cgroup.procs"))?.lines().any(|l| l.trim() == child.id().to_string()) {
@@ -159,7 +160,8 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         let (stream, raw) = ("1", "3");
         let out = expect(&closed_cg, &["socket", packet, raw], EPERM)?;
         let pid = out.pid;
-        let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "socket_create")?;
+        let ev =
+            agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "socket_create")?;
         ensure!(ev["socket_family"] == "packet" && ev["socket_type"] == "raw", "socket_create event: {ev}");
         // Explicit family rule; stream sockets the tcp bind rule implies; a raw
         // inet socket an explicit rule denies; nothing else under a deny default.
@@ -175,10 +177,12 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
 
     r.case("protections_switched_off_with_a_reason", || {
         let status = agent.wait_for(EVENT_WAIT, |v| v["type"] == "status" && v["state"] == "enforcing")?;
-        let open = status["policies"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == "protect-open")).cloned();
+        let open =
+            status["policies"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == "protect-open")).cloned();
         let off = open.context("protect-open in the status line")?["protections_off"].clone();
         ensure!(
-            off.as_array().is_some_and(|o| o.len() == 3 && o.iter().any(|p| p["protection"] == "mount" && p["reason"] == "the test mounts a tmpfs")),
+            off.as_array().is_some_and(|o| o.len() == 3
+                && o.iter().any(|p| p["protection"] == "mount" && p["reason"] == "the test mounts a tmpfs")),
             "protections_off in status: {off}"
         );
         // Switched off: allowed.
@@ -192,7 +196,11 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         expect(&open_cg, &["mount-tmpfs", mnt], 0)?;
         let _ = Command::new("umount").arg(mnt).status();
         let loaded = run_op(&open_cg, &["init-module", "-"])?;
-        ensure!(loaded.errno != EPERM && loaded.errno != 0, "init_module of junk with the module protection off: errno {}", loaded.errno);
+        ensure!(
+            loaded.errno != EPERM && loaded.errno != 0,
+            "init_module of junk with the module protection off: errno {}",
+            loaded.errno
+        );
         // On: refused, with the protection named.
         let out = expect(&closed_cg, &["mount-tmpfs", mnt], EPERM)?;
         let pid = out.pid;
@@ -205,7 +213,8 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         // CAP_SYS_MODULE held, the protection on.
         let out = expect(&closed_cg, &["init-module", "-"], EPERM)?;
         let pid = out.pid;
-        let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "kernel_load_data")?;
+        let ev = agent
+            .wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "kernel_load_data")?;
         ensure!(ev["protection"] == "module", "kernel_load_data event: {ev}");
         Ok(())
     });
@@ -251,7 +260,8 @@ pub fn run(agent_bin: &Path, r: &mut Runner) -> Result<()> {
         ensure!(own.exists(), "{} is not pinned", own.display());
         let out = expect(&closed_cg, &["unlink", own.to_str().unwrap()], EPERM)?;
         let pid = out.pid;
-        let ev = agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "path_unlink")?;
+        let ev =
+            agent.wait_for(EVENT_WAIT, |v| v["type"] == "event" && v["pid"] == pid && v["hook"] == "path_unlink")?;
         ensure!(ev["protection"] == "bpf", "path_unlink event: {ev}");
         Ok(())
     });

@@ -67,13 +67,20 @@ pub(crate) fn start_victim() -> Result<(u64, String)> {
 pub fn main(_args: &[String]) -> ExitCode {
     let mut r = Runner::default();
     r.case("service_is_ready_before_the_services_it_confines", || {
-        ensure!(show("systrace.service", "ActiveState")? == "active", "systrace.service is {}", show("systrace.service", "ActiveState")?);
+        ensure!(
+            show("systrace.service", "ActiveState")? == "active",
+            "systrace.service is {}",
+            show("systrace.service", "ActiveState")?
+        );
         ensure!(show("systrace.service", "Type")? == "notify", "not a notify unit");
         let ready: u64 = show("systrace.service", "ActiveEnterTimestampMonotonic")?.parse()?;
         let victim: u64 = show("victim.service", "ExecMainStartTimestampMonotonic")?.parse()?;
         ensure!(ready > 0 && victim > ready, "victim started at {victim} us, systrace ready at {ready} us");
         let lines = agent_lines()?;
-        ensure!(lines.iter().any(|v| v["type"] == "status" && v["state"] == "enforcing"), "no enforcing status in the journal");
+        ensure!(
+            lines.iter().any(|v| v["type"] == "status" && v["state"] == "enforcing"),
+            "no enforcing status in the journal"
+        );
         Ok(())
     });
     r.case("unit_denied_from_its_first_instruction_at_boot", || {
@@ -81,8 +88,11 @@ pub fn main(_args: &[String]) -> ExitCode {
         let status = show("victim.service", "ExecMainStatus")?;
         if status != "1" {
             let journal = Command::new("journalctl").args(["-b", "-u", "victim.service", "--no-pager"]).output()?;
-            let refusals: Vec<Value> =
-                agent_lines()?.into_iter().filter(|v| v["type"] == "event" && v["policy"] == "victim").take(8).collect();
+            let refusals: Vec<Value> = agent_lines()?
+                .into_iter()
+                .filter(|v| v["type"] == "event" && v["policy"] == "victim")
+                .take(8)
+                .collect();
             anyhow::bail!(
                 "cat exited {status}; the unit's journal: {}; the agent's events for it: {refusals:?}",
                 String::from_utf8_lossy(&journal.stdout)
@@ -135,7 +145,9 @@ pub fn main(_args: &[String]) -> ExitCode {
         })?;
         let mut gap = None;
         wait_until("the new agent's telemetry-gap status", Duration::from_secs(60), || {
-            gap = agent_lines()?.into_iter().find(|v| v["state"] == "telemetry-gap" && v["previous_agent"].as_str() == Some(before.to_string().as_str()));
+            gap = agent_lines()?.into_iter().find(|v| {
+                v["state"] == "telemetry-gap" && v["previous_agent"].as_str() == Some(before.to_string().as_str())
+            });
             Ok(gap.is_some())
         })?;
         let gap = gap.context("no gap record")?;
@@ -150,7 +162,9 @@ pub fn main(_args: &[String]) -> ExitCode {
     });
     r.case("reload_through_systemctl", || {
         ensure!(systemctl(&["reload", "systrace.service"])?, "systemctl reload failed");
-        wait_for_agent("a reloaded status", Duration::from_secs(30), |v| v["type"] == "status" && v["state"] == "reloaded")?;
+        wait_for_agent("a reloaded status", Duration::from_secs(30), |v| {
+            v["type"] == "status" && v["state"] == "reloaded"
+        })?;
         ensure!(show("systrace.service", "ActiveState")? == "active", "not active after the reload");
         let (pid, _) = start_victim()?;
         denial_for(pid)?;
@@ -177,7 +191,11 @@ pub fn main(_args: &[String]) -> ExitCode {
         // 10 is a unit with no hardening at all; what a BPF LSM agent must keep
         // (CAP_SYS_ADMIN, CAP_BPF, the host's PID and network namespaces, the
         // cgroup tree) costs about half of that.
-        ensure!(score <= MAX_EXPOSURE, "exposure {score} above {MAX_EXPOSURE}: {}", text.lines().filter(|l| l.contains('✗')).take(12).collect::<Vec<_>>().join("; "));
+        ensure!(
+            score <= MAX_EXPOSURE,
+            "exposure {score} above {MAX_EXPOSURE}: {}",
+            text.lines().filter(|l| l.contains('✗')).take(12).collect::<Vec<_>>().join("; ")
+        );
         Ok(())
     });
     r.case("learn_nginx_through_its_unit", learn_nginx);
@@ -216,7 +234,10 @@ fn user_unit() -> Result<()> {
     })?;
     if !systemctl(&["start", "user@1000.service"])? {
         let log = Command::new("sh")
-            .args(["-c", "journalctl -b --no-pager -o cat -u user@1000.service -u user-runtime-dir@1000.service | tail -25"])
+            .args([
+                "-c",
+                "journalctl -b --no-pager -o cat -u user@1000.service -u user-runtime-dir@1000.service | tail -25",
+            ])
             .output()?;
         anyhow::bail!("user@1000.service did not start: {}", String::from_utf8_lossy(&log.stdout).replace('\n', " | "));
     }
@@ -234,7 +255,10 @@ fn user_unit() -> Result<()> {
         ensure!(status == "1", "start {start}: cat in the user unit exited {status}");
         let pid: u64 = pid.parse()?;
         wait_for_agent(&format!("a denial for the user unit's pid {pid}"), Duration::from_secs(20), |v| {
-            v["type"] == "event" && v["policy"] == "user-victim" && v["tgid"].as_u64() == Some(pid) && v["path"] == USER_SECRET
+            v["type"] == "event"
+                && v["policy"] == "user-victim"
+                && v["tgid"].as_u64() == Some(pid)
+                && v["path"] == USER_SECRET
         })?;
         pids.push(pid);
     }
@@ -284,7 +308,8 @@ fn learn_nginx() -> Result<()> {
     fetched?;
     ensure!(status.success(), "learn exited {status}: {}", std::fs::read_to_string("/tmp/learn-nginx.err")?);
     let policy = "/tmp/nginx-learned.toml";
-    let generated = Command::new("/usr/bin/systrace-agent").args(["generate", out, "-o", policy, "--name", "nginx"]).output()?;
+    let generated =
+        Command::new("/usr/bin/systrace-agent").args(["generate", out, "-o", policy, "--name", "nginx"]).output()?;
     ensure!(generated.status.success(), "generate: {}", String::from_utf8_lossy(&generated.stderr));
     let text = std::fs::read_to_string(policy)?;
     for line in text.lines() {
@@ -319,7 +344,12 @@ fn nginx_serves() -> Result<()> {
                 && v["boot_ns"].as_u64().is_some_and(|t| t >= since)
         })
         .collect();
-    ensure!(denials.is_empty(), "{} denials serving pages: {:?}", denials.len(), denials.iter().take(5).collect::<Vec<_>>());
+    ensure!(
+        denials.is_empty(),
+        "{} denials serving pages: {:?}",
+        denials.len(),
+        denials.iter().take(5).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -341,7 +371,10 @@ fn nginx_forbidden() -> Result<()> {
         let out = crate::op::run_args(Some(cg), &args)?;
         ensure!(out.errno == *errno, "{args:?} in nginx's cgroup: errno {} (expected {errno})", out.errno);
         wait_for_agent(&format!("{args:?}: a denial reported for pid {}", out.tgid), Duration::from_secs(20), |v| {
-            v["type"] == "event" && v["verdict"] == "denied" && v["policy"] == "nginx" && v["tgid"].as_u64() == Some(out.tgid as u64)
+            v["type"] == "event"
+                && v["verdict"] == "denied"
+                && v["policy"] == "nginx"
+                && v["tgid"].as_u64() == Some(out.tgid as u64)
         })?;
     }
     Ok(())

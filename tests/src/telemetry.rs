@@ -68,7 +68,11 @@ fn certificates(dir: &Path) -> Result<()> {
     };
     let (ca_cert, ca_key) = ca("systrace test CA")?;
     let (other_cert, other_key) = ca("someone else's CA")?;
-    let leaf = |name: &str, purpose: ExtendedKeyUsagePurpose, issuer: &rcgen::Certificate, issuer_key: &KeyPair| -> Result<(String, String)> {
+    let leaf = |name: &str,
+                purpose: ExtendedKeyUsagePurpose,
+                issuer: &rcgen::Certificate,
+                issuer_key: &KeyPair|
+     -> Result<(String, String)> {
         let mut p = CertificateParams::new(vec![name.to_string()])?;
         if name == "localhost" {
             p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse()?));
@@ -81,7 +85,8 @@ fn certificates(dir: &Path) -> Result<()> {
     };
     let (server, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth, &ca_cert, &ca_key)?;
     let (agent, agent_key) = leaf("systrace-agent", ExtendedKeyUsagePurpose::ClientAuth, &ca_cert, &ca_key)?;
-    let (stranger, stranger_key) = leaf("systrace-agent", ExtendedKeyUsagePurpose::ClientAuth, &other_cert, &other_key)?;
+    let (stranger, stranger_key) =
+        leaf("systrace-agent", ExtendedKeyUsagePurpose::ClientAuth, &other_cert, &other_key)?;
     for (name, text) in [
         ("ca.pem", ca_cert.pem()),
         ("server.pem", server),
@@ -256,20 +261,29 @@ fn receivers_and_agent() -> Result<()> {
         let in_syslog = ["unix", "tcp", "tls"].iter().all(|t| {
             syslog_records(t).unwrap_or_default().iter().any(|r| r.msgid == "status" && r.procid == pid.to_string())
         });
-        Ok(in_syslog && json_records().unwrap_or_default().iter().any(|v| v["type"] == "status" && v["state"] == "enforcing"))
+        Ok(in_syslog
+            && json_records().unwrap_or_default().iter().any(|v| v["type"] == "status" && v["state"] == "enforcing"))
     })
     .with_context(|| format!("agent stderr: {}", journal_tail(40)))?;
     Ok(())
 }
 
 fn journal_tail(n: usize) -> String {
-    let out = Command::new("journalctl").args(["-u", "systrace.service", "-o", "cat", "--no-pager", "-n", &n.to_string()]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.starts_with('{')).collect::<Vec<_>>().join(" | "))
-        .unwrap_or_default()
+    let out = Command::new("journalctl")
+        .args(["-u", "systrace.service", "-o", "cat", "--no-pager", "-n", &n.to_string()])
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.starts_with('{')).collect::<Vec<_>>().join(" | ")
+    })
+    .unwrap_or_default()
 }
 
 fn json_records() -> Result<Vec<Value>> {
-    Ok(std::fs::read_to_string(JSON_FILE).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(std::fs::read_to_string(JSON_FILE)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// One line of rsyslogd's output file, split by the test's template.
@@ -307,7 +321,8 @@ fn syslog_records(transport: &str) -> Result<Vec<SyslogRecord>> {
 
 /// `[systrace@32473 k="v" ...]` as rsyslogd gives it back.
 fn parse_sd(text: &str) -> Result<BTreeMap<String, String>> {
-    let inner = text.strip_prefix("[systrace@32473").and_then(|t| t.strip_suffix(']')).context("no systrace@32473 element")?;
+    let inner =
+        text.strip_prefix("[systrace@32473").and_then(|t| t.strip_suffix(']')).context("no systrace@32473 element")?;
     let mut out = BTreeMap::new();
     let mut chars = inner.chars().peekable();
     loop {
@@ -343,7 +358,9 @@ fn sd_text(v: &Value) -> Option<String> {
     match v {
         Value::Null | Value::Object(_) => None,
         Value::String(s) => Some(s.clone()),
-        Value::Array(a) => Some(a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => Some(
+            a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect::<Vec<_>>().join(","),
+        ),
         other => Some(other.to_string()),
     }
 }
@@ -365,7 +382,13 @@ fn agent_metric(name_and_labels: &str) -> Result<f64> {
 fn prometheus_query(query: &str) -> Result<Option<f64>> {
     let encoded: String = query
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect();
     let body = http_get(&format!("http://127.0.0.1:9090/api/v1/query?query={encoded}"))?;
     let v: Value = serde_json::from_str(&body)?;
@@ -381,7 +404,9 @@ fn start_victim() -> Result<u64> {
 fn denial_in_json(pid: u64) -> Result<Value> {
     let mut found = None;
     wait_until(&format!("the denial for pid {pid} in {JSON_FILE}"), Duration::from_secs(30), || {
-        found = json_records()?.into_iter().find(|v| v["type"] == "event" && v["tgid"].as_u64() == Some(pid) && v["path"] == SECRET);
+        found = json_records()?
+            .into_iter()
+            .find(|v| v["type"] == "event" && v["tgid"].as_u64() == Some(pid) && v["path"] == SECRET);
         Ok(found.is_some())
     })?;
     found.context("none")
@@ -391,7 +416,8 @@ fn denial_in_json(pid: u64) -> Result<Value> {
 /// every field equal, in rotel, and counted by Prometheus.
 fn each_denial_once_everywhere() -> Result<()> {
     let query = r#"sum(systrace_decisions_total{policy="victim",verdict="denied"})"#;
-    let before = agent_metric(r#"systrace_decisions_total{policy="victim",hook="file_open",verdict="denied"}"#).unwrap_or(0.0);
+    let before =
+        agent_metric(r#"systrace_decisions_total{policy="victim",hook="file_open",verdict="denied"}"#).unwrap_or(0.0);
     let mut events = Vec::new();
     for _ in 0..5 {
         let pid = start_victim()?;
@@ -405,7 +431,11 @@ fn each_denial_once_everywhere() -> Result<()> {
             wait_until(&format!("pid {pid}'s denial in rsyslogd over {transport}"), Duration::from_secs(30), || {
                 matching = syslog_records(transport)?
                     .into_iter()
-                    .filter(|r| r.msgid == "event" && r.sd.get("tgid") == Some(&pid) && r.sd.get("path").map(String::as_str) == Some(SECRET))
+                    .filter(|r| {
+                        r.msgid == "event"
+                            && r.sd.get("tgid") == Some(&pid)
+                            && r.sd.get("path").map(String::as_str) == Some(SECRET)
+                    })
                     .collect();
                 Ok(!matching.is_empty())
             })?;
@@ -421,9 +451,21 @@ fn each_denial_once_everywhere() -> Result<()> {
                 if k == "type" || k == "time" {
                     continue;
                 }
-                ensure!(r.sd.get(k) == sd_text(v).as_ref(), "{transport}: field {k}: {:?} in syslog, {v} in JSON", r.sd.get(k));
+                ensure!(
+                    r.sd.get(k) == sd_text(v).as_ref(),
+                    "{transport}: field {k}: {:?} in syslog, {v} in JSON",
+                    r.sd.get(k)
+                );
             }
-            ensure!(r.sd.len() == ev.as_object().unwrap().iter().filter(|(k, v)| *k != "type" && *k != "time" && sd_text(v).is_some()).count());
+            ensure!(
+                r.sd.len()
+                    == ev
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .filter(|(k, v)| *k != "type" && *k != "time" && sd_text(v).is_some())
+                        .count()
+            );
             ensure!(
                 r.msg.starts_with("denied user: 0, prog: cat, pid: ") && r.msg.ends_with(&format!("object: {SECRET}")),
                 "{transport}: message {}",
@@ -437,7 +479,9 @@ fn each_denial_once_everywhere() -> Result<()> {
         wait_until(&format!("pid {pid}'s denial in rotel"), Duration::from_secs(30), || {
             matching = otlp_records()?
                 .into_iter()
-                .filter(|r| r.get("systrace.tgid") == Some(&pid) && r.get("systrace.type").map(String::as_str) == Some("event"))
+                .filter(|r| {
+                    r.get("systrace.tgid") == Some(&pid) && r.get("systrace.type").map(String::as_str) == Some("event")
+                })
                 .collect();
             Ok(!matching.is_empty())
         })
@@ -525,14 +569,21 @@ fn json_file_reopened_on_sigusr1() -> Result<()> {
             tail(&moved, 2)
         )
     })?;
-    ensure!(!std::fs::read_to_string(&moved)?.contains(&format!("\"tgid\":{pid},")), "the denial went to the moved file");
+    ensure!(
+        !std::fs::read_to_string(&moved)?.contains(&format!("\"tgid\":{pid},")),
+        "the denial went to the moved file"
+    );
     Ok(())
 }
 
 fn agent_rss_kib() -> Result<u64> {
     let pid = show("systrace.service", "MainPID")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).context("no VmRSS")
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
 }
 
 /// A confined process fails at full speed: its cgroup's events are held back
@@ -543,11 +594,14 @@ fn flood_rate_limited_and_accounted() -> Result<()> {
     ensure!(cg.exists(), "nginx has no cgroup");
     let metrics_before = http_get(METRICS)?;
     let lost = |text: &str| -> f64 {
-        metric(text, "systrace_events_ring_full_total").unwrap_or(0.0) + metric(text, "systrace_events_scratch_busy_total").unwrap_or(0.0)
+        metric(text, "systrace_events_ring_full_total").unwrap_or(0.0)
+            + metric(text, "systrace_events_scratch_busy_total").unwrap_or(0.0)
     };
     let rss_before = agent_rss_kib()?;
     let since = boot_ns();
-    let flood = std::thread::spawn(move || crate::op::run_args(Some(Path::new(NGINX_CGROUP)), &["flood".as_ref(), "/etc/shadow".as_ref(), "4".as_ref()]));
+    let flood = std::thread::spawn(move || {
+        crate::op::run_args(Some(Path::new(NGINX_CGROUP)), &["flood".as_ref(), "/etc/shadow".as_ref(), "4".as_ref()])
+    });
     std::thread::sleep(Duration::from_secs(1));
     // Another cgroup's denial, in the middle of the flood.
     let pid = start_victim()?;
@@ -570,7 +624,11 @@ fn flood_rate_limited_and_accounted() -> Result<()> {
         let records = json_records()?;
         admitted = records
             .iter()
-            .filter(|v| v["type"] == "event" && v["cgroup_id"].as_u64() == Some(cgroup_id) && v["boot_ns"].as_u64().is_some_and(|t| t >= since))
+            .filter(|v| {
+                v["type"] == "event"
+                    && v["cgroup_id"].as_u64() == Some(cgroup_id)
+                    && v["boot_ns"].as_u64().is_some_and(|t| t >= since)
+            })
             .count() as u64;
         suppressed = records
             .iter()
@@ -580,7 +638,9 @@ fn flood_rate_limited_and_accounted() -> Result<()> {
         let lost_now = lost(&http_get(METRICS)?) - lost(&metrics_before);
         Ok(admitted + suppressed + lost_now as u64 == produced)
     })
-    .with_context(|| format!("{produced} refused opens; {admitted} events in the file, {suppressed} in rate_limited records"))?;
+    .with_context(|| {
+        format!("{produced} refused opens; {admitted} events in the file, {suppressed} in rate_limited records")
+    })?;
     println!("flood: {produced} denials in 4 s: {admitted} sent, {suppressed} held back and summarized");
     ensure!(suppressed > 0, "nothing was held back");
     let limit = BURST + RATE * 6;
@@ -606,7 +666,11 @@ fn flood_rate_limited_and_accounted() -> Result<()> {
     let text = http_get(METRICS)?;
     let reported = metric(&text, "systrace_events_reported_total").context("reported")?;
     let read = metric(&text, "systrace_events_read_total").context("read")?;
-    ensure!(reported == read + lost(&text), "the kernel reported {reported}, the agent read {read}, {} lost", lost(&text));
+    ensure!(
+        reported == read + lost(&text),
+        "the kernel reported {reported}, the agent read {read}, {} lost",
+        lost(&text)
+    );
     Ok(())
 }
 
@@ -627,7 +691,9 @@ fn dead_receiver_counted() -> Result<()> {
         denial_in_json(pid)?;
         pids.push(pid);
     }
-    wait_until("the TCP sink to count its losses", Duration::from_secs(30), || Ok(dropped(&http_get(METRICS)?) > before))?;
+    wait_until("the TCP sink to count its losses", Duration::from_secs(30), || {
+        Ok(dropped(&http_get(METRICS)?) > before)
+    })?;
     // The other sinks were not held up.
     for pid in &pids {
         let pid = pid.to_string();
@@ -663,7 +729,11 @@ fn bad_configuration_refused_enforcement_stays() -> Result<()> {
     // Whatever it said, the pinned programs refuse meanwhile.
     let refused = start_victim();
     std::fs::write(path, &good)?;
-    ensure!(systemctl(&["restart", "systrace.service"])?, "with the good file back, systrace did not start: {}", journal_tail(10));
+    ensure!(
+        systemctl(&["restart", "systrace.service"])?,
+        "with the good file back, systrace did not start: {}",
+        journal_tail(10)
+    );
     said.with_context(|| journal_tail(10))?;
     refused.context("while the configuration was bad")?;
     Ok(())
@@ -697,7 +767,10 @@ fn monitoring_api() -> Result<()> {
     ensure!(rc == 0 && code == "200", "status with the right certificate and token: curl {rc}, HTTP {code}: {body}");
     let status: Value = serde_json::from_str(&body)?;
     ensure!(status["state"] == "enforcing" || status["state"] == "reloaded", "status: {status}");
-    ensure!(status["pid"].as_u64().map(|p| p.to_string()) == Some(show("systrace.service", "MainPID")?), "status names another pid: {status}");
+    ensure!(
+        status["pid"].as_u64().map(|p| p.to_string()) == Some(show("systrace.service", "MainPID")?),
+        "status names another pid: {status}"
+    );
     let (_, code, body) = api_get("/v1/policies", Some("agent"), Some(API_TOKEN))?;
     ensure!(code == "200" && body.contains("\"victim\""), "policies: HTTP {code}: {body}");
     let (_, code, body) = api_get("/v1/counters", Some("agent"), Some(API_TOKEN))?;
@@ -724,9 +797,10 @@ fn monitoring_api() -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let pid = start_victim()?;
     let seen = wait_until(&format!("pid {pid}'s denial in the live stream"), Duration::from_secs(30), || {
-        Ok(std::fs::read_to_string(&stream_file)?.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| {
-            v["type"] == "event" && v["tgid"].as_u64() == Some(pid)
-        }))
+        Ok(std::fs::read_to_string(&stream_file)?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["type"] == "event" && v["tgid"].as_u64() == Some(pid)))
     });
     let _ = stream.kill();
     let _ = stream.wait();

@@ -122,9 +122,14 @@ struct Binaries {
 
 fn build() -> Result<Binaries> {
     say("building systrace-agent (and its eBPF programs, with nightly and bpf-linker) and systrace-vmtest");
-    run(Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(["build", "--release", "-p", "systrace-agent", "-p", "systrace-tests"]))?;
+    run(Command::new(env!("CARGO")).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "systrace-agent",
+        "-p",
+        "systrace-tests",
+    ]))?;
     let release = workspace_root().join("target/release");
     let i386 = release.join("systrace-i386");
     run(Command::new("gcc")
@@ -224,7 +229,10 @@ fn systemd_initrd(bins: &Binaries) -> Result<PathBuf> {
     let links = [
         ("/etc/systemd/system/sysinit.target.wants/systrace.service", "/usr/lib/systemd/system/systrace.service"),
         ("/etc/systemd/system/multi-user.target.wants/victim.service", "/usr/lib/systemd/system/victim.service"),
-        ("/etc/systemd/system/multi-user.target.wants/systrace-e2e.service", "/usr/lib/systemd/system/systrace-e2e.service"),
+        (
+            "/etc/systemd/system/multi-user.target.wants/systrace-e2e.service",
+            "/usr/lib/systemd/system/systrace-e2e.service",
+        ),
         // The serial console is the checks' output: no login prompt on it.
         ("/etc/systemd/system/serial-getty@ttyS0.service", "/dev/null"),
         // The telemetry cases start their own receivers, configured for the test.
@@ -269,7 +277,8 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
         if only.is_some_and(|o| o != scenario) {
             continue;
         }
-        let cmdline = if cmdline == "again" { format!("{} systrace.e2e=boot-only", spec.cmdline) } else { cmdline.to_string() };
+        let cmdline =
+            if cmdline == "again" { format!("{} systrace.e2e=boot-only", spec.cmdline) } else { cmdline.to_string() };
         let mut payload = vm_payload(bins, &kernel, format!("systrace-vmtest {scenario} /usr/bin/systrace-agent"));
         let mut cmdline = cmdline;
         let mut memory = "1G";
@@ -330,7 +339,10 @@ fn vm_suite(spec: setup::KernelSpec, bins: &Binaries, only: Option<&str>) -> Res
             })?;
             let tested_nothing = run.passed + run.failed == 0;
             if !finished && panicked && tested_nothing && attempt == 1 {
-                say(&format!("kernel {} ({scenario}): the kernel panicked while booting, before any test ran; booting again", kernel.release));
+                say(&format!(
+                    "kernel {} ({scenario}): the kernel panicked while booting, before any test ran; booting again",
+                    kernel.release
+                ));
                 continue;
             }
             if !finished && panicked && patching_lockup && attempt < 3 {
@@ -422,7 +434,9 @@ fn test(only: Option<&str>, vm_only: bool, scenario: Option<&str>) -> Result<()>
     }
     println!();
     let bypass_tally = if scenario.is_none_or(|s| s == "bypass") {
-        println!("bypass suite (case x kernel/policy style: deny = default deny, allow = default allow with deny rules):");
+        println!(
+            "bypass suite (case x kernel/policy style: deny = default deny, allow = default allow with deny rules):"
+        );
         let t = bypass_table(&bypass);
         println!("bypass suite: {} passed, {} failed", t.passed, t.failed);
         t
@@ -433,7 +447,10 @@ fn test(only: Option<&str>, vm_only: bool, scenario: Option<&str>) -> Result<()>
     let mut total = Tally::default();
     for (name, t) in &lines {
         let reruns = if t.reruns > 0 {
-            format!(" ({} scenario runs repeated after the guest kernel stopped on its own code patching, reported above)", t.reruns)
+            format!(
+                " ({} scenario runs repeated after the guest kernel stopped on its own code patching, reported above)",
+                t.reruns
+            )
         } else {
             String::new()
         };
@@ -443,9 +460,9 @@ fn test(only: Option<&str>, vm_only: bool, scenario: Option<&str>) -> Result<()>
     }
     // Each bypass case is also a TEST line in its kernel's tally; a missing
     // cell is not, so it is added here.
-    let missing = bypass_tally.failed.saturating_sub(
-        bypass.iter().flat_map(|(_, rows)| rows).filter(|(_, _, w)| w == "BYPASSED").count(),
-    );
+    let missing = bypass_tally
+        .failed
+        .saturating_sub(bypass.iter().flat_map(|(_, rows)| rows).filter(|(_, _, w)| w == "BYPASSED").count());
     total.failed += missing;
     println!("{} passed, {} failed", total.passed, total.failed);
     if total.failed > 0 {
@@ -543,20 +560,21 @@ fn bench(only: Option<&str>) -> Result<()> {
         let mut failure = None;
         // Instruction-counted time: with wall-clock time, host scheduling made the
         // same variant vary by 2.5x between rounds.
-        let finished = vm::boot(&kernel, spec.bench_cmdline, &initrd, vm::Cpu::Counted, Duration::from_secs(1800), |line| {
-            if let Some(json) = line.strip_prefix("BENCH ") {
-                match serde_json::from_str::<serde_json::Value>(json) {
-                    Ok(v) => results.push(v),
-                    Err(e) => say(&format!("unreadable bench line ({e}): {line}")),
+        let finished =
+            vm::boot(&kernel, spec.bench_cmdline, &initrd, vm::Cpu::Counted, Duration::from_secs(1800), |line| {
+                if let Some(json) = line.strip_prefix("BENCH ") {
+                    match serde_json::from_str::<serde_json::Value>(json) {
+                        Ok(v) => results.push(v),
+                        Err(e) => say(&format!("unreadable bench line ({e}): {line}")),
+                    }
+                } else if line == "BENCH-DONE" {
+                    done = true;
+                } else if let Some(why) = line.strip_prefix("BENCH-FAILED ") {
+                    failure = Some(why.to_string());
+                } else if line.starts_with("bench:") {
+                    say(&format!("[{}] {line}", spec.label));
                 }
-            } else if line == "BENCH-DONE" {
-                done = true;
-            } else if let Some(why) = line.strip_prefix("BENCH-FAILED ") {
-                failure = Some(why.to_string());
-            } else if line.starts_with("bench:") {
-                say(&format!("[{}] {line}", spec.label));
-            }
-        })?;
+            })?;
         if let Some(why) = failure {
             bail!("benchmark on {} failed: {why}", kernel.release);
         }
@@ -625,7 +643,10 @@ fn print_bench_table(results: &[serde_json::Value]) {
             }
         }
         let ratio = |name: &str| {
-            of("open_close").find(|r| r["name"] == name).and_then(|r| r["ratio_vs_baseline"].as_f64()).unwrap_or(f64::NAN)
+            of("open_close")
+                .find(|r| r["name"] == name)
+                .and_then(|r| r["ratio_vs_baseline"].as_f64())
+                .unwrap_or(f64::NAN)
         };
         let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
         let (floor, floor_all, b, c, e) = (
@@ -659,7 +680,9 @@ fn print_bench_table(results: &[serde_json::Value]) {
         }
         let read = |name: &str| of("read_4k").find(|r| r["name"] == name).and_then(|r| r["ratio_vs_baseline"].as_f64());
         if let (Some(c), Some(floor)) = (read("c_confined_10_rules"), read("a0_noop_program_floor")) {
-            println!("  read() of 4 KiB, confined: {c:.3}x (a do-nothing program on file_permission alone: {floor:.3}x)");
+            println!(
+                "  read() of 4 KiB, confined: {c:.3}x (a do-nothing program on file_permission alone: {floor:.3}x)"
+            );
         }
     }
 }

@@ -60,7 +60,10 @@ fn packages() -> Result<()> {
     }
     say(&format!("installing Debian packages: {}", missing.join(" ")));
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn rust_src() -> Result<()> {
@@ -148,9 +151,11 @@ pub const KERNELS: [KernelSpec; 2] = [
 ];
 
 pub fn kernel_spec(label: &str) -> Result<KernelSpec> {
-    KERNELS.iter().copied().find(|k| k.label == label).with_context(|| {
-        format!("unknown kernel {label}; known: {}", KERNELS.map(|k| k.label).join(", "))
-    })
+    KERNELS
+        .iter()
+        .copied()
+        .find(|k| k.label == label)
+        .with_context(|| format!("unknown kernel {label}; known: {}", KERNELS.map(|k| k.label).join(", ")))
 }
 
 /// A downloaded kernel image and the modules the tests load, in load order.
@@ -169,7 +174,11 @@ pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
     }
     std::fs::create_dir_all(&dir)?;
     let apt_opts = apt_options(spec)?;
-    let list = Command::new("apt-cache").args(&apt_opts).args(["search", "--names-only"]).arg(format!("^{}.*-cloud-amd64-unsigned$", regex_escape(spec.prefix))).output()?;
+    let list = Command::new("apt-cache")
+        .args(&apt_opts)
+        .args(["search", "--names-only"])
+        .arg(format!("^{}.*-cloud-amd64-unsigned$", regex_escape(spec.prefix)))
+        .output()?;
     let mut names: Vec<String> = String::from_utf8_lossy(&list.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
@@ -284,7 +293,8 @@ fn find_vmlinuz(dir: &Path, spec: KernelSpec) -> Result<Option<Kernel>> {
     if std::fs::read_to_string(dir.join("modules/wanted")).ok().as_deref() != Some(MODULES.join("\n").as_str()) {
         return Ok(None);
     }
-    let modules: Vec<PathBuf> = order.lines().filter(|l| !l.is_empty()).map(|m| dir.join("modules").join(format!("{m}.ko"))).collect();
+    let modules: Vec<PathBuf> =
+        order.lines().filter(|l| !l.is_empty()).map(|m| dir.join("modules").join(format!("{m}.ko"))).collect();
     for e in entries {
         let path = e?.path();
         if let Some(release) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")) {

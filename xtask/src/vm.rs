@@ -55,10 +55,7 @@ echo "vm: kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm)"
 fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>> {
     let out = Command::new("ldd").arg(binary).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
-        .collect())
+    Ok(text.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from)).collect())
 }
 
 /// The kernel's test modules and their load order, as payload files.
@@ -98,8 +95,19 @@ pub fn python_files() -> Result<Vec<(PathBuf, String)>> {
     let exe = std::fs::canonicalize("/usr/bin/python3").context("finding Debian's python3")?;
     let version = exe.file_name().and_then(|n| n.to_str()).context("python3's name")?.to_string();
     let lib = Path::new("/usr/lib").join(&version);
-    let skip = ["test", "idlelib", "tkinter", "lib2to3", "pydoc_data", "ensurepip", "distutils", "site-packages",
-        "dist-packages", "turtledemo", "unittest"];
+    let skip = [
+        "test",
+        "idlelib",
+        "tkinter",
+        "lib2to3",
+        "pydoc_data",
+        "ensurepip",
+        "distutils",
+        "site-packages",
+        "dist-packages",
+        "turtledemo",
+        "unittest",
+    ];
     let mut files = vec![(exe.clone(), "/usr/bin/python3".to_string())];
     let mut stack = vec![lib.clone()];
     while let Some(dir) = stack.pop() {
@@ -159,7 +167,11 @@ pub fn initramfs(name: &str, payload: &Payload) -> Result<PathBuf> {
 pub fn pack(dir: &Path, image: &Path, find: &str) -> Result<()> {
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("cd '{}' && find {find} | cpio -o -H newc --quiet | gzip -1 > '{}'", dir.display(), image.display()))
+        .arg(format!(
+            "cd '{}' && find {find} | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            dir.display(),
+            image.display()
+        ))
         .status()?;
     if !status.success() {
         bail!("packing {} into {} failed", dir.display(), image.display());
@@ -172,7 +184,12 @@ pub fn pack(dir: &Path, image: &Path, find: &str) -> Result<()> {
 /// `links` (path in the VM, target) that enable units; paths go through no
 /// symlink of the system (`/usr/lib`, not `/lib`). The kernel unpacks
 /// concatenated archives in order, so the large one is never rebuilt.
-pub fn system_initramfs(name: &str, rootfs: &Path, files: &[(PathBuf, String)], links: &[(&str, &str)]) -> Result<PathBuf> {
+pub fn system_initramfs(
+    name: &str,
+    rootfs: &Path,
+    files: &[(PathBuf, String)],
+    links: &[(&str, &str)],
+) -> Result<PathBuf> {
     let root = workspace_root().join("target/vm").join(name);
     if root.exists() {
         std::fs::remove_dir_all(&root)?;

@@ -130,7 +130,15 @@ pub fn is_random(name: &str) -> bool {
 
 /// How often adjacent characters change between lower case, upper case and digits.
 fn class_changes(token: &str) -> usize {
-    let class = |b: u8| if b.is_ascii_digit() { 0 } else if b.is_ascii_uppercase() { 1 } else { 2 };
+    let class = |b: u8| {
+        if b.is_ascii_digit() {
+            0
+        } else if b.is_ascii_uppercase() {
+            1
+        } else {
+            2
+        }
+    };
     token.as_bytes().windows(2).filter(|w| class(w[0]) != class(w[1])).count()
 }
 
@@ -191,7 +199,9 @@ pub fn extension_glob(path: &str) -> Option<String> {
 pub fn covers(pattern: &str, path: &str) -> bool {
     if let Some((dir, ext)) = extension_pattern(pattern) {
         let name = &path[path.rfind('/').map_or(0, |i| i + 1)..];
-        return parent(path) == dir && path != dir && systrace_common::extension(name.as_bytes()) == Some(ext.as_bytes());
+        return parent(path) == dir
+            && path != dir
+            && systrace_common::extension(name.as_bytes()) == Some(ext.as_bytes());
     }
     match node(pattern) {
         (n, 0) => n == path,
@@ -267,7 +277,8 @@ impl Ladder<'_> {
                 if comps.len() < depth {
                     continue;
                 }
-                let child = format!("/{}", comps[..depth].join("/")).replacen(&format!("/{HOME_VARIABLE}"), HOME_VARIABLE, 1);
+                let child =
+                    format!("/{}", comps[..depth].join("/")).replacen(&format!("/{HOME_VARIABLE}"), HOME_VARIABLE, 1);
                 let entry = by_dir.entry(parent(&child).to_string()).or_default();
                 entry.0.insert(child);
                 entry.1.insert(item.clone());
@@ -283,7 +294,8 @@ impl Ladder<'_> {
                 }
                 let glob = format!("{}/{}", dir.trim_end_matches('/'), if scope == 1 { "*" } else { "**" });
                 // What the glob covers goes, and so does a glob on `dir` itself (`dir/*` under `dir/**`).
-                let absorbed = |i: &String| covers(&glob, node(i).0) || (scope == 2 && node(i).0 == dir && node(i).1 > 0);
+                let absorbed =
+                    |i: &String| covers(&glob, node(i).0) || (scope == 2 && node(i).0 == dir && node(i).1 > 0);
                 items.retain(|i| !absorbed(i));
                 items.insert(glob);
             }
@@ -338,9 +350,9 @@ pub fn generalize(obs: &Observations, opts: &Options) -> Generated {
                 e.absorb(&Evidence { access: bits, ..ev.clone() });
             }
             Seen::Capability(c) => out.capabilities.entry(c.clone()).or_default().absorb(ev),
-            Seen::Protection { protection, hook, detail } => {
-                out.not_allowed.push((format!("{hook} ({protection} protection) {detail}").trim_end().to_string(), ev.clone()))
-            }
+            Seen::Protection { protection, hook, detail } => out
+                .not_allowed
+                .push((format!("{hook} ({protection} protection) {detail}").trim_end().to_string(), ev.clone())),
             _ => {}
         }
     }
@@ -487,7 +499,10 @@ pub fn printable(text: &str) -> String {
 /// The sensitive path a pattern would cover, if any: one of [`SENSITIVE`],
 /// or a home directory's keys (a `.ssh` or `.gnupg` in the directory it names).
 pub fn covers_sensitive(pattern: &str) -> Option<String> {
-    if let Some(s) = SENSITIVE.iter().find(|s| covers(pattern, s) || (pattern.ends_with("/**") && covers(pattern, &format!("{s}/x")))) {
+    if let Some(s) = SENSITIVE
+        .iter()
+        .find(|s| covers(pattern, s) || (pattern.ends_with("/**") && covers(pattern, &format!("{s}/x"))))
+    {
         return Some(s.to_string());
     }
     let dir = pattern
@@ -495,7 +510,10 @@ pub fn covers_sensitive(pattern: &str) -> Option<String> {
         .or_else(|| pattern.strip_suffix("/*"))
         .or_else(|| extension_pattern(pattern).map(|(dir, _)| dir))?;
     // A glob inside a sensitive directory (its keys); homes are judged by their keys.
-    if let Some(s) = SENSITIVE.iter().find(|s| !matches!(**s, "/home" | "/root") && (dir == **s || dir.starts_with(&format!("{s}/")))) {
+    if let Some(s) = SENSITIVE
+        .iter()
+        .find(|s| !matches!(**s, "/home" | "/root") && (dir == **s || dir.starts_with(&format!("{s}/"))))
+    {
         return Some(s.to_string());
     }
     if parts(dir).iter().any(|c| matches!(*c, ".ssh" | ".gnupg")) {
@@ -583,7 +601,11 @@ pub fn render(g: &Generated, obs: &Observations, opts: &Options) -> String {
         out.push('\n');
     }
     for (what, ev) in &g.not_allowed {
-        out.push_str(&format!("# seen {} time(s), refused when enforcing (self-protection): {}\n", ev.count, printable(what)));
+        out.push_str(&format!(
+            "# seen {} time(s), refused when enforcing (self-protection): {}\n",
+            ev.count,
+            printable(what)
+        ));
     }
     write_rules(&mut out, "file", &g.files);
     write_rules(&mut out, "net", &g.net);
@@ -620,7 +642,16 @@ mod tests {
         for r in ["12345", "tmpk3j2_8ab", "tmpabcdefgh", "tmp.aB3xYz", "cache-9f86d081884c7d65", "a1B2c3D4.tmp"] {
             assert!(is_random(r), "{r}");
         }
-        for n in ["python3.11", "index.html", "x86_64-linux-gnu", "libc.so.6", "ISO8859-1.py", "UTF-8", "site-packages", "tmp"] {
+        for n in [
+            "python3.11",
+            "index.html",
+            "x86_64-linux-gnu",
+            "libc.so.6",
+            "ISO8859-1.py",
+            "UTF-8",
+            "site-packages",
+            "tmp",
+        ] {
             assert!(!is_random(n), "{n}");
         }
     }
@@ -734,7 +765,10 @@ mod tests {
         ]);
         let text = generate(&o, &Options::default());
         assert!(text.contains("capabilities = [\"net_bind_service\"]\n"), "{text}");
-        assert!(text.contains("[[net]]\noperations = [\"bind\"]\nprotocol = \"tcp\"\naddress = \"::\"\nports = 8080\n"), "{text}");
+        assert!(
+            text.contains("[[net]]\noperations = [\"bind\"]\nprotocol = \"tcp\"\naddress = \"::\"\nports = 8080\n"),
+            "{text}"
+        );
         assert!(text.contains("ports = \"32768-60999\"\n"), "{text}");
         assert!(text.contains("[[socket]]\nfamily = \"inet6\"\ntype = \"stream\"\nprotocol = \"tcp\"\n"), "{text}");
     }

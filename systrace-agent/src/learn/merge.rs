@@ -87,6 +87,11 @@ mod tests {
         o.read(r#"{"type":"event","verdict":"learned","hook":"file_open","time":"t1","comm":"httpd","path":"/var/log/httpd.log","requested":["append"]}"#);
         let merged = merge(edited, &generalize(&o, &Options::default())).unwrap();
         assert!(merged.starts_with(edited), "{merged}");
-        assert!(merged.ends_with("\n# seen 1 time by httpd, first t1\n[[file]]\npath = \"/var/log/httpd.log\"\naccess = [\"append\"]\n"), "{merged}");
+        assert!(
+            merged.ends_with(
+                "\n# seen 1 time by httpd, first t1\n[[file]]\npath = \"/var/log/httpd.log\"\naccess = [\"append\"]\n"
+            ),
+            "{merged}"
+        );
     }
 }

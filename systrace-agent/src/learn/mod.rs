@@ -40,14 +40,30 @@ pub enum Seen {
     /// A file or directory, by the path the process used.
     File(String),
     /// A bind or connect: (operation, protocol or "", address, port).
-    Net { op: &'static str, protocol: String, address: String, port: u16 },
+    Net {
+        op: &'static str,
+        protocol: String,
+        address: String,
+        port: u16,
+    },
     /// A unix socket peer: (operation, path or `@abstract`).
-    Unix { op: &'static str, name: String },
+    Unix {
+        op: &'static str,
+        name: String,
+    },
     Capability(String),
     /// Socket creation: family, type, protocol names.
-    Socket { family: String, sock_type: String, protocol: String },
+    Socket {
+        family: String,
+        sock_type: String,
+        protocol: String,
+    },
     /// What a self-protection would refuse: no rule can allow it.
-    Protection { protection: String, hook: String, detail: String },
+    Protection {
+        protection: String,
+        hook: String,
+        detail: String,
+    },
 }
 
 /// What was seen of one [`Seen`]: how often, first when, by which programs.
@@ -86,7 +102,6 @@ pub struct Observations {
     pub include_denied: bool,
 }
 
-
 pub fn access_bits(names: &[Value]) -> u32 {
     names
         .iter()
@@ -111,10 +126,9 @@ impl Observations {
                         self.headers.push(h);
                     }
                 }
-                Some("event")
-                    if !self.add_event(&v) => {
-                        self.skipped += 1;
-                    }
+                Some("event") if !self.add_event(&v) => {
+                    self.skipped += 1;
+                }
                 _ => {}
             }
         }

@@ -207,8 +207,9 @@ pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
             };
             let f = number(&socket::FAMILIES, family).unwrap_or(u16::MAX - 1);
             let t = number(&socket::TYPES, sock_type).unwrap_or(u16::MAX - 1);
-            let p = if protocol == "mptcp" { Some(socket::IPPROTO_MPTCP) } else { number(&socket::PROTOCOLS, protocol) }
-                .unwrap_or(0);
+            let p =
+                if protocol == "mptcp" { Some(socket::IPPROTO_MPTCP) } else { number(&socket::PROTOCOLS, protocol) }
+                    .unwrap_or(0);
             let best = policy
                 .sockets
                 .iter()
@@ -222,7 +223,8 @@ pub fn decide(policy: &Policy, seen: &Seen, evidence: &Evidence) -> Decision {
             }
         }
         Seen::Protection { protection, .. } => {
-            let on = protect::NAMES.iter().find(|(n, _)| n == protection).is_none_or(|(_, b)| policy.protections & b != 0);
+            let on =
+                protect::NAMES.iter().find(|(n, _)| n == protection).is_none_or(|(_, b)| policy.protections & b != 0);
             if on {
                 Decision::Denied(format!("the {protection} protection"))
             } else {

@@ -57,7 +57,8 @@ pub fn compile(policy: &Policy, resolver: &dyn Resolver, key: [u64; 2]) -> Resul
         .iter()
         .map(|spec| (resolver.canonical(&spec.path), spec.scope, spec.access, spec.verdict))
         .collect();
-    let error = |message: String| Diagnostic { severity: Severity::Error, location: policy.target_location.clone(), message };
+    let error =
+        |message: String| Diagnostic { severity: Severity::Error, location: policy.target_location.clone(), message };
     for (spec, (canonical, _, _, _)) in policy.files.iter().zip(&rules) {
         if files::components(canonical).len() > systrace_common::MAX_RULE_DEPTH {
             return Err(Diagnostic {
@@ -135,9 +136,10 @@ impl Compiled {
         const WRITES: u32 = access::WRITE | access::APPEND;
         let enforces = self.info.mode == systrace_common::Mode::Enforce as u8;
         let by_default = self.info.default == systrace_common::Default::Allow as u8;
-        let by_rule = self.tree.entries.values().any(|n| {
-            [n.rule.exact, n.rule.children, n.rule.subtree].iter().any(|s| (s.allow | s.audit) & WRITES != 0)
-        });
+        let by_rule =
+            self.tree.entries.values().any(|n| {
+                [n.rule.exact, n.rule.children, n.rule.subtree].iter().any(|s| (s.allow | s.audit) & WRITES != 0)
+            });
         !enforces || by_default || by_rule
     }
 
@@ -159,7 +161,6 @@ impl Resolver for SystemResolver {
     fn canonical(&self, path: &Path) -> PathBuf {
         canonical_prefix(path, |p| std::fs::canonicalize(p).ok())
     }
-
 }
 
 /// `path` with its longest existing prefix canonicalized by `canon` and the
@@ -212,4 +213,3 @@ pub fn unit_entry(target: &Target) -> Option<(String, u8, String)> {
         Target::Cgroup(_) => None,
     }
 }
-

@@ -1,6 +1,10 @@
 //! Where a policy goes wrong: file, line and column, and the message.
 
-use std::{fmt, ops::Range, path::{Path, PathBuf}};
+use std::{
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
 
 /// Where a diagnostic points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,4 +74,3 @@ impl<'a> SourceMap<'a> {
         Diagnostic { severity, location: self.locate(span.start), message: message.into() }
     }
 }
-

@@ -13,8 +13,8 @@ use std::{
 };
 
 use systrace_common::{
-    access, extension, extension_hash, name_hash, node_flags, FileId, FileRule, InodeKey, NameNode, RuleSet, MAX_EXTENSION,
-    MAX_RULE_DEPTH,
+    access, extension, extension_hash, name_hash, node_flags, FileId, FileRule, InodeKey, NameNode, RuleSet,
+    MAX_EXTENSION, MAX_RULE_DEPTH,
 };
 
 use super::{FileRuleSpec, RuleVerdict};
@@ -44,7 +44,8 @@ pub struct Extension {
 impl Extension {
     /// `ext` if a rule can name it.
     pub fn new(ext: &[u8]) -> Option<Extension> {
-        if ext.is_empty() || ext.len() > MAX_EXTENSION || ext.contains(&b'.') || ext.contains(&b'/') || ext.contains(&0) {
+        if ext.is_empty() || ext.len() > MAX_EXTENSION || ext.contains(&b'.') || ext.contains(&b'/') || ext.contains(&0)
+        {
             return None;
         }
         let mut bytes = [0; MAX_EXTENSION];
@@ -93,7 +94,10 @@ pub fn parse_pattern(path: &str) -> Result<(PathBuf, Scope), (usize, String)> {
     } else if let Some((dir, ext)) = path.rsplit_once("/*.") {
         let at = dir.len() + 3;
         if let Some(i) = ext.find(['*', '?', '[', ']', '{', '}', '.']) {
-            return Err((at + i, format!("bad extension in {path:?}: one extension after the last dot, like /dir/*.log")));
+            return Err((
+                at + i,
+                format!("bad extension in {path:?}: one extension after the last dot, like /dir/*.log"),
+            ));
         }
         let Some(ext) = Extension::new(ext.as_bytes()) else {
             return Err((at, format!("bad extension in {path:?}: 1 to {MAX_EXTENSION} bytes after /*.")));
@@ -476,7 +480,10 @@ mod tests {
         // The files there now, but d.log, whose exact rule decides read.
         let listing = ["e.log", "a.log", "b.log.1", "c.txt", "d.log"].map(std::ffi::OsString::from);
         let (files, left_out) = denies[0].followed(listing);
-        assert_eq!(files, [(PathBuf::from("/var/log/a.log"), access::READ), (PathBuf::from("/var/log/e.log"), access::READ)]);
+        assert_eq!(
+            files,
+            [(PathBuf::from("/var/log/a.log"), access::READ), (PathBuf::from("/var/log/e.log"), access::READ)]
+        );
         assert_eq!(left_out, 0);
         let many = (0..MAX_FOLLOWED + 5).map(|i| std::ffi::OsString::from(format!("{i:04}.log")));
         let (files, left_out) = denies[0].followed(many);

@@ -15,7 +15,8 @@ mod syntax;
 pub use compile::*;
 pub use diagnostic::*;
 pub use files::{
-    components, include, parse_pattern, pattern_text, Anchor, Extension, ExtensionDeny, NameTree, Scope, INCLUDES, MAX_FOLLOWED,
+    components, include, parse_pattern, pattern_text, Anchor, Extension, ExtensionDeny, NameTree, Scope, INCLUDES,
+    MAX_FOLLOWED,
 };
 pub use model::*;
 pub use network::{
@@ -106,7 +107,8 @@ path = "/usr/sbin/nginx"
         assert_eq!(p.target, Target::Unit { name: "nginx.service".into(), user: None });
         let p = parse_str("unit = \"machine.slice\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
         assert_eq!(p.target, Target::Unit { name: "machine.slice".into(), user: None });
-        let p = parse_str("user_unit = \"app.service\"\nuser = 1000\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
+        let p =
+            parse_str("user_unit = \"app.service\"\nuser = 1000\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
         assert_eq!(p.target, Target::Unit { name: "app.service".into(), user: Some(Some(1000)) });
         assert_eq!(p.target.manager().as_deref(), Some("user@1000.service"));
         let p = parse_str("user_unit = \"app.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n").unwrap();
@@ -135,7 +137,12 @@ path = "/usr/sbin/nginx"
     fn duplicate_targets_point_at_the_second_file() {
         let h = host();
         let a = parse(Path::new("a.toml"), "cgroup = \"x\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
-        let b = parse(Path::new("b.toml"), "# again\nmode = \"audit\"\ndefault = \"deny\"\ncgroup = \"/sys/fs/cgroup/x\"\n", &h).unwrap();
+        let b = parse(
+            Path::new("b.toml"),
+            "# again\nmode = \"audit\"\ndefault = \"deny\"\ncgroup = \"/sys/fs/cgroup/x\"\n",
+            &h,
+        )
+        .unwrap();
         let errors = check_conflicts(&[a.clone(), b]);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].location, Location { file: "b.toml".into(), line: 4, column: 10 });
@@ -143,15 +150,21 @@ path = "/usr/sbin/nginx"
         let c = parse(Path::new("c/a.toml"), "cgroup = \"y\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
         let errors = check_conflicts(&[a, c]);
         assert!(errors[0].message.contains("duplicate policy name"), "{}", errors[0].message);
-        let u1 = parse(Path::new("u1.toml"), "unit = \"w.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
-        let u2 = parse(Path::new("u2.toml"), "unit = \"w.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
+        let u1 =
+            parse(Path::new("u1.toml"), "unit = \"w.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
+        let u2 =
+            parse(Path::new("u2.toml"), "unit = \"w.service\"\nmode = \"enforce\"\ndefault = \"deny\"\n", &h).unwrap();
         assert!(check_conflicts(&[u1, u2])[0].message.contains("duplicate target"));
     }
 
     #[test]
     fn name_defaults_to_file_stem() {
-        let p = parse(Path::new("/etc/systrace/sshd.toml"), "cgroup = \"a\"\nmode = \"audit\"\ndefault = \"allow\"\n", &host())
-            .unwrap();
+        let p = parse(
+            Path::new("/etc/systrace/sshd.toml"),
+            "cgroup = \"a\"\nmode = \"audit\"\ndefault = \"allow\"\n",
+            &host(),
+        )
+        .unwrap();
         assert_eq!(p.name, "sshd");
     }
 
@@ -173,14 +186,16 @@ path = "/usr/sbin/nginx"
 
     #[test]
     fn metadata_access_kinds() {
-        let p = parse_str(&format!("{HEAD}[[file]]\npath = \"/x\"\naccess = [\"chmod\", \"chown\", \"map\"]\n")).unwrap();
+        let p =
+            parse_str(&format!("{HEAD}[[file]]\npath = \"/x\"\naccess = [\"chmod\", \"chown\", \"map\"]\n")).unwrap();
         assert_eq!(p.files[0].access, access::CHMOD | access::CHOWN | access::MAP);
     }
 
     #[test]
     fn includes_expand_and_unknown_ones_are_located() {
         let p = parse_str(&format!("{HEAD}include = [\"libraries\"]\n")).unwrap();
-        assert!(p.files.iter().any(|f| f.path == Path::new("/usr/lib") && f.scope == Scope::Subtree
+        assert!(p.files.iter().any(|f| f.path == Path::new("/usr/lib")
+            && f.scope == Scope::Subtree
             && f.access == access::READ | access::MAP));
         assert!(p.files.iter().all(|f| f.access & access::EXEC == 0), "libraries must not grant exec");
         let (line, col, msg) = error_at(&format!("{HEAD}include = [\"libraries\", \"kitchen-sink\"]\n"));
@@ -205,8 +220,9 @@ path = "/usr/sbin/nginx"
 
     #[test]
     fn relative_file_path_and_root_cgroup_are_refused() {
-        let (line, col, msg) =
-            error_at("cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"etc/x\"\naccess = [\"read\"]\n");
+        let (line, col, msg) = error_at(
+            "cgroup = \"a\"\nmode = \"enforce\"\ndefault = \"deny\"\n[[file]]\npath = \"etc/x\"\naccess = [\"read\"]\n",
+        );
         assert_eq!((line, col), (5, 9));
         assert!(msg.contains("absolute"));
         let (line, _, msg) = error_at("cgroup = \"/sys/fs/cgroup\"\nmode = \"enforce\"\ndefault = \"deny\"\n");
@@ -313,7 +329,13 @@ ports = 443
         // Rule 1: any+tcp+udp; rule 2: tcp; rule 3: 2 operations x any+tcp+udp.
         assert_eq!(p.net.len(), 3 + 1 + 6);
         let c = compile_net(&p.net).unwrap();
-        let host = c[&(net::OP_CONNECT, net::AF_INET, net::IPPROTO_TCP, [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 32)];
+        let host = c[&(
+            net::OP_CONNECT,
+            net::AF_INET,
+            net::IPPROTO_TCP,
+            [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            32,
+        )];
         // The /32 entry carries its own deny first, then the covering /8 allow.
         assert_eq!(host.count, 2);
         assert_eq!((host.ports[0].lo, host.ports[0].hi, host.ports[0].verdict), (8080, 8080, rule_verdict::DENY));
@@ -321,7 +343,8 @@ ports = 443
         let v6 = c.keys().filter(|k| k.1 == net::AF_INET6).count();
         assert_eq!(v6, 6);
         // ICMP, raw sockets: the rules that name no protocol, under their own key.
-        let any = c[&(net::OP_CONNECT, net::AF_INET, net::PROTO_ANY, [127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8)];
+        let any =
+            c[&(net::OP_CONNECT, net::AF_INET, net::PROTO_ANY, [127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8)];
         assert_eq!((any.count, any.ports[0].verdict), (1, rule_verdict::ALLOW));
     }
 
@@ -331,9 +354,13 @@ ports = 443
         assert_eq!(p.net.len(), 2);
         assert!(p.net.iter().any(|r| r.family == net::AF_INET && r.prefix == 8));
         assert!(p.net.iter().any(|r| r.family == net::AF_INET6 && r.prefix == 128));
-        let p = parse_str(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"local\"\nfamily = \"inet\"\n")).unwrap();
+        let p = parse_str(&format!(
+            "{HEAD}[[net]]\noperations = [\"connect\"]\nprotocol = \"tcp\"\naddress = \"local\"\nfamily = \"inet\"\n"
+        ))
+        .unwrap();
         assert_eq!(p.net.len(), 2, "127.0.0.0/8 and 10.0.2.15: {:?}", p.net);
-        let (_, _, msg) = error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\naddress = \"::1\"\nfamily = \"inet\"\n"));
+        let (_, _, msg) =
+            error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\naddress = \"::1\"\nfamily = \"inet\"\n"));
         assert!(msg.contains("not of the rule's family"), "{msg}");
     }
 
@@ -364,7 +391,9 @@ ports = 443
         // at file_permission before the kernel could move a process.
         assert!(!needs(&format!("{HEAD}{read}")));
         // A deny rule for writes grants nothing.
-        assert!(!needs(&format!("{HEAD}{read}[[file]]\npath = \"/etc/**\"\naccess = [\"write\"]\nverdict = \"deny\"\n")));
+        assert!(!needs(&format!(
+            "{HEAD}{read}[[file]]\npath = \"/etc/**\"\naccess = [\"write\"]\nverdict = \"deny\"\n"
+        )));
         // Any grant of write or append, by rule, by audit rule or by default.
         assert!(needs(&format!("{HEAD}[[file]]\npath = \"/var/log/x/*\"\naccess = [\"append\"]\n")));
         assert!(needs(&format!("{HEAD}[[file]]\npath = \"/tmp/**\"\naccess = [\"write\"]\nverdict = \"audit\"\n")));
@@ -435,7 +464,8 @@ ports = 443
         assert_eq!(u[&(c, b"/run/a.sock\0".to_vec())], rule_verdict::ALLOW);
         assert_eq!(u[&(c, b"\0bus".to_vec())], rule_verdict::DENY);
         assert_eq!(u[&(c, Vec::new())], rule_verdict::AUDIT);
-        let p = parse_str(&format!("{HEAD}[[net]]\noperations = [\"bind\", \"connect\"]\nabstract = \"me\"\n")).unwrap();
+        let p =
+            parse_str(&format!("{HEAD}[[net]]\noperations = [\"bind\", \"connect\"]\nabstract = \"me\"\n")).unwrap();
         let u = compile_unix(&p.unix);
         assert_eq!(u.len(), 2);
         assert_eq!(u[&(net::OP_BIND, b"\0me".to_vec())], rule_verdict::ALLOW);
@@ -444,7 +474,8 @@ ports = 443
             error_at(&format!("{HEAD}[[net]]\noperations = [\"bind\"]\nfamily = \"unix\"\npath = \"/run/a\"\n"));
         assert_eq!(line, 5);
         assert!(msg.contains("[[file]] rules with create"), "{msg}");
-        let (_, _, msg) = error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"run/a\"\n"));
+        let (_, _, msg) =
+            error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nfamily = \"unix\"\npath = \"run/a\"\n"));
         assert!(msg.contains("absolute"), "{msg}");
         let (_, _, msg) =
             error_at(&format!("{HEAD}[[net]]\noperations = [\"connect\"]\nfamily = \"inet\"\npath = \"/run/a\"\n"));

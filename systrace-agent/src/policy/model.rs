@@ -93,7 +93,6 @@ pub enum Protocol {
     Sctp,
 }
 
-
 /// Which cgroups a policy confines.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
@@ -164,7 +163,6 @@ pub struct Policy {
     /// Protections switched off, with the reason the policy gives.
     pub protections_off: Vec<(String, String)>,
 }
-
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRuleSpec {

@@ -29,9 +29,8 @@ pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
         Some((ip, bits)) => (ip, Some(bits.parse::<u32>().map_err(|_| format!("bad prefix length in {text:?}"))?)),
         None => (text, None),
     };
-    let ip: std::net::IpAddr = ip.parse().map_err(|_| {
-        format!("{ip:?} is not an IP address (or one of the words loopback, local)")
-    })?;
+    let ip: std::net::IpAddr =
+        ip.parse().map_err(|_| format!("{ip:?} is not an IP address (or one of the words loopback, local)"))?;
     let mut addr = [0u8; 16];
     let (family, max, bits) = match ip {
         std::net::IpAddr::V4(v4) => {
@@ -198,7 +197,11 @@ pub fn raw_flags(rules: &[NetRuleSpec], default_allows: bool) -> u32 {
         let denies = rules.iter().any(|r| r.op == op && r.verdict == RuleVerdict::Deny);
         let everything = |family: u8| {
             rules.iter().any(|r| {
-                r.op == op && r.family == family && r.proto == net::PROTO_ANY && r.prefix == 0 && r.ports == (0, u16::MAX)
+                r.op == op
+                    && r.family == family
+                    && r.proto == net::PROTO_ANY
+                    && r.prefix == 0
+                    && r.ports == (0, u16::MAX)
             })
         };
         !denies && (default_allows || (everything(net::AF_INET) && everything(net::AF_INET6)))
@@ -228,7 +231,11 @@ pub struct SocketRuleSpec {
 /// the sockets that network rules allowing a protocol need (a `connect` over
 /// tcp allows making a TCP socket of that family, and an MPTCP one, decided as
 /// tcp) where no explicit rule speaks of that type.
-pub fn compile_sockets(explicit: &[SocketRuleSpec], net_rules: &[NetRuleSpec], unix: &[UnixRuleSpec]) -> BTreeMap<(u16, u16, u16), u8> {
+pub fn compile_sockets(
+    explicit: &[SocketRuleSpec],
+    net_rules: &[NetRuleSpec],
+    unix: &[UnixRuleSpec],
+) -> BTreeMap<(u16, u16, u16), u8> {
     let mut out: BTreeMap<(u16, u16, u16), u8> = BTreeMap::new();
     for r in explicit {
         let v = rule_verdict_value(r.verdict);
@@ -245,7 +252,8 @@ pub fn compile_sockets(explicit: &[SocketRuleSpec], net_rules: &[NetRuleSpec], u
     // A rule naming no protocol is also written under sctp when some rule
     // names sctp; only rules that name sctp themselves imply SCTP sockets.
     let expanded = |r: &NetRuleSpec| {
-        r.proto == net::IPPROTO_SCTP && net_rules.iter().any(|o| o.proto == net::PROTO_ANY && NetRuleSpec { proto: r.proto, ..o.clone() } == *r)
+        r.proto == net::IPPROTO_SCTP
+            && net_rules.iter().any(|o| o.proto == net::PROTO_ANY && NetRuleSpec { proto: r.proto, ..o.clone() } == *r)
     };
     for rule in net_rules.iter().filter(|r| r.verdict != RuleVerdict::Deny && !expanded(r)) {
         let mut families = vec![rule.family as u16];
@@ -312,9 +320,16 @@ mod tests {
     fn raw_sockets_need_every_address_allowed() {
         assert_eq!(raw_flags(&[], true), policy_flags::RAW_CONNECT | policy_flags::RAW_BIND);
         assert_eq!(raw_flags(&[], false), 0);
-        let open = [any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow), any(net::OP_CONNECT, net::AF_INET6, RuleVerdict::Allow)];
+        let open = [
+            any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow),
+            any(net::OP_CONNECT, net::AF_INET6, RuleVerdict::Allow),
+        ];
         assert_eq!(raw_flags(&open, false), policy_flags::RAW_CONNECT);
-        let one_deny = NetRuleSpec { addr: [127, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], prefix: 32, ..any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Deny) };
+        let one_deny = NetRuleSpec {
+            addr: [127, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            prefix: 32,
+            ..any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Deny)
+        };
         assert_eq!(raw_flags(&[one_deny], true), policy_flags::RAW_BIND, "one deny rule closes raw connects");
         let only_v4 = [any(net::OP_CONNECT, net::AF_INET, RuleVerdict::Allow)];
         assert_eq!(raw_flags(&only_v4, false), 0);
@@ -347,8 +362,23 @@ mod tests {
         assert_eq!(s[&(10, 5, 132)], rule_verdict::ALLOW);
         assert!(!s.contains_key(&(2, 1, 132)), "a tcp rule allows no SCTP socket");
         let deny_sctp = SocketRuleSpec { family: 10, sock_type: 5, protocol: 132, verdict: RuleVerdict::Deny };
-        let s = compile_sockets(&[deny_sctp], &[NetRuleSpec { proto: net::IPPROTO_SCTP, family: net::AF_INET6, ..NetRuleSpec {
-            op: net::OP_CONNECT, family: 0, proto: 0, addr: [0; 16], prefix: 0, ports: (0, 1), verdict: RuleVerdict::Allow } }], &[]);
+        let s = compile_sockets(
+            &[deny_sctp],
+            &[NetRuleSpec {
+                proto: net::IPPROTO_SCTP,
+                family: net::AF_INET6,
+                ..NetRuleSpec {
+                    op: net::OP_CONNECT,
+                    family: 0,
+                    proto: 0,
+                    addr: [0; 16],
+                    prefix: 0,
+                    ports: (0, 1),
+                    verdict: RuleVerdict::Allow,
+                }
+            }],
+            &[],
+        );
         assert_eq!(s[&(10, 5, 132)], rule_verdict::DENY);
     }
 }

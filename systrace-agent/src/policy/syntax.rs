@@ -117,11 +117,9 @@ fn named_number(text: &str, table: &[(&str, u16)], what: &str) -> Result<u16, St
 pub fn capability_number(text: &str) -> Result<u32, String> {
     let lower = text.to_ascii_lowercase();
     let name = lower.strip_prefix("cap_").unwrap_or(&lower);
-    capability::NAMES
-        .iter()
-        .position(|n| *n == name)
-        .map(|i| i as u32)
-        .ok_or_else(|| format!("unknown capability {text:?} (capability names are those of capabilities(7), such as net_bind_service)"))
+    capability::NAMES.iter().position(|n| *n == name).map(|i| i as u32).ok_or_else(|| {
+        format!("unknown capability {text:?} (capability names are those of capabilities(7), such as net_bind_service)")
+    })
 }
 
 fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
@@ -130,7 +128,6 @@ fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
         RawPorts::Range(text) => network::parse_port_range(text),
     }
 }
-
 
 /// In a rule's path, every home directory ([`Host::homes`]).
 pub const HOME_VARIABLE: &str = "${HOME}";
@@ -223,7 +220,11 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
     let mut unix = Vec::new();
     for rule in &raw.net {
         if rule.operations.get_ref().is_empty() {
-            return Err(map.diagnostic(Severity::Error, rule.operations.span(), "operations is empty: list bind, connect or both"));
+            return Err(map.diagnostic(
+                Severity::Error,
+                rule.operations.span(),
+                "operations is empty: list bind, connect or both",
+            ));
         }
         let named = rule.path.as_ref().or(rule.abstract_name.as_ref());
         if rule.family == Some(Family::Unix) || named.is_some() {
@@ -303,7 +304,8 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
             Some(p) => {
                 let mut table: Vec<(&str, u16)> = socket::PROTOCOLS.to_vec();
                 table.push(("mptcp", socket::IPPROTO_MPTCP));
-                let n = named_number(p.get_ref(), &table, "protocol").map_err(|m| map.diagnostic(Severity::Error, p.span(), m))?;
+                let n = named_number(p.get_ref(), &table, "protocol")
+                    .map_err(|m| map.diagnostic(Severity::Error, p.span(), m))?;
                 if family != net::AF_INET as u16 && family != net::AF_INET6 as u16 {
                     return Err(map.diagnostic(Severity::Error, p.span(), "a protocol is for inet and inet6 sockets"));
                 }
@@ -318,7 +320,9 @@ pub fn parse(file: &Path, text: &str, host: &Host) -> Result<Policy, Diagnostic>
             (None, None) => vec![(SocketKey::ANY, SocketKey::ANY)],
         };
         for (sock_type, protocol) in kinds {
-            if let Some(other) = sockets.iter().find(|o| (o.family, o.sock_type, o.protocol) == (family, sock_type, protocol)) {
+            if let Some(other) =
+                sockets.iter().find(|o| (o.family, o.sock_type, o.protocol) == (family, sock_type, protocol))
+            {
                 if other.verdict != rule.verdict {
                     return Err(map.diagnostic(
                         Severity::Error,
@@ -385,7 +389,11 @@ fn parse_target(map: &SourceMap, raw: &RawPolicy, host: &Host) -> Result<(Target
         ));
     }
     if given.len() > 1 {
-        return Err(map.diagnostic(Severity::Error, given[1].span(), "give one of cgroup, unit or user_unit, not several"));
+        return Err(map.diagnostic(
+            Severity::Error,
+            given[1].span(),
+            "give one of cgroup, unit or user_unit, not several",
+        ));
     }
     if let Some(user) = &raw.user {
         if raw.user_unit.is_none() {
@@ -415,9 +423,9 @@ fn parse_target(map: &SourceMap, raw: &RawPolicy, host: &Host) -> Result<(Target
             None => None,
             Some(u) => Some(match u.get_ref() {
                 RawUid::Number(n) => *n,
-                RawUid::Text(t) => t
-                    .parse()
-                    .map_err(|_| map.diagnostic(Severity::Error, u.span(), "user is a numeric user id"))?,
+                RawUid::Text(t) => {
+                    t.parse().map_err(|_| map.diagnostic(Severity::Error, u.span(), "user is a numeric user id"))?
+                }
             }),
         };
         return Ok((Target::Unit { name: unit_name(unit)?, user: Some(uid) }, unit.span()));
@@ -456,7 +464,10 @@ fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<Vec<UnixRuleSpe
     let err = |span: Range<usize>, msg: &str| map.diagnostic(Severity::Error, span, msg.to_string());
     if let Some(path) = rule.path.as_ref().or(rule.abstract_name.as_ref()) {
         if rule.family.is_some_and(|f| f != Family::Unix) {
-            return Err(err(path.span(), "a path or abstract name is for unix sockets: the rule's family must be unix"));
+            return Err(err(
+                path.span(),
+                "a path or abstract name is for unix sockets: the rule's family must be unix",
+            ));
         }
     }
     if rule.path.is_some() && rule.operations.get_ref().contains(&NetOp::Bind) {
@@ -509,7 +520,6 @@ fn parse_unix_rule(map: &SourceMap, rule: &RawNetRule) -> Result<Vec<UnixRuleSpe
         })
         .collect())
 }
-
 
 /// Errors for policies that cannot be loaded together: two naming the same
 /// target, or using the same name. Points at the later one.

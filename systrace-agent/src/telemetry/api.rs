@@ -66,9 +66,13 @@ pub fn read_token(path: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).with_context(|| format!("reading the API token from {}", path.display()))?;
     if meta.mode() & 0o077 != 0 {
-        return Err(anyhow!("{}: the API token file must not be readable by group or others (chmod 600)", path.display()));
+        return Err(anyhow!(
+            "{}: the API token file must not be readable by group or others (chmod 600)",
+            path.display()
+        ));
     }
-    let token = std::fs::read_to_string(path).with_context(|| format!("reading the API token from {}", path.display()))?;
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading the API token from {}", path.display()))?;
     let token = token.trim().to_string();
     if token.len() < 16 {
         return Err(anyhow!("{}: the API token must be at least 16 characters", path.display()));
@@ -107,7 +111,8 @@ pub fn router(state: Arc<ApiState>, token: Option<String>) -> Router {
 pub fn acceptor(config: &Api) -> Result<Option<tokio_rustls::TlsAcceptor>> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
     let provider = tls::provider();
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let builder = match &config.client_ca {
         Some(ca) => builder.with_client_cert_verifier(
             WebPkiClientVerifier::builder_with_provider(Arc::new(tls::roots(ca)?), provider)

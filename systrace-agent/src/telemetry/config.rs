@@ -5,7 +5,10 @@
 //! before anything is loaded; a restart (not SIGHUP, which reloads policies)
 //! takes a changed configuration.
 
-use std::{net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -203,9 +206,26 @@ fn default_service_name() -> String {
 
 /// Syslog facility names (RFC 5424, table 1) and their codes.
 pub const FACILITIES: &[(&str, u8)] = &[
-    ("kern", 0), ("user", 1), ("mail", 2), ("daemon", 3), ("auth", 4), ("syslog", 5), ("lpr", 6), ("news", 7),
-    ("uucp", 8), ("cron", 9), ("authpriv", 10), ("ftp", 11), ("local0", 16), ("local1", 17), ("local2", 18),
-    ("local3", 19), ("local4", 20), ("local5", 21), ("local6", 22), ("local7", 23),
+    ("kern", 0),
+    ("user", 1),
+    ("mail", 2),
+    ("daemon", 3),
+    ("auth", 4),
+    ("syslog", 5),
+    ("lpr", 6),
+    ("news", 7),
+    ("uucp", 8),
+    ("cron", 9),
+    ("authpriv", 10),
+    ("ftp", 11),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+    ("local7", 23),
 ];
 
 impl Syslog {
@@ -237,8 +257,9 @@ impl Config {
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, Diagnostic> {
         let map = SourceMap::new(file, text);
-        let config: Config = toml::from_str(text)
-            .map_err(|e| map.diagnostic(Severity::Error, e.span().unwrap_or(0..0), e.message().trim().replace('\n', "; ")))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            map.diagnostic(Severity::Error, e.span().unwrap_or(0..0), e.message().trim().replace('\n', "; "))
+        })?;
         // Checks serde cannot express, located at the table they concern.
         let spans: Spans = toml::from_str(text).unwrap_or_default();
         for (i, s) in config.syslog.iter().enumerate() {
@@ -322,7 +343,11 @@ impl Config {
         }
         if let Some(j) = &config.json {
             if j.queue == 0 {
-                return Err(map.diagnostic(Severity::Error, spans.json.as_ref().map_or(0..0, toml::Spanned::span), "queue must be at least 1"));
+                return Err(map.diagnostic(
+                    Severity::Error,
+                    spans.json.as_ref().map_or(0..0, toml::Spanned::span),
+                    "queue must be at least 1",
+                ));
             }
         }
         Ok(config)

@@ -33,7 +33,12 @@ pub struct Request {
 }
 
 pub enum Response {
-    Full { status: &'static str, content_type: &'static str, body: String, headers: &'static str },
+    Full {
+        status: &'static str,
+        content_type: &'static str,
+        body: String,
+        headers: &'static str,
+    },
     /// JSON lines as records are offered, until the client closes.
     Stream(broadcast::Receiver<Arc<Item>>),
 }
@@ -179,8 +184,15 @@ async fn answer(
                 stream(conn, rx, stream_permit).await
             }
             Err(_) => {
-                whole(conn, head_only, "503 Service Unavailable", "text/plain; charset=utf-8", "too many live streams\n", "")
-                    .await
+                whole(
+                    conn,
+                    head_only,
+                    "503 Service Unavailable",
+                    "text/plain; charset=utf-8",
+                    "too many live streams\n",
+                    "",
+                )
+                .await
             }
         },
     }

@@ -89,10 +89,19 @@ impl Metrics {
             env!("CARGO_PKG_VERSION"),
             escape(&self.kernel_release)
         );
-        header(&mut out, "systrace_decisions_total", "counter", "Decisions the kernel reported (denied, audited, learned), by policy, hook and verdict.");
+        header(
+            &mut out,
+            "systrace_decisions_total",
+            "counter",
+            "Decisions the kernel reported (denied, audited, learned), by policy, hook and verdict.",
+        );
         for (policy, counts) in self.decisions.lock().unwrap().iter() {
             for ((hook, verdict), n) in counts {
-                let _ = writeln!(out, "systrace_decisions_total{{policy=\"{}\",hook=\"{hook}\",verdict=\"{verdict}\"}} {n}", escape(policy));
+                let _ = writeln!(
+                    out,
+                    "systrace_decisions_total{{policy=\"{}\",hook=\"{hook}\",verdict=\"{verdict}\"}} {n}",
+                    escape(policy)
+                );
             }
         }
         for c in self.kernel.lock().unwrap().iter() {
@@ -101,9 +110,17 @@ impl Metrics {
         }
         let simple = [
             ("systrace_events_read_total", "Events the agent read from the ring buffer.", &self.events_read),
-            ("systrace_events_rate_limited_total", "Events held back by the per-cgroup rate limit (counted in rate_limited records).", &self.rate_limited),
+            (
+                "systrace_events_rate_limited_total",
+                "Events held back by the per-cgroup rate limit (counted in rate_limited records).",
+                &self.rate_limited,
+            ),
             ("systrace_reloads_total", "Policy reloads that put a new set in force.", &self.reloads),
-            ("systrace_reload_failures_total", "Policy reloads refused; the set in force stayed.", &self.reload_failures),
+            (
+                "systrace_reload_failures_total",
+                "Policy reloads refused; the set in force stayed.",
+                &self.reload_failures,
+            ),
         ];
         for (name, help, v) in simple {
             header(&mut out, name, "counter", help);
@@ -131,16 +148,37 @@ impl Metrics {
             let label = |kind: &str, dest: &str| format!("sink=\"{kind}\",destination=\"{}\"", escape(dest));
             header(&mut out, "systrace_sink_offered_total", "counter", "Records offered to a sink.");
             for (k, d, s) in sinks.iter() {
-                let _ = writeln!(out, "systrace_sink_offered_total{{{}}} {}", label(k, d), s.offered.load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "systrace_sink_offered_total{{{}}} {}",
+                    label(k, d),
+                    s.offered.load(Ordering::Relaxed)
+                );
             }
-            header(&mut out, "systrace_sink_delivered_total", "counter", "Records a sink wrote (to its socket or file).");
+            header(
+                &mut out,
+                "systrace_sink_delivered_total",
+                "counter",
+                "Records a sink wrote (to its socket or file).",
+            );
             for (k, d, s) in sinks.iter() {
-                let _ = writeln!(out, "systrace_sink_delivered_total{{{}}} {}", label(k, d), s.delivered.load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "systrace_sink_delivered_total{{{}}} {}",
+                    label(k, d),
+                    s.delivered.load(Ordering::Relaxed)
+                );
             }
             header(&mut out, "systrace_sink_dropped_total", "counter", "Records a sink lost, by cause.");
             for (k, d, s) in sinks.iter() {
                 for cause in Loss::ALL {
-                    let _ = writeln!(out, "systrace_sink_dropped_total{{{},cause=\"{}\"}} {}", label(k, d), cause.name(), s.dropped(cause));
+                    let _ = writeln!(
+                        out,
+                        "systrace_sink_dropped_total{{{},cause=\"{}\"}} {}",
+                        label(k, d),
+                        cause.name(),
+                        s.dropped(cause)
+                    );
                 }
             }
             header(&mut out, "systrace_sink_up", "gauge", "1 while a sink is connected (or its file open).");
@@ -173,7 +211,10 @@ mod tests {
         m.decision("we\"ird", "capable", "audit");
         m.set_kernel(vec![KernelCounter { name: "systrace_kernel_denied_total", help: "h", value: 5 }]);
         let text = m.render();
-        assert!(text.contains("systrace_decisions_total{policy=\"victim\",hook=\"file_open\",verdict=\"denied\"} 2\n"), "{text}");
+        assert!(
+            text.contains("systrace_decisions_total{policy=\"victim\",hook=\"file_open\",verdict=\"denied\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("policy=\"we\\\"ird\""), "{text}");
         assert!(text.contains("systrace_kernel_denied_total 5\n"));
         assert!(text.contains("systrace_build_info{version="));

@@ -128,7 +128,12 @@ impl Telemetry {
             let token = a.token_file.as_deref().map(api::read_token).transpose()?;
             let acceptor = api::acceptor(a)?;
             let state = Arc::new(api::ApiState::new());
-            servers.push(http::Server { what: "the API", listen: a.listen, tls: acceptor, router: api::router(state.clone(), token) });
+            servers.push(http::Server {
+                what: "the API",
+                listen: a.listen,
+                tls: acceptor,
+                router: api::router(state.clone(), token),
+            });
             t.api = Some(state);
         }
         if !servers.is_empty() {

@@ -199,7 +199,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("`{url}`: only http:// endpoints are supported"))?;
+        let rest =
+            url.strip_prefix("http://").ok_or_else(|| anyhow!("`{url}`: only http:// endpoints are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/v1/logs"),
@@ -290,7 +291,8 @@ async fn post(conn: &mut BufReader<TcpStream>, endpoint: &Endpoint, body: &[u8])
         let mut total = 0usize;
         loop {
             let size = bounded_line(conn).await?;
-            let n = usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16).context("bad chunk size")?;
+            let n =
+                usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16).context("bad chunk size")?;
             total = total.saturating_add(n);
             if n == 0 {
                 // Trailers, if any, up to the empty line.
@@ -361,7 +363,9 @@ pub async fn run(endpoint: Endpoint, resource: Resource, mut rx: mpsc::Receiver<
         // A kept-alive connection the collector closed while idle: once more
         // on a new one, at once.
         if reused && !matches!(result, Ok(Ok(_))) {
-            if let Ok(Ok(fresh)) = tokio::time::timeout(TIMEOUT, TcpStream::connect((endpoint.host.as_str(), endpoint.port))).await {
+            if let Ok(Ok(fresh)) =
+                tokio::time::timeout(TIMEOUT, TcpStream::connect((endpoint.host.as_str(), endpoint.port))).await
+            {
                 let _ = fresh.set_nodelay(true);
                 let c = conn.insert(BufReader::new(fresh));
                 result = tokio::time::timeout(TIMEOUT, post(c, &endpoint, &body)).await;
@@ -425,7 +429,8 @@ mod tests {
         key_value(&mut kv, 1, "a", &json!(1));
         assert_eq!(kv, [0x0a, 0x07, 0x0a, 0x01, b'a', 0x12, 0x02, 0x18, 0x01]);
         let r = Resource { host_name: "h".into(), service_name: "systrace".into(), service_version: "0.1.0".into() };
-        let item = Item::new(json!({"type": "event", "time": "1970-01-01T00:00:01Z", "verdict": "denied", "path": "/x"}));
+        let item =
+            Item::new(json!({"type": "event", "time": "1970-01-01T00:00:01Z", "verdict": "denied", "path": "/x"}));
         let req = export_request(&r, &[item], 7);
         // The request is one ResourceLogs (field 1, length-delimited).
         assert_eq!(req[0], 0x0a);
@@ -472,7 +477,11 @@ mod wire_tests {
             // First connection: a chunked answer with a trailer, then one that closes.
             let (mut c, _) = listener.accept().await.unwrap();
             assert!(read_request(&mut c).await);
-            c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3 ;ext\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n").await.unwrap();
+            c.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3 ;ext\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            )
+            .await
+            .unwrap();
             assert!(read_request(&mut c).await);
             c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.unwrap();
             drop(c);

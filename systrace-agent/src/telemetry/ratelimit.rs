@@ -93,7 +93,8 @@ impl RateLimiter {
         };
         let (rate, burst) = (f64::from(self.limit.events_per_second), f64::from(self.limit.burst));
         let (policy_rate, policy_burst) = (rate * f64::from(POLICY_FACTOR), burst * f64::from(POLICY_FACTOR));
-        let shared = self.policies.entry(policy_id).or_insert_with(|| Bucket::full(policy_burst, now_ns, policy_id, policy));
+        let shared =
+            self.policies.entry(policy_id).or_insert_with(|| Bucket::full(policy_burst, now_ns, policy_id, policy));
         shared.refill(now_ns, policy_rate, policy_burst);
         let bucket = self.buckets.entry(key).or_insert_with(|| Bucket::full(burst, now_ns, policy_id, policy));
         bucket.refill(now_ns, rate, burst);
@@ -122,7 +123,10 @@ impl RateLimiter {
         let tracked = &mut self.tracked;
         self.buckets.retain(|&cgroup, b| {
             if b.suppressed > 0 {
-                held.entry(b.policy_id).or_insert_with(|| (b.policy.clone(), Vec::new())).1.push((b.suppressed, cgroup));
+                held.entry(b.policy_id)
+                    .or_insert_with(|| (b.policy.clone(), Vec::new()))
+                    .1
+                    .push((b.suppressed, cgroup));
                 b.suppressed = 0;
                 return true;
             }
@@ -136,7 +140,8 @@ impl RateLimiter {
         });
         self.tracked.retain(|_, n| *n > 0);
         let (policy_rate, policy_burst) = (rate * f64::from(POLICY_FACTOR), burst * f64::from(POLICY_FACTOR));
-        self.policies.retain(|_, b| b.tokens + now_ns.saturating_sub(b.last_ns) as f64 / 1e9 * policy_rate < policy_burst);
+        self.policies
+            .retain(|_, b| b.tokens + now_ns.saturating_sub(b.last_ns) as f64 / 1e9 * policy_rate < policy_burst);
         let record = |policy: &str, cgroup: Value, cgroups: usize, suppressed: u64| {
             json!({
                 "type": "rate_limited",

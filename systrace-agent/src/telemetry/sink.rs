@@ -304,7 +304,9 @@ pub fn syslog(config: &Syslog, origin: Origin) -> Result<Sink> {
     let facility = config.facility_code();
     let destination = config.destination();
     let (kind, task) = match config.transport {
-        Transport::Unix => ("syslog-unix", tokio::spawn(unix_datagrams(destination.clone(), facility, origin, rx, stats.clone()))),
+        Transport::Unix => {
+            ("syslog-unix", tokio::spawn(unix_datagrams(destination.clone(), facility, origin, rx, stats.clone())))
+        }
         Transport::Tcp => {
             let connect = Connector::Tcp(destination.clone());
             ("syslog-tcp", tokio::spawn(stream(connect, facility, origin, rx, stats.clone())))
@@ -390,7 +392,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A write that takes longer than this counts as a broken connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn stream(connector: Connector, facility: u8, origin: Origin, mut rx: mpsc::Receiver<Arc<Item>>, stats: Arc<SinkStats>) {
+async fn stream(
+    connector: Connector,
+    facility: u8,
+    origin: Origin,
+    mut rx: mpsc::Receiver<Arc<Item>>,
+    stats: Arc<SinkStats>,
+) {
     let mut conn: Option<Box<dyn Stream>> = None;
     let mut backoff = BACKOFF_MIN;
     let mut next_attempt = tokio::time::Instant::now();
@@ -496,7 +504,9 @@ mod tests {
         });
         let mut sink = syslog(&tcp_config(addr, 64), origin()).unwrap();
         for i in 0..10 {
-            sink.offer(&Item::new(json!({"type": "event", "verdict": "denied", "hook": "file_open", "path": format!("/f{i}")})));
+            sink.offer(&Item::new(
+                json!({"type": "event", "verdict": "denied", "hook": "file_open", "path": format!("/f{i}")}),
+            ));
         }
         sink.finish(Duration::from_secs(5)).await;
         let bytes = reader.await.unwrap();

@@ -228,7 +228,10 @@ mod tests {
         assert!(message(&item).ends_with("operation: socket_connect, object: [::1]:22"), "{}", message(&item));
         let status = Item::new(json!({"type": "status", "state": "reload-failed", "policies": [{"name": "x"}]}));
         let r = format(4, &status, &origin());
-        assert!(r.starts_with("<35>1 - vm systrace 42 status [systrace@32473 state=\"reload-failed\"] agent reload-failed"), "{r}");
+        assert!(
+            r.starts_with("<35>1 - vm systrace 42 status [systrace@32473 state=\"reload-failed\"] agent reload-failed"),
+            "{r}"
+        );
     }
 
     #[test]
