@@ -5,6 +5,7 @@
 pub mod cgroups;
 pub mod events;
 pub mod homes;
+pub mod kernels;
 pub mod learn;
 pub mod offsets;
 pub mod policy;

@@ -517,6 +517,10 @@ fn compile_all(parsed: &[Policy], key: [u64; 2]) -> Result<Vec<Compiled>, Vec<Di
 
 /// Reasons a host cannot enforce that are visible before loading anything.
 fn preflight() -> Result<(), String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if let Some(note) = systrace_agent::kernels::judge(release.trim())? {
+        eprintln!("systrace-agent: note: {note}");
+    }
     if !Path::new(offsets::VMLINUX_BTF).exists() {
         return Err(format!(
             "the kernel exposes no BTF ({} is missing; it needs CONFIG_DEBUG_INFO_BTF=y)",
@@ -625,7 +629,9 @@ impl Output {
             }
             return;
         }
-        let Ok(value) = serde_json::to_value(value) else { return };
+        let Ok(value) = serde_json::to_value(value) else {
+            return;
+        };
         if let Some(out) = &mut self.stdout {
             let _ = serde_json::to_writer(&mut *out, &value);
             let _ = out.write_all(b"\n");

@@ -103,7 +103,7 @@ pub fn resolve(btf_path: &Path) -> Result<KernelLayout> {
         let slot = hook.slot();
         hook_args[slot] = params.len() as u8;
         for (k, wanted) in hook.args().iter().enumerate() {
-            let position = params.iter().position(|p| p == wanted).ok_or_else(|| {
+            let position = params.iter().position(|p| param_is(p, wanted)).ok_or_else(|| {
                 anyhow!(
                     "LSM hook {} has no argument {wanted} in {} (it has: {})",
                     hook.name(),
@@ -143,6 +143,27 @@ pub fn load_modules() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+/// Whether the BTF parameter name `param` is the argument `wanted`.
+///
+/// Newer kernels annotate some hook arguments for the verifier with a suffix
+/// after a double underscore: 7.x names `mmap_file`'s first argument
+/// `file__nullable` (it is NULL for anonymous mappings, as it always was), and
+/// kfuncs use `__ref`, `__str`, `__k`, `__ign`, `__opt`, `__uninit`. The
+/// suffix changes what BTF-typed access may assume, not what the argument is,
+/// and the programs read arguments as raw context words and check pointers
+/// for NULL themselves (`map_code` allows a NULL file: anonymous memory has no
+/// file to decide by). So `file__nullable` is `file`; a name that merely
+/// starts with `file` (`file_flags`) is not.
+pub fn param_is(param: &str, wanted: &str) -> bool {
+    match param.strip_prefix(wanted) {
+        Some("") => true,
+        Some(suffix) => suffix
+            .strip_prefix("__")
+            .is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
+        None => false,
     }
 }
 
@@ -281,6 +302,17 @@ mod tests {
         // inode_setattr takes an idmap first on every kernel since 6.3.
         assert_eq!(args(Hook::InodeSetattr)[..3], [3, 1, 2]);
         assert!(layout.missing_hooks.is_empty(), "{:?}", layout.missing_hooks);
+    }
+
+    #[test]
+    fn annotated_argument_names_match_their_argument_and_nothing_else() {
+        assert!(param_is("file", "file"));
+        assert!(param_is("file__nullable", "file"));
+        assert!(param_is("task__ref", "task"));
+        assert!(!param_is("file_flags", "file"));
+        assert!(!param_is("file__", "file"));
+        assert!(!param_is("fil", "file"));
+        assert!(!param_is("old_dentry", "dentry"));
     }
 
     #[test]
