@@ -246,14 +246,93 @@ pub fn raw_devices(proc_devices: &str) -> [u32; RAW_DEVICE_SLOTS] {
     let character = proc_devices.split("Block devices:").next().unwrap_or("");
     for line in character.lines() {
         let mut words = line.split_whitespace();
-        let (Some(major), Some(name)) = (words.next(), words.next()) else { continue };
-        let Ok(major) = major.parse::<u32>() else { continue };
+        let (Some(major), Some(name)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(major) = major.parse::<u32>() else {
+            continue;
+        };
         if DYNAMIC_RAW_DEVICES.contains(&name) && n < RAW_DEVICE_SLOTS {
             out[n] = kernel_dev(major, ANY_MINOR);
             n += 1;
         }
     }
     out
+}
+
+/// Loads (verifies) the LSM programs of `hooks`, on as many threads as there
+/// are CPUs (at most four), without attaching them.
+///
+/// Verification is most of an agent's start (about 50 programs; a minute on
+/// 6.1 under emulation, a second or two on hardware) and each load is one
+/// independent `BPF_PROG_LOAD` the kernel verifies on the calling thread, so
+/// loads on several threads verify on several CPUs at once. A failure is the
+/// first in table order, whatever thread met it, so the message does not
+/// depend on timing. `SYSTRACE_LOAD_STATS` prints each program's verification;
+/// `SYSTRACE_LOAD_THREADS` sets the number of threads.
+fn load_in_parallel(bpf: &mut Ebpf, hooks: &[Hook], btf: &Btf) -> Result<(), (anyhow::Error, Option<String>)> {
+    let stats = std::env::var_os("SYSTRACE_LOAD_STATS").is_some();
+    let mut programs: Vec<(usize, &'static str, &mut Lsm)> = Vec::with_capacity(hooks.len());
+    for (name, program) in bpf.programs_mut() {
+        let Some(index) = hooks.iter().position(|h| h.name() == name) else {
+            continue;
+        };
+        let program: &mut Lsm = program.try_into().map_err(|e| (anyhow!("{name}: {e}"), None))?;
+        programs.push((index, hooks[index].name(), program));
+    }
+    if let Some(missing) = hooks.iter().find(|h| !programs.iter().any(|(_, name, _)| *name == h.name())) {
+        return Err((anyhow!("program {} missing from the object", missing.name()), None));
+    }
+    let threads = std::env::var("SYSTRACE_LOAD_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 4);
+    let mut shares: Vec<Vec<(usize, &'static str, &mut Lsm)>> = (0..threads).map(|_| Vec::new()).collect();
+    // Round-robin in table order: the costly file hooks come first and spread out.
+    programs.sort_by_key(|(index, _, _)| *index);
+    for (i, program) in programs.into_iter().enumerate() {
+        shares[i % threads].push(program);
+    }
+    let mut failures: Vec<(usize, anyhow::Error, Option<String>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    for (index, name, program) in share {
+                        let started = std::time::Instant::now();
+                        match program.load(name, btf) {
+                            Ok(()) if stats => {
+                                let info = program.info().ok();
+                                eprintln!(
+                                    "systrace-agent: loaded {name} in {:.0?}: {:?} instructions verified, {:?} translated",
+                                    started.elapsed(),
+                                    info.as_ref().and_then(|i| i.verified_instruction_count()),
+                                    info.as_ref().map(|i| i.size_translated()),
+                                );
+                            }
+                            Ok(()) => {}
+                            Err(e) => {
+                                let log = match &e {
+                                    aya::programs::ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
+                                    _ => None,
+                                };
+                                failures.push((index, anyhow!(e).context(format!("loading LSM program {name}")), log));
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    failures.sort_by_key(|(index, _, _)| *index);
+    match failures.into_iter().next() {
+        Some((_, error, log)) => Err((error, log)),
+        None => Ok(()),
+    }
 }
 
 impl Enforcer {
@@ -281,39 +360,18 @@ impl Enforcer {
         loader.map_max_entries(names::EVENTS, ring_bytes(cpus));
         let mut bpf = loader.load(OBJECT).map_err(|e| fail(anyhow!(e).context("creating maps"), None))?;
         let btf = Btf::from_sys_fs().map_err(|e| fail(anyhow!(e).context("reading kernel BTF"), None))?;
-        let stats = std::env::var_os("SYSTRACE_LOAD_STATS").is_some();
+        let hooks: Vec<Hook> = Hook::ALL.iter().copied().filter(|&h| layout.has(h)).collect();
+        load_in_parallel(&mut bpf, &hooks, &btf).map_err(|(e, log)| fail(e, log))?;
         let mut links = Vec::new();
-        for &hook in Hook::ALL {
-            if !layout.has(hook) {
-                continue;
-            }
+        for &hook in hooks.iter().filter(|h| h.enforcing()) {
             let name = hook.name();
             let program: &mut Lsm = bpf
                 .program_mut(name)
                 .ok_or_else(|| fail(anyhow!("program {name} missing from the object"), None))?
                 .try_into()
                 .map_err(|e| fail(anyhow!("{name}: {e}"), None))?;
-            let started = std::time::Instant::now();
-            if let Err(e) = program.load(name, &btf) {
-                let log = match &e {
-                    aya::programs::ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
-                    _ => None,
-                };
-                return Err(fail(anyhow!(e).context(format!("loading LSM program {name}")), log));
-            }
-            if stats {
-                let info = program.info().ok();
-                eprintln!(
-                    "systrace-agent: loaded {name} in {:.0?}: {:?} instructions verified, {:?} translated",
-                    started.elapsed(),
-                    info.as_ref().and_then(|i| i.verified_instruction_count()),
-                    info.as_ref().map(|i| i.size_translated()),
-                );
-            }
-            if hook.enforcing() {
-                let link = program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name}")), None))?;
-                links.push((name, link));
-            }
+            let link = program.attach().map_err(|e| fail(anyhow!(e).context(format!("attaching {name}")), None))?;
+            links.push((name, link));
         }
         let mut tracepoints = Vec::new();
         for name in CGROUP_TRACEPOINTS {
@@ -1240,7 +1298,9 @@ fn followed(anchors: &BTreeMap<Anchor, FileRule>, denies: &[ExtensionDeny]) -> V
 fn followed_files(denies: &[ExtensionDeny]) -> Vec<(Anchor, FileRule)> {
     let mut out = Vec::new();
     for deny in denies {
-        let Ok(entries) = std::fs::read_dir(&deny.dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&deny.dir) else {
+            continue;
+        };
         let names = entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink()))
