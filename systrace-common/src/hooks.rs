@@ -130,6 +130,11 @@ lsm_hooks! {
     /// Not a decision: a dentry gets an inode, and answers the walk cache
     /// remembered for its address are stale.
     DInstantiate = 53 => "d_instantiate" ["dentry", "inode"];
+    /// File attributes (flags such as append-only, immutable, nodump; the
+    /// project id) through `vfs_fileattr_set`: the `file_setattr` system call
+    /// (6.17), which reaches a file by name without the ioctl
+    /// (`FS_IOC_SETFLAGS`, `FS_IOC_FSSETXATTR`) `file_ioctl` decides.
+    InodeFileSetattr = 54 => "inode_file_setattr" ["dentry"] since "6.17";
 }
 
 impl Hook {

@@ -1,7 +1,7 @@
 //! Metadata: mode (`path_chmod`, setuid bits included), owner
 //! (`path_chown`), timestamps (`inode_setattr`), extended attributes and ACLs
 //! (`inode_setxattr`, `inode_removexattr`, `inode_set_acl`,
-//! `inode_remove_acl`).
+//! `inode_remove_acl`), file attributes (`inode_file_setattr`, 6.17+).
 //!
 //! `chmod` covers what changes who may do what with a file: mode bits, ACLs,
 //! file capabilities and every extended attribute outside `user.`; `chown`
@@ -97,11 +97,16 @@ lsm_program!(inode_removexattr = "inode_removexattr", Hook::InodeRemovexattr, |c
     on_dentry(&ctx, Hook::InodeRemovexattr, requested)
 });
 
-lsm_program!(inode_set_acl = "inode_set_acl", Hook::InodeSetAcl, |ctx| on_dentry(
-    &ctx,
-    Hook::InodeSetAcl,
-    access::CHMOD
-));
+lsm_program!(inode_set_acl = "inode_set_acl", Hook::InodeSetAcl, |ctx| {
+    on_dentry(&ctx, Hook::InodeSetAcl, access::CHMOD)
+});
 lsm_program!(inode_remove_acl = "inode_remove_acl", Hook::InodeRemoveAcl, |ctx| {
     on_dentry(&ctx, Hook::InodeRemoveAcl, access::CHMOD)
+});
+
+// Flags and the project id, by ioctl or by the `file_setattr` system call
+// (6.17+), which names the file by path: what `FS_IOC_FSSETXATTR` needs in
+// `file_ioctl`, `chmod`.
+lsm_program!(inode_file_setattr = "inode_file_setattr", Hook::InodeFileSetattr, |ctx| {
+    on_dentry(&ctx, Hook::InodeFileSetattr, access::CHMOD)
 });

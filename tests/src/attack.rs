@@ -394,6 +394,17 @@ pub fn run(verb: &str, operands: &[String], pre: &mut Prepared, outcome: &mut Ou
                 libc::close(fd);
                 e
             }
+            "file-setattr" => {
+                // file-setattr PATH: set FS_XFLAG_NODUMP through the
+                // file_setattr system call (6.17+), which names the file by
+                // path: no descriptor, no ioctl. ENOSYS on older kernels.
+                const SYS_FILE_SETATTR: libc::c_long = 469;
+                const FS_XFLAG_NODUMP: u64 = 0x80;
+                // struct file_attr (FILE_ATTR_SIZE_VER0, 24 bytes): a u64
+                // fa_xflags, then u32 extsize, nextents, projid, cowextsize.
+                let attr: [u64; 3] = [FS_XFLAG_NODUMP, 0, 0];
+                rc(libc::syscall(SYS_FILE_SETATTR, libc::AT_FDCWD, arg(0)?.as_ptr(), attr.as_ptr(), 24usize, 0u32))
+            }
             "open-deep" => {
                 // open-deep BASE LEVELS: walk down LEVELS directories named `d`
                 // below BASE (deeper than PATH_MAX allows in one path), then open `f`.

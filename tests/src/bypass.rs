@@ -33,6 +33,7 @@ use crate::{
 
 const EPERM: i32 = 1;
 const EACCES: i32 = 13;
+const ENOSYS: i32 = 38;
 const ROOT: &str = "/tmp/bp";
 const ELSEWHERE: &str = "/sys/fs/cgroup/systrace-elsewhere";
 /// The agent's own cgroup: its cgroup.kill is a target.
@@ -257,6 +258,9 @@ fn ino(path: &Path) -> Result<u64> {
 enum Outcome {
     Denied,
     Bypassed(String),
+    /// The kernel has no such door (ENOSYS: a system call newer than it):
+    /// nothing to refuse. Shown as `absent` in the table.
+    Absent,
 }
 
 /// Who the refusal's report must name.
@@ -728,6 +732,14 @@ fn cases() -> Vec<Case> {
         c.attack(&["setacl", "/tmp/bp/readonly.txt"], e)
     });
     case!("chattr", |c, f| c.attack(&["chattr", "/tmp/bp/readonly.txt"], file("file_ioctl")));
+    // The same flags by path, without the ioctl (6.17+).
+    case!("file_setattr", |c, f| {
+        let out = c.op(&["file-setattr", "/tmp/bp/readonly.txt"])?;
+        if out.errno == ENOSYS {
+            return Ok(Outcome::Absent);
+        }
+        c.judge(&["file-setattr"], out, file("inode_file_setattr"))
+    });
     // Code.
     case!("memfd_fexecve", |c, f| c.attack(&["memfd-exec", "/tmp/bp/tool"], file("file_open")));
     case!("script_with_allowed_interpreter", |c, f| {
@@ -936,6 +948,7 @@ fn bypass_suite(agent_bin: &Path, r: &mut Runner) -> Result<()> {
             let result = case(&mut ctx, &fixtures);
             let (word, test) = match &result {
                 Ok(Outcome::Denied) => ("denied", Ok(())),
+                Ok(Outcome::Absent) => ("absent", Ok(())),
                 Ok(Outcome::Bypassed(why)) => ("BYPASSED", Err(anyhow::anyhow!("BYPASSED: {why}"))),
                 Err(e) => ("BYPASSED", Err(anyhow::anyhow!("not shown denied: {e:#}"))),
             };

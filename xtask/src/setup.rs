@@ -114,8 +114,9 @@ pub struct KernelSpec {
     pub debian: &'static str,
     /// Debian suite whose package list has it; `None`: the machine's own sources.
     pub suite: Option<&'static str>,
-    /// Package name prefix; the newest matching `-cloud-amd64-unsigned` is taken.
-    pub prefix: &'static str,
+    /// What the kernel's version starts with (`6.1.0-`, `6.12.`); empty: the
+    /// newest version the suite has, whatever it is.
+    pub version_prefix: &'static str,
     /// Extra kernel command line.
     pub cmdline: &'static str,
     /// A command line with the BPF LSM left out, for the refusal test.
@@ -128,12 +129,18 @@ pub struct KernelSpec {
 /// Debian's AppArmor profile compiler and loader.
 pub const APPARMOR_PARSER: &str = "/sbin/apparmor_parser";
 
-pub const KERNELS: [KernelSpec; 2] = [
+/// The LSM list of the 7.x kernels' configuration, without bpf.
+const LSM_7_WITHOUT_BPF: &str = "lsm=landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor";
+
+/// The matrix. Whichever of them are the oldest and the newest once fetched
+/// run every scenario; the kernels between them run the core set
+/// ([`CORE_SCENARIOS`]; see the README, "Kernels").
+pub const KERNELS: [KernelSpec; 4] = [
     KernelSpec {
         label: "6.1",
         debian: "Debian 12",
         suite: None,
-        prefix: "linux-image-6.1.0-",
+        version_prefix: "6.1.0-",
         // Debian 12 leaves bpf out of the default LSM list.
         cmdline: "lsm=lockdown,capability,landlock,yama,bpf",
         cmdline_without_bpf_lsm: "lsm=lockdown,capability,landlock,yama",
@@ -143,12 +150,34 @@ pub const KERNELS: [KernelSpec; 2] = [
         label: "6.12",
         debian: "Debian 13",
         suite: Some("trixie"),
-        prefix: "linux-image-6.12.",
+        version_prefix: "6.12.",
         cmdline: "",
         cmdline_without_bpf_lsm: "lsm=lockdown,capability,landlock,yama,apparmor",
         bench_cmdline: "",
     },
+    KernelSpec {
+        label: "unstable",
+        debian: "Debian unstable",
+        suite: Some("sid"),
+        version_prefix: "",
+        cmdline: "",
+        cmdline_without_bpf_lsm: LSM_7_WITHOUT_BPF,
+        bench_cmdline: "",
+    },
+    KernelSpec {
+        label: "backports",
+        debian: "Debian 13 backports",
+        suite: Some("trixie-backports"),
+        version_prefix: "",
+        cmdline: "",
+        cmdline_without_bpf_lsm: LSM_7_WITHOUT_BPF,
+        bench_cmdline: "",
+    },
 ];
+
+/// The scenarios every kernel of the matrix boots: enforcement, the bypass
+/// table, self-protection (in `suite`) and the living system.
+pub const CORE_SCENARIOS: [&str; 3] = ["suite", "bypass", "living"];
 
 pub fn kernel_spec(label: &str) -> Result<KernelSpec> {
     KERNELS
@@ -166,6 +195,51 @@ pub struct Kernel {
     pub modules: Vec<PathBuf>,
 }
 
+/// How Debian packages one kernel version.
+#[derive(Debug, PartialEq, Eq)]
+enum Packaging {
+    /// Up to 6.12: `linux-image-V-unsigned` holds `/boot/vmlinuz-V` and the modules.
+    Unsigned,
+    /// From 7.x: `linux-binary-V` holds `/usr/lib/modules/V/vmlinuz`,
+    /// `linux-modules-V` the modules; `linux-image-V` only depends on them.
+    Split,
+}
+
+impl Packaging {
+    fn packages(&self, version: &str) -> Vec<String> {
+        match self {
+            Packaging::Unsigned => vec![format!("linux-image-{version}-cloud-amd64-unsigned")],
+            Packaging::Split => {
+                vec![format!("linux-binary-{version}-cloud-amd64"), format!("linux-modules-{version}-cloud-amd64")]
+            }
+        }
+    }
+}
+
+/// The newest kernel version among package names (`linux-image-V-cloud-amd64`,
+/// with or without `-unsigned`, or `linux-binary-V-cloud-amd64`) whose
+/// version starts with `prefix`, and how it is packaged.
+fn newest_kernel(names: &[&str], prefix: &str) -> Option<(String, Packaging)> {
+    let version_of = |name: &str| -> Option<(String, bool)> {
+        let rest = name.strip_prefix("linux-image-").or_else(|| name.strip_prefix("linux-binary-"))?;
+        let (version, split) = match rest.strip_suffix("-cloud-amd64-unsigned") {
+            Some(v) => (v, false),
+            None => (rest.strip_suffix("-cloud-amd64")?, name.starts_with("linux-binary-")),
+        };
+        // A version starts with a digit (not `unsigned-`, not a meta-package).
+        (version.starts_with(|c: char| c.is_ascii_digit()) && version.starts_with(prefix))
+            .then(|| (version.to_string(), split))
+    };
+    let mut versions: Vec<(String, bool)> =
+        names.iter().filter(|n| !n.contains("-dbg")).filter_map(|n| version_of(n)).collect();
+    versions.sort_by(|a, b| version_cmp(&a.0, &b.0));
+    let newest = versions.last()?.0.clone();
+    let split = versions.iter().any(|(v, split)| *v == newest && *split);
+    let unsigned = names.contains(&format!("linux-image-{newest}-cloud-amd64-unsigned").as_str());
+    let packaging = if split || !unsigned { Packaging::Split } else { Packaging::Unsigned };
+    Some((newest, packaging))
+}
+
 /// Returns the cached kernel, downloading it on first use.
 pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
     let dir = cache_dir()?.join("kernels").join(spec.label);
@@ -176,39 +250,38 @@ pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
     let apt_opts = apt_options(spec)?;
     let list = Command::new("apt-cache")
         .args(&apt_opts)
-        .args(["search", "--names-only"])
-        .arg(format!("^{}.*-cloud-amd64-unsigned$", regex_escape(spec.prefix)))
+        .args(["search", "--names-only", "^linux-(image|binary)-[0-9].*-cloud-amd64(-unsigned)?$"])
         .output()?;
-    let mut names: Vec<String> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .filter(|n| !n.contains("-dbg"))
-        .collect();
-    names.sort_by(|a, b| version_cmp(a, b));
-    let Some(package) = names.pop() else {
-        bail!("no {}*-cloud-amd64-unsigned package found in the {} package list", spec.prefix, spec.debian);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let Some((version, packaging)) = newest_kernel(&names, spec.version_prefix) else {
+        bail!("no linux-image-{}*-cloud-amd64 package found in the {} package list", spec.version_prefix, spec.debian);
     };
-    say(&format!("downloading kernel {package} ({}, about 25 MB)", spec.debian));
+    let packages = packaging.packages(&version);
+    say(&format!("downloading kernel {version} ({}, {}; about 25 to 40 MB)", spec.debian, packages.join(" and ")));
     let download = dir.join("download");
+    if download.exists() {
+        std::fs::remove_dir_all(&download)?;
+    }
     std::fs::create_dir_all(&download)?;
-    run(Command::new("apt-get").args(&apt_opts).args(["download", "-q", &package]).current_dir(&download))?;
-    let deb = std::fs::read_dir(&download)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no .deb")?;
+    run(Command::new("apt-get").args(&apt_opts).args(["download", "-q"]).args(&packages).current_dir(&download))?;
     let unpacked = dir.join("unpacked");
     if unpacked.exists() {
         std::fs::remove_dir_all(&unpacked)?;
     }
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
-    let boot = unpacked.join("boot");
-    let image = std::fs::read_dir(&boot)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        .context("no vmlinuz in the kernel package")?;
+    for deb in std::fs::read_dir(&download)?.filter_map(|e| e.ok().map(|e| e.path())) {
+        if deb.extension().is_some_and(|x| x == "deb") {
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        }
+    }
+    let image = match packaging {
+        Packaging::Unsigned => unpacked.join("boot").join(format!("vmlinuz-{version}-cloud-amd64")),
+        Packaging::Split => unpacked.join("usr/lib/modules").join(format!("{version}-cloud-amd64")).join("vmlinuz"),
+    };
+    anyhow::ensure!(image.is_file(), "no kernel image at {} in {}", image.display(), packages.join(", "));
     say(&format!("extracting kernel modules {} and what they need", MODULES.join(", ")));
     extract_modules(&unpacked, &dir.join("modules"))?;
-    std::fs::copy(&image, dir.join(image.file_name().unwrap()))?;
+    std::fs::copy(&image, dir.join(format!("vmlinuz-{version}-cloud-amd64")))?;
     std::fs::remove_dir_all(&unpacked)?;
     std::fs::remove_dir_all(&download)?;
     find_vmlinuz(&dir, spec)?.context("kernel vanished after download")
@@ -286,9 +359,13 @@ fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
 }
 
 fn find_vmlinuz(dir: &Path, spec: KernelSpec) -> Result<Option<Kernel>> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
     // A cache from before modules were kept is downloaded again.
-    let Ok(order) = std::fs::read_to_string(dir.join("modules/order")) else { return Ok(None) };
+    let Ok(order) = std::fs::read_to_string(dir.join("modules/order")) else {
+        return Ok(None);
+    };
     // A cache made for another list of modules is downloaded again.
     if std::fs::read_to_string(dir.join("modules/wanted")).ok().as_deref() != Some(MODULES.join("\n").as_str()) {
         return Ok(None);
@@ -343,12 +420,8 @@ fn machine_mirror() -> Result<String> {
         .context("cannot find this machine's Debian mirror in /etc/apt")
 }
 
-fn regex_escape(s: &str) -> String {
-    s.chars().flat_map(|c| if ".+*?()[]{}|^$\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
-}
-
 /// Orders package names by their embedded numbers (6.12.9 < 6.12.117).
-fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     fn parts(s: &str) -> Vec<u64> {
         s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect()
     }
@@ -468,7 +541,25 @@ mod tests {
     }
 
     #[test]
-    fn escapes_regex_metacharacters() {
-        assert_eq!(regex_escape("linux-image-6.1.0-"), "linux-image-6\\.1\\.0-");
+    fn picks_the_newest_kernel_in_either_packaging() {
+        let bookworm = [
+            "linux-image-6.1.0-56-cloud-amd64-unsigned",
+            "linux-image-6.1.0-57-cloud-amd64-unsigned",
+            "linux-image-6.1.0-57-cloud-amd64",
+            "linux-image-6.1.0-9-cloud-amd64-unsigned",
+        ];
+        assert_eq!(newest_kernel(&bookworm, "6.1.0-"), Some(("6.1.0-57".into(), Packaging::Unsigned)));
+        let backports = [
+            "linux-image-6.12.9+deb13-cloud-amd64-unsigned",
+            "linux-binary-7.2.12+deb13-cloud-amd64",
+            "linux-image-7.2.12+deb13-cloud-amd64",
+            "linux-binary-7.3.4+deb13-cloud-amd64",
+            "linux-image-7.3.4+deb13-cloud-amd64",
+            "linux-binary-unsigned-7.3.4+deb13-cloud-amd64",
+            "linux-image-7.3.4+deb13-cloud-amd64-dbg",
+        ];
+        assert_eq!(newest_kernel(&backports, ""), Some(("7.3.4+deb13".into(), Packaging::Split)));
+        assert_eq!(newest_kernel(&backports, "6.12."), Some(("6.12.9+deb13".into(), Packaging::Unsigned)));
+        assert_eq!(newest_kernel(&backports, "5."), None);
     }
 }

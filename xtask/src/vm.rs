@@ -235,20 +235,37 @@ pub fn boot(
     initrd: &Path,
     cpu: Cpu,
     timeout: Duration,
-    on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(&str),
 ) -> Result<bool> {
-    boot_with_memory(kernel, extra_cmdline, initrd, cpu, "1G", timeout, on_line)
+    let limits = Limits { quiet: timeout, total: timeout };
+    boot_with(kernel, extra_cmdline, initrd, cpu, "1G", limits, |line| {
+        on_line(line);
+        false
+    })
 }
 
-/// [`boot`] with `memory` (QEMU's `-m`) for the guest.
-pub fn boot_with_memory(
+/// When a VM that has not reached its end marker is stopped.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest time without progress (a line the caller counts as progress,
+    /// such as a finished test case): a hung guest is stopped after this.
+    pub quiet: Duration,
+    /// Longest time in all, whatever the progress: a safety net only, far
+    /// beyond what a slow machine needs, so that a scenario whose cases keep
+    /// finishing is judged by its cases and not by a wall-clock guess.
+    pub total: Duration,
+}
+
+/// [`boot`] with `memory` (QEMU's `-m`) for the guest, and [`Limits`]:
+/// `on_line` returns whether the line was progress.
+pub fn boot_with(
     kernel: &Kernel,
     extra_cmdline: &str,
     initrd: &Path,
     cpu: Cpu,
     memory: &str,
-    timeout: Duration,
-    mut on_line: impl FnMut(&str),
+    limits: Limits,
+    mut on_line: impl FnMut(&str) -> bool,
 ) -> Result<bool> {
     let cpu_args: &[&str] = match cpu {
         Cpu::Fast => &["-smp", "2"],
@@ -260,8 +277,10 @@ pub fn boot_with_memory(
     // are how a lockup in the kernel's own code patching is told apart (and
     // its scenario run again) from one of ours.
     let loglevel = if extra_cmdline.contains("rdinit=/sbin/init") { 5 } else { 3 };
+    // SYSTRACE_VM_APPEND: more kernel parameters, for experiments by hand.
+    let more = std::env::var("SYSTRACE_VM_APPEND").unwrap_or_default();
     let cmdline = format!(
-        "console=ttyS0 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 quiet loglevel={loglevel} {extra_cmdline}"
+        "console=ttyS0 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 quiet loglevel={loglevel} {extra_cmdline} {more}"
     );
     say(&format!(
         "booting Linux {} ({}) in QEMU [{}] (software emulation, {}, {memory} of memory; the boot takes about 10 s{})",
@@ -299,19 +318,28 @@ pub fn boot_with_memory(
             buf.clear();
         }
     });
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let hard_deadline = started + limits.total;
+    let mut quiet_deadline = started + limits.quiet;
     let mut finished = false;
     loop {
+        let deadline = quiet_deadline.min(hard_deadline);
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 if line.contains(END_MARKER) {
                     finished = true;
                 }
-                on_line(&line);
+                if on_line(&line) {
+                    quiet_deadline = Instant::now() + limits.quiet;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                say(&format!("the VM did not finish within {timeout:?}; stopping it"));
+                if Instant::now() >= hard_deadline {
+                    say(&format!("the VM did not finish within {:?} in all; stopping it", limits.total));
+                } else {
+                    say(&format!("the VM made no progress for {:?}; stopping it", limits.quiet));
+                }
                 let _ = child.kill();
                 break;
             }
