@@ -7,7 +7,9 @@
 //! before anything is loaded. Kernels newer than the newest one the test
 //! matrix boots are run, with a one-line note: the hooks, arguments and struct
 //! fields are all looked up in the running kernel's BTF, and a change the agent
-//! cannot follow refuses with the name of what is missing.
+//! cannot follow refuses with the name of what is missing (a hook that only
+//! newer kernels have is optional only on kernels older than the version that
+//! added it).
 
 /// The oldest kernel (major, minor) the agent runs on.
 pub const MINIMUM: (u32, u32) = (6, 1);
@@ -42,11 +44,33 @@ pub fn judge(release: &str) -> Result<Option<String>, String> {
     if v > newest {
         return Ok(Some(format!(
             "kernel {release} is newer than the newest kernel systrace was tested on ({}.{}); every hook, argument \
-             and field is read from its BTF, and anything missing would have refused the start",
+             and field was found in its BTF",
             newest.0, newest.1
         )));
     }
     Ok(None)
+}
+
+/// Refuses a kernel that lacks a hook it should have: one marked with the
+/// version that added it (`since`) is optional only on kernels older than
+/// that. On a kernel at or past that version, a missing hook means it was
+/// renamed or removed, and the door it guards (`file_setattr(2)` for
+/// `inode_file_setattr`) would be open: refuse, naming it.
+pub fn check_missing_hooks(release: &str, missing: &[(&str, Option<&str>)]) -> Result<(), String> {
+    let Some(running) = version(release) else {
+        return Ok(());
+    };
+    for (hook, since) in missing {
+        let added = since.and_then(version);
+        if added.is_none_or(|added| running >= added) {
+            return Err(format!(
+                "kernel {release} has no LSM hook {hook} in its BTF (bpf_lsm_{hook}), which kernels since {} have; \
+                 the operations it decides would go unchecked",
+                since.unwrap_or("6.1")
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -61,5 +85,14 @@ mod tests {
         assert_eq!(judge("6.1.0-57-cloud-amd64"), Ok(None));
         assert_eq!(judge("6.18.3"), Ok(None));
         assert!(judge("7.4.1").unwrap().unwrap().contains("newer than the newest"));
+    }
+
+    #[test]
+    fn a_hook_is_optional_only_before_the_version_that_added_it() {
+        let missing = [("inode_file_setattr", Some("6.17"))];
+        assert_eq!(check_missing_hooks("6.12.117+deb13-cloud-amd64", &missing), Ok(()));
+        assert!(check_missing_hooks("6.17.1", &missing).unwrap_err().contains("inode_file_setattr"));
+        assert!(check_missing_hooks("7.3.4+deb13-cloud-amd64", &missing).is_err());
+        assert!(check_missing_hooks("6.1.0-57-cloud-amd64", &[("file_open", None)]).is_err());
     }
 }

@@ -560,6 +560,9 @@ fn load_enforcer(verifier_log: bool) -> Result<Enforcer, String> {
     preflight()?;
     offsets::load_modules();
     let layout = offsets::resolve(Path::new(offsets::VMLINUX_BTF)).map_err(|e| format!("{e:#}"))?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let missing: Vec<(&str, Option<&str>)> = layout.missing_hooks.iter().map(|h| (h.name(), h.since())).collect();
+    systrace_agent::kernels::check_missing_hooks(release.trim(), &missing)?;
     Enforcer::load(&layout).map_err(|failure| {
         if verifier_log {
             if let Some(log) = &failure.verifier_log {

@@ -16,6 +16,12 @@ use serde_json::Value;
 use crate::suite::{boot_ns, wait_until, Runner};
 
 const SECRET: &str = "/etc/victim/secret";
+/// How long an agent start (or a reload) may take before the case fails: a
+/// start verifies about 50 programs, about a minute on 6.1 under emulation
+/// and more on a slower or busier host; the unit's TimeoutStartSec is 5
+/// minutes. The waits end as soon as the condition holds, so this bounds only
+/// a failure: a case is judged by what happens, not by a guess at the speed.
+const AGENT_START: Duration = Duration::from_secs(300);
 /// The most `systemd-analyze security` may score the shipped unit.
 const MAX_EXPOSURE: f64 = 5.5;
 
@@ -128,7 +134,7 @@ pub fn main(_args: &[String]) -> ExitCode {
         let (in_gap, status) = start_victim()?;
         ensure!(status == "1", "with the agent killed, cat exited {status}");
         // systemd restarts it; the new agent takes the pins over.
-        wait_until("systemd to restart the agent", Duration::from_secs(60), || {
+        wait_until("systemd to restart the agent", AGENT_START, || {
             let now: u64 = show("systrace.service", "MainPID")?.parse().unwrap_or(0);
             Ok(now != 0 && now != before && show("systrace.service", "ActiveState")? == "active")
         })?;
@@ -140,11 +146,11 @@ pub fn main(_args: &[String]) -> ExitCode {
         // agent accounts for the gap: nothing read by the dead agent unwritten.
         // Delivered once the old programs are off their hooks (seconds under
         // emulation), from the dead agent's ring buffer.
-        wait_until("the denial made in the gap", Duration::from_secs(60), || {
+        wait_until("the denial made in the gap", AGENT_START, || {
             Ok(agent_lines()?.iter().any(|v| v["type"] == "event" && v["tgid"].as_u64() == Some(in_gap)))
         })?;
         let mut gap = None;
-        wait_until("the new agent's telemetry-gap status", Duration::from_secs(60), || {
+        wait_until("the new agent's telemetry-gap status", AGENT_START, || {
             gap = agent_lines()?.into_iter().find(|v| {
                 v["state"] == "telemetry-gap" && v["previous_agent"].as_str() == Some(before.to_string().as_str())
             });
@@ -162,9 +168,7 @@ pub fn main(_args: &[String]) -> ExitCode {
     });
     r.case("reload_through_systemctl", || {
         ensure!(systemctl(&["reload", "systrace.service"])?, "systemctl reload failed");
-        wait_for_agent("a reloaded status", Duration::from_secs(30), |v| {
-            v["type"] == "status" && v["state"] == "reloaded"
-        })?;
+        wait_for_agent("a reloaded status", AGENT_START, |v| v["type"] == "status" && v["state"] == "reloaded")?;
         ensure!(show("systrace.service", "ActiveState")? == "active", "not active after the reload");
         let (pid, _) = start_victim()?;
         denial_for(pid)?;

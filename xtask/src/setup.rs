@@ -201,7 +201,8 @@ enum Packaging {
     /// Up to 6.12: `linux-image-V-unsigned` holds `/boot/vmlinuz-V` and the modules.
     Unsigned,
     /// From 7.x: `linux-binary-V` holds `/usr/lib/modules/V/vmlinuz`,
-    /// `linux-modules-V` the modules; `linux-image-V` only depends on them.
+    /// `linux-modules-V` the modules, `linux-base-V` the configuration and
+    /// the list of built-in modules; `linux-image-V` only depends on them.
     Split,
 }
 
@@ -209,9 +210,12 @@ impl Packaging {
     fn packages(&self, version: &str) -> Vec<String> {
         match self {
             Packaging::Unsigned => vec![format!("linux-image-{version}-cloud-amd64-unsigned")],
-            Packaging::Split => {
-                vec![format!("linux-binary-{version}-cloud-amd64"), format!("linux-modules-{version}-cloud-amd64")]
-            }
+            // linux-base-V has the configuration and modules.builtin.
+            Packaging::Split => vec![
+                format!("linux-binary-{version}-cloud-amd64"),
+                format!("linux-modules-{version}-cloud-amd64"),
+                format!("linux-base-{version}-cloud-amd64"),
+            ],
         }
     }
 }
@@ -281,6 +285,12 @@ pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
     anyhow::ensure!(image.is_file(), "no kernel image at {} in {}", image.display(), packages.join(", "));
     say(&format!("extracting kernel modules {} and what they need", MODULES.join(", ")));
     extract_modules(&unpacked, &dir.join("modules"))?;
+    // One image per cache: an older one left beside would be found first.
+    for old in std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())) {
+        if old.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")) {
+            std::fs::remove_file(&old)?;
+        }
+    }
     std::fs::copy(&image, dir.join(format!("vmlinuz-{version}-cloud-amd64")))?;
     std::fs::remove_dir_all(&unpacked)?;
     std::fs::remove_dir_all(&download)?;
@@ -292,12 +302,21 @@ pub fn kernel(spec: KernelSpec) -> Result<Kernel> {
 /// decompressed, with an `order` file listing them dependencies first.
 fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
     let mut index = std::collections::BTreeMap::new();
+    let mut builtin = std::collections::BTreeSet::new();
     let mut stack = vec![unpacked.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "modules.builtin") {
+                // Lines such as kernel/fs/overlayfs/overlay.ko.
+                for line in std::fs::read_to_string(&path)?.lines() {
+                    let file = line.rsplit('/').next().unwrap_or(line);
+                    if let Some(stem) = file.split(".ko").next().filter(|s| !s.is_empty()) {
+                        builtin.insert(stem.replace('-', "_"));
+                    }
+                }
             } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
                 if let Some(stem) = name.strip_suffix(".ko").or_else(|| name.strip_suffix(".ko.xz")) {
                     index.insert(stem.replace('-', "_"), path.clone());
@@ -313,6 +332,7 @@ fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
     fn visit(
         name: &str,
         index: &std::collections::BTreeMap<String, PathBuf>,
+        builtin: &std::collections::BTreeSet<String>,
         out: &Path,
         order: &mut Vec<String>,
         depth: usize,
@@ -322,8 +342,12 @@ fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
             return Ok(());
         }
         let Some(source) = index.get(&name) else {
-            // Built into this kernel.
-            return Ok(());
+            // Built into this kernel, which its modules.builtin must say; a
+            // module in a form not read here (.ko.zst) must not pass for one.
+            if builtin.contains(&name) {
+                return Ok(());
+            }
+            bail!("kernel module {name} is neither in the package (as .ko or .ko.xz) nor built in (modules.builtin)");
         };
         let bytes = if source.extension().is_some_and(|e| e == "xz") {
             let o = Command::new("xz").arg("-dc").arg(source).output()?;
@@ -344,14 +368,14 @@ fn extract_modules(unpacked: &Path, out: &Path) -> Result<()> {
             })
             .unwrap_or_default();
         for dep in depends.split(',').filter(|d| !d.is_empty()) {
-            visit(dep, index, out, order, depth + 1)?;
+            visit(dep, index, builtin, out, order, depth + 1)?;
         }
         std::fs::write(out.join(format!("{name}.ko")), &bytes)?;
         order.push(name);
         Ok(())
     }
     for m in MODULES {
-        visit(m, &index, out, &mut order, 0)?;
+        visit(m, &index, &builtin, out, &mut order, 0)?;
     }
     std::fs::write(out.join("order"), order.join("\n") + "\n")?;
     std::fs::write(out.join("wanted"), MODULES.join("\n"))?;

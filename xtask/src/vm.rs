@@ -332,6 +332,14 @@ pub fn boot_with(
                 if on_line(&line) {
                     quiet_deadline = Instant::now() + limits.quiet;
                 }
+                // A guest flooding the console (lockup traces) never lets
+                // recv_timeout time out: look at the clock on every line too.
+                let now = Instant::now();
+                if !finished && (now >= hard_deadline || now >= quiet_deadline) {
+                    say(&format!("the VM went past its limits ({limits:?}) while printing; stopping it"));
+                    let _ = child.kill();
+                    break;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
