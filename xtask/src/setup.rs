@@ -133,8 +133,8 @@ pub const APPARMOR_PARSER: &str = "/sbin/apparmor_parser";
 const LSM_7_WITHOUT_BPF: &str = "lsm=landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor";
 
 /// The matrix. Whichever of them are the oldest and the newest once fetched
-/// run every scenario; the kernels between them run the core set
-/// ([`CORE_SCENARIOS`]; see the README, "Kernels").
+/// run every scenario; the kernels between them run the core set (see
+/// `plan.rs` and the README, "Kernels").
 pub const KERNELS: [KernelSpec; 4] = [
     KernelSpec {
         label: "6.1",
@@ -174,10 +174,6 @@ pub const KERNELS: [KernelSpec; 4] = [
         bench_cmdline: "",
     },
 ];
-
-/// The scenarios every kernel of the matrix boots: enforcement, the bypass
-/// table, self-protection (in `suite`) and the living system.
-pub const CORE_SCENARIOS: [&str; 3] = ["suite", "bypass", "living"];
 
 pub fn kernel_spec(label: &str) -> Result<KernelSpec> {
     KERNELS
