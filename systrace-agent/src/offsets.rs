@@ -51,8 +51,11 @@ pub fn seqlock_addresses(kallsyms: &str) -> Option<[u64; 2]> {
         else {
             continue;
         };
-        // Data symbols of the kernel itself (a module's lines have a fourth word).
-        if !matches!(kind, "D" | "d" | "B" | "b") {
+        // Symbols of the kernel itself (a module's lines have a fourth word).
+        // The kind is the section's: data or bss up to 6.x, but 7.x lists
+        // these two (cache-line aligned) as `T`; the names are variables'
+        // on every kernel, so any data, bss, read-only or text kind is taken.
+        if !matches!(kind, "D" | "d" | "B" | "b" | "R" | "r" | "T" | "t") {
             continue;
         }
         if let Some(i) = SEQLOCK_SYMBOLS.iter().position(|s| *s == name) {
@@ -320,6 +323,9 @@ mod tests {
         let text = "ffffffff81000000 T _text\nffffffff99c09600 D rename_lock\n\
                     ffffffffc0001000 d mount_lock\t[some_module]\nffffffff99c09680 D mount_lock\n";
         assert_eq!(seqlock_addresses(text), Some([0xffffffff99c09600, 0xffffffff99c09680]));
+        // 7.3 lists both as T.
+        let seven = "ffffffff84209800 T rename_lock\nffffffff84209880 T mount_lock\n";
+        assert_eq!(seqlock_addresses(seven), Some([0xffffffff84209800, 0xffffffff84209880]));
         let hidden = "0000000000000000 D rename_lock\n0000000000000000 D mount_lock\n";
         assert_eq!(seqlock_addresses(hidden), None);
         assert_eq!(seqlock_addresses("ffffffff99c09600 D rename_lock\n"), None);
