@@ -275,31 +275,26 @@ pub fn test(only: Option<&str>, vm_only: bool, scenario: Option<&str>, budget: O
     // longer has fails the run at once, not an hour in.
     // One that cannot be fetched (a mirror mid-sync, a package Debian
     // dropped) fails the run but not the other kernels.
-    let mut releases = Vec::new();
+    let mut kernels: Vec<setup::Kernel> = Vec::new();
     let mut unfetched: Vec<(String, Tally)> = Vec::new();
-    let specs: Vec<setup::KernelSpec> = specs
-        .into_iter()
-        .filter(|&spec| match setup::kernel(spec) {
-            Ok(kernel) => {
-                releases.push(kernel.release);
-                true
-            }
+    for spec in specs {
+        match setup::kernel(spec) {
+            Ok(kernel) => kernels.push(kernel),
             Err(e) => {
                 say(&format!("kernel {} ({}) could not be fetched: {e:#}", spec.label, spec.debian));
                 unfetched.push((
                     format!("kernel {} ({}): not fetched", spec.label, spec.debian),
                     Tally { failed: 1, ..Tally::default() },
                 ));
-                false
             }
-        })
-        .collect();
-    let by_version = |a: &&String, b: &&String| setup::version_cmp(a, b);
-    let oldest = releases.iter().enumerate().min_by(|a, b| by_version(&a.1, &b.1)).map_or(0, |(i, _)| i);
-    let newest = releases.iter().enumerate().max_by(|a, b| by_version(&a.1, &b.1)).map_or(0, |(i, _)| i);
-    for (i, (spec, release)) in specs.iter().zip(&releases).enumerate() {
+        }
+    }
+    let by_version = |a: &&setup::Kernel, b: &&setup::Kernel| setup::version_cmp(&a.release, &b.release);
+    let oldest = kernels.iter().enumerate().min_by(|a, b| by_version(&a.1, &b.1)).map_or(0, |(i, _)| i);
+    let newest = kernels.iter().enumerate().max_by(|a, b| by_version(&a.1, &b.1)).map_or(0, |(i, _)| i);
+    for (i, k) in kernels.iter().enumerate() {
         let role = if i == oldest || i == newest { "every scenario" } else { "the core set (suite, bypass, living)" };
-        say(&format!("kernel {}: {release} ({}): {role}", spec.label, spec.debian));
+        say(&format!("kernel {}: {} ({}): {role}", k.spec.label, k.release, k.spec.debian));
     }
     let setup_time = clock.elapsed();
     let mut lines: Vec<(String, Tally)> = unfetched;
@@ -311,7 +306,6 @@ pub fn test(only: Option<&str>, vm_only: bool, scenario: Option<&str>, budget: O
     let clock = Instant::now();
     let bins = build()?;
     let build_time = clock.elapsed();
-    let kernels: Vec<setup::Kernel> = specs.iter().map(|&spec| setup::kernel(spec)).collect::<Result<_>>()?;
     let mut runs: Vec<KernelRun> = kernels
         .iter()
         .map(|k| KernelRun {
